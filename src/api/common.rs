@@ -1,0 +1,104 @@
+//! Types shared by the API kinds.
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a target's artifacts are written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageSpec {
+    /// Name of a PersistentVolumeClaim in the target's namespace. It is mounted at
+    /// `/backups` in each backup Job; artifacts go to
+    /// `/backups/<namespace>/<target>/<YYYY-MM-DD>/<plugin>-<timestamp>.<ext>`.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+}
+
+/// How artifacts are compressed on the fly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Store the plugin's bytes as they are (for artifacts that are already compressed).
+    None,
+    /// gzip: slower and larger than zstd, readable everywhere.
+    Gzip,
+    /// zstd (the default): fast, multi-threaded, good ratio.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    /// The name used on the runner's command line and in sidecars.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Settings of the Jobs that run a target's backups and probes. Unset fields take the
+/// operator's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSettings {
+    /// Container image for the backup. Defaults to the plugin's tool image (e.g.
+    /// `postgres:17`) for tool plugins, and to the operator's runner image for native
+    /// plugins. Set it to match your server's major version when the default does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Compute resources of the backup container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the backup pod must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the backup pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Seconds a backup Job may run before it is stopped and counted as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Retries of a failed backup pod before the run counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: Option<i32>,
+    /// ServiceAccount the backup pod runs as. Only plugins that use the Kubernetes API
+    /// (such as `kubernetes`) receive its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+}
+
+/// Periodic connectivity test of a target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = kube::core::cel::Rule::new("!has(self.interval) || duration(self.interval) >= duration('1m')")
+    .message("spec.probe.interval must be at least 1m (e.g. 30m, 1h, 24h)"))]
+pub struct ProbeSettings {
+    /// How often to run the plugin's connectivity test, as a duration such as `30m`,
+    /// `1h` or `24h` (at least `1m`). Unset: probe only when the spec changes or on the
+    /// `stowage.dev/probe-now` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    pub interval: Option<String>,
+}
+
+/// Marks a `conditions` list as a list-type map keyed by `type` (Kubernetes API
+/// conventions), so server-side apply merges conditions by type.
+pub fn condition_list_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema =
+        <Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}

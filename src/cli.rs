@@ -1,0 +1,159 @@
+//! The `stowage` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::registry::PluginConfig;
+
+/// stowage backs up what runs in a Kubernetes cluster through typed plugins.
+#[derive(Debug, Parser)]
+#[command(name = "stowage", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
+    Crd(CrdArgs),
+    /// List the plugins this build ships, or print one plugin's config schema.
+    Plugins(PluginsArgs),
+}
+
+/// Arguments of `stowage crd`.
+#[derive(Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+}
+
+/// Arguments of `stowage plugins`.
+#[derive(Debug, clap::Args)]
+pub struct PluginsArgs {
+    /// Print as JSON instead of a table.
+    #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// A plugin subcommand.
+    #[command(subcommand)]
+    pub command: Option<PluginsCommand>,
+}
+
+/// Subcommands of `stowage plugins`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Print the JSON schema of one plugin's configuration (`spec.<key>` of a BackupTarget).
+    Schema {
+        /// The plugin key, as listed by `stowage plugins`.
+        key: String,
+    },
+}
+
+/// Output formats of listing commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// An aligned table.
+    Table,
+    /// JSON.
+    Json,
+}
+
+impl Cli {
+    /// Run the selected subcommand.
+    pub async fn execute(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Crd(args) => crd(args),
+            Command::Plugins(args) => plugins(args),
+        }
+    }
+}
+
+fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {
+    match args.output_dir {
+        None => {
+            std::io::stdout().write_all(crate::crd::all_yaml()?.as_bytes())?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            for crd in crate::crd::all() {
+                let path = dir.join(crate::crd::file_name(&crd));
+                std::fs::write(&path, crate::crd::to_yaml(&crd)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(PluginsCommand::Schema { key }) => match PluginConfig::config_schema(&key) {
+            Some(schema) => {
+                println!("{}", serde_json::to_string_pretty(&schema)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!(
+                    "error: unknown plugin {key:?}; known plugins: {}",
+                    PluginConfig::KEYS.join(", ")
+                );
+                Ok(ExitCode::from(2))
+            }
+        },
+        None => {
+            let infos = PluginConfig::infos();
+            match args.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
+                OutputFormat::Table => {
+                    let rows: Vec<[String; 4]> = infos
+                        .iter()
+                        .map(|i| {
+                            [
+                                i.key.to_owned(),
+                                i.version.to_owned(),
+                                i.capabilities.names().join(","),
+                                i.description.to_owned(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["KEY", "VERSION", "CAPABILITIES", "DESCRIPTION"], &rows);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Print rows as an aligned table (the last column is not padded).
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

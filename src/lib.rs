@@ -1,0 +1,14 @@
+//! stowage: a Kubernetes backup operator with typed, schema-validated plugins.
+//!
+//! Module map (see `docs/architecture.md`):
+//! - [`api`]: the `BackupTarget` and `BackupSchedule` custom resources.
+//! - [`registry`]: the plugins this build ships, as the CRD's plugin enum.
+//! - [`crd`]: CRD generation (`stowage crd`, `crds/`).
+//! - [`retention`]: GFS retention of artifacts.
+//! - [`cli`]: the `stowage` command line.
+
+pub mod api;
+pub mod cli;
+pub mod crd;
+pub mod registry;
+pub mod retention;

@@ -1,0 +1,32 @@
+//! The plugin registry: every plugin stowage ships, and the CRD's plugin enum built from
+//! them. Adding a plugin is a crate under `plugins/<key>/` plus one entry here.
+
+stowage_plugin_sdk::plugin_registry! {
+    /// The plugin section of a BackupTarget: exactly one key, naming the plugin, whose value
+    /// is that plugin's configuration.
+    pub enum PluginConfig {
+        /// Dump a PostgreSQL database (pg_dump) or every database (pg_dumpall).
+        "postgres" => Postgres(stowage_plugin_postgres::PostgresPlugin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginConfig;
+
+    #[test]
+    fn registry_keys_match_plugin_keys() {
+        PluginConfig::check_keys().unwrap();
+    }
+
+    #[test]
+    fn every_plugin_has_a_schema_and_info() {
+        for key in PluginConfig::KEYS {
+            assert!(PluginConfig::config_schema(key).is_some(), "{key}");
+            let info = PluginConfig::info_for(key).unwrap();
+            assert!(!info.description.is_empty(), "{key} has no description");
+            assert!(!info.version.is_empty(), "{key} has no version");
+        }
+        assert!(PluginConfig::config_schema("nope").is_none());
+    }
+}
