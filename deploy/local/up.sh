@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# Start a local Kubernetes control plane (etcd, kube-apiserver,
+# kube-controller-manager) on 127.0.0.1 with random free ports.
+#
+# Usage: deploy/local/up.sh <state-dir>
+#
+# Writes into <state-dir>:
+#   kubeconfig   admin kubeconfig (client cert in group system:masters)
+#   env          shell-sourceable: KUBECONFIG, KUBECTL, HELM, STOWAGE_APISERVER_*,
+#                STOWAGE_CA_*, pids...
+#   pki/         generated CA, serving/client certificates, service-account keys
+#   logs/        etcd.log, kube-apiserver.log, kube-controller-manager.log
+#   pids/        pid files used by down.sh
+#   etcd/        etcd data
+# Running it again on a running state dir reports and exits 0.
+# Environment: STOWAGE_CACHE (binary cache root, see build.sh),
+#   STOWAGE_UP_TIMEOUT (seconds to wait for readiness, default 180).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { printf '[up %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  printf 'up.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+[[ $# -eq 1 && -n "$1" ]] || die "usage: $0 <state-dir>"
+mkdir -p "$1"
+STATE="$(cd "$1" && pwd)"
+TIMEOUT="${STOWAGE_UP_TIMEOUT:-180}"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "STOWAGE_UP_TIMEOUT must be a number of seconds, got '$TIMEOUT'"
+
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+PIDS="$STATE/pids"
+mkdir -p "$PKI" "$LOGS" "$PIDS"
+
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+
+# One up.sh per state dir at a time (the started processes do not inherit the lock).
+exec 8>"$STATE/.up.lock"
+flock 8
+
+# pid_alive NAME -> prints the pid if NAME's pid file names a live process that
+# was started from this state dir (guards against pid reuse).
+pid_alive() {
+  local f="$PIDS/$1.pid" pid
+  [[ -f "$f" ]] || return 1
+  pid="$(cat "$f")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE/" || return 1
+  printf '%s\n' "$pid"
+}
+
+# ---- already running? --------------------------------------------------------------
+alive=0
+for c in "${COMPONENTS[@]}"; do
+  if pid_alive "$c" >/dev/null; then alive=$((alive + 1)); fi
+done
+if ((alive == ${#COMPONENTS[@]})) && [[ -f "$STATE/env" ]]; then
+  # shellcheck source=/dev/null
+  source "$STATE/env"
+  if "$KUBECTL" --kubeconfig "$STATE/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+    log "control plane already running in $STATE (API server $STOWAGE_APISERVER_URL)"
+    exit 0
+  fi
+  log "processes are running in $STATE but /readyz fails; restarting"
+fi
+if ((alive > 0)); then
+  log "stopping leftovers of a previous run in $STATE"
+  "$HERE/down.sh" "$STATE"
+fi
+
+# ---- tools --------------------------------------------------------------------------
+ensure_pkg() { # ensure_pkg COMMAND DEBIAN_PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "'$1' is missing and apt-get is not available; install package '$2'"
+  [[ "$(id -u)" == 0 ]] || die "'$1' is missing; install it with: sudo apt-get install -y $2"
+  log "installing $2 (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+  }
+}
+ensure_pkg openssl openssl
+
+BIN="$("$HERE/build.sh" --print-bin-dir)"
+ETCD="$BIN/etcd"
+APISERVER="$BIN/kube-apiserver"
+KCM="$BIN/kube-controller-manager"
+KUBECTL="$BIN/kubectl"
+HELM="$BIN/helm"
+
+# ---- ports --------------------------------------------------------------------------
+# Ports in LISTEN state (hex) from /proc/net/tcp{,6}.
+listening_ports() {
+  cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+    awk 'NR > 0 && $4 == "0A" { split($2, a, ":"); print a[2] }'
+}
+declare -A TAKEN=()
+port_free() {
+  local p="$1" hex
+  [[ -z "${TAKEN[$p]:-}" ]] || return 1
+  printf -v hex '%04X' "$p"
+  ! listening_ports | grep -qx "$hex"
+}
+pick_port() {
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 30000))
+    if port_free "$p"; then
+      TAKEN[$p]=1
+      printf '%s\n' "$p"
+      return 0
+    fi
+  done
+  die "could not find a free TCP port on 127.0.0.1"
+}
+
+ETCD_PORT="" ETCD_PEER_PORT="" API_PORT="" KCM_PORT=""
+if [[ -f "$STATE/ports" ]]; then
+  # Reuse the previous run's ports when they are all still free (etcd keeps its
+  # peer URL in its data dir).
+  # shellcheck source=/dev/null
+  source "$STATE/ports"
+  for p in "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT"; do
+    if ! [[ "$p" =~ ^[0-9]+$ ]] || ! port_free "$p"; then
+      ETCD_PORT="" ETCD_PEER_PORT="" API_PORT="" KCM_PORT=""
+      TAKEN=()
+      break
+    fi
+    TAKEN[$p]=1
+  done
+fi
+if [[ -z "$ETCD_PORT" ]]; then
+  ETCD_PORT="$(pick_port)"
+  ETCD_PEER_PORT="$(pick_port)"
+  API_PORT="$(pick_port)"
+  KCM_PORT="$(pick_port)"
+fi
+printf 'ETCD_PORT=%s\nETCD_PEER_PORT=%s\nAPI_PORT=%s\nKCM_PORT=%s\n' \
+  "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$KCM_PORT" >"$STATE/ports"
+API_URL="https://127.0.0.1:$API_PORT"
+
+# ---- certificates ------------------------------------------------------------------
+# All keys are ECDSA P-256 (fast to generate, supported everywhere here).
+genkey() { [[ -f "$1" ]] || openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+# sign NAME SUBJECT EXTENSIONS [CA]: key NAME.key, cert NAME.crt signed by CA (default ca).
+sign() {
+  local name="$1" subj="$2" ext="$3" ca="${4:-ca}"
+  [[ -f "$PKI/$name.crt" ]] && return 0
+  genkey "$PKI/$name.key"
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  printf '%s\n' "$ext" >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
+    -CAcreateserial -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+umask 077
+make_ca() { # make_ca NAME CN
+  [[ -f "$PKI/$1.crt" ]] && return 0
+  genkey "$PKI/$1.key"
+  openssl req -x509 -new -key "$PKI/$1.key" -subj "/CN=$2" -days 3650 -sha256 \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/$1.crt" 2>/dev/null
+}
+[[ -f "$PKI/ca.crt" ]] || log "generating certificates in $PKI"
+make_ca ca stowage-local-ca
+# Separate CA for the aggregation layer's request-header authentication.
+make_ca front-proxy-ca stowage-local-front-proxy-ca
+SERVER_EXT="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth"
+CLIENT_EXT="basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth"
+sign apiserver "/CN=kube-apiserver" "$SERVER_EXT
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+# etcd also dials its own client port (gRPC gateway) with its serving cert.
+sign etcd-server "/CN=etcd" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth,clientAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost"
+sign apiserver-etcd-client "/CN=kube-apiserver-etcd-client" "$CLIENT_EXT"
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$CLIENT_EXT"
+sign admin "/O=system:masters/CN=stowage-admin" "$CLIENT_EXT"
+sign controller-manager "/CN=system:kube-controller-manager" "$CLIENT_EXT"
+sign front-proxy-client "/CN=front-proxy-client" "$CLIENT_EXT" front-proxy-ca
+if [[ ! -f "$PKI/sa.key" ]]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
+  openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+fi
+umask 022
+
+# ---- kubeconfigs ---------------------------------------------------------------------
+write_kubeconfig() { # write_kubeconfig FILE CERT_NAME USER
+  local file="$1" cert="$2" user="$3"
+  rm -f "$file"
+  "$KUBECTL" --kubeconfig "$file" config set-cluster stowage-local --server "$API_URL" \
+    --certificate-authority "$PKI/ca.crt" --embed-certs >/dev/null
+  "$KUBECTL" --kubeconfig "$file" config set-credentials "$user" \
+    --client-certificate "$PKI/$cert.crt" --client-key "$PKI/$cert.key" --embed-certs >/dev/null
+  "$KUBECTL" --kubeconfig "$file" config set-context stowage-local --cluster stowage-local \
+    --user "$user" >/dev/null
+  "$KUBECTL" --kubeconfig "$file" config use-context stowage-local >/dev/null
+  chmod 600 "$file"
+}
+write_kubeconfig "$STATE/kubeconfig" admin stowage-admin
+write_kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager system:kube-controller-manager
+
+# ---- processes -------------------------------------------------------------------------
+# start NAME COMMAND...: detached (own session, survives this script), logs to logs/NAME.log.
+start() {
+  local name="$1"
+  shift
+  log "starting $name"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 8>&- &
+  printf '%s\n' "$!" >"$PIDS/$name.pid"
+}
+
+fail() {
+  local name="$1" msg="$2"
+  printf 'up.sh: error: %s; last lines of %s:\n' "$msg" "$LOGS/$name.log" >&2
+  tail -n 25 "$LOGS/$name.log" >&2 || true
+  "$HERE/down.sh" "$STATE" >&2 || true
+  exit 1
+}
+
+# wait_for NAME DESCRIPTION COMMAND...: poll COMMAND until it succeeds, NAME must stay alive.
+wait_for() {
+  local name="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    pid_alive "$name" >/dev/null || fail "$name" "$name exited while waiting for $what"
+    ((SECONDS < deadline)) || fail "$name" "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.5
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start etcd "$ETCD" \
+  --name stowage \
+  --data-dir "$STATE/etcd" \
+  --listen-client-urls "https://127.0.0.1:$ETCD_PORT" \
+  --advertise-client-urls "https://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "stowage=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --cert-file "$PKI/etcd-server.crt" --key-file "$PKI/etcd-server.key" \
+  --client-cert-auth --trusted-ca-file "$PKI/ca.crt" \
+  --unsafe-no-fsync \
+  --log-level warn
+wait_for etcd "etcd on port $ETCD_PORT" tcp_open "$ETCD_PORT"
+
+start kube-apiserver "$APISERVER" \
+  --bind-address 127.0.0.1 \
+  --advertise-address 127.0.0.1 \
+  --secure-port "$API_PORT" \
+  --etcd-servers "https://127.0.0.1:$ETCD_PORT" \
+  --etcd-cafile "$PKI/ca.crt" \
+  --etcd-certfile "$PKI/apiserver-etcd-client.crt" \
+  --etcd-keyfile "$PKI/apiserver-etcd-client.key" \
+  --tls-cert-file "$PKI/apiserver.crt" \
+  --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" \
+  --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+  --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+  --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User \
+  --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+  --proxy-client-key-file "$PKI/front-proxy-client.key" \
+  --authorization-mode Node,RBAC \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$PKI/sa.pub" \
+  --service-account-signing-key-file "$PKI/sa.key" \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --endpoint-reconciler-type none \
+  --allow-privileged \
+  --profiling=false \
+  --v 1
+wait_for kube-apiserver "/readyz on $API_URL" \
+  "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout 5s get --raw /readyz
+
+start kube-controller-manager "$KCM" \
+  --bind-address 127.0.0.1 \
+  --secure-port "$KCM_PORT" \
+  --kubeconfig "$STATE/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+  --controllers '*' \
+  --use-service-account-credentials \
+  --service-account-private-key-file "$PKI/sa.key" \
+  --root-ca-file "$PKI/ca.crt" \
+  --cluster-signing-cert-file "$PKI/ca.crt" \
+  --cluster-signing-key-file "$PKI/ca.key" \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --cluster-name stowage-local \
+  --leader-elect=false \
+  --profiling=false \
+  --v 1
+
+wait_for kube-apiserver "namespace 'default'" \
+  "$KUBECTL" --kubeconfig "$STATE/kubeconfig" get namespace default
+wait_for kube-controller-manager "ServiceAccount default/default" \
+  "$KUBECTL" --kubeconfig "$STATE/kubeconfig" -n default get serviceaccount default
+
+# ---- env file ---------------------------------------------------------------------------
+{
+  printf '# Generated by deploy/local/up.sh; source it: . %q\n' "$STATE/env"
+  for kv in \
+    "KUBECONFIG=$STATE/kubeconfig" \
+    "KUBECTL=$KUBECTL" \
+    "HELM=$HELM" \
+    "HELM_CACHE_HOME=$STATE/helm/cache" \
+    "HELM_CONFIG_HOME=$STATE/helm/config" \
+    "HELM_DATA_HOME=$STATE/helm/data" \
+    "STOWAGE_STATE_DIR=$STATE" \
+    "STOWAGE_BIN_DIR=$BIN" \
+    "STOWAGE_APISERVER_URL=$API_URL" \
+    "STOWAGE_APISERVER_HOST=127.0.0.1" \
+    "STOWAGE_APISERVER_PORT=$API_PORT" \
+    "STOWAGE_CA_CERT=$PKI/ca.crt" \
+    "STOWAGE_CA_KEY=$PKI/ca.key" \
+    "STOWAGE_ETCD_URL=https://127.0.0.1:$ETCD_PORT" \
+    "STOWAGE_ETCD_PID=$(cat "$PIDS/etcd.pid")" \
+    "STOWAGE_APISERVER_PID=$(cat "$PIDS/kube-apiserver.pid")" \
+    "STOWAGE_CONTROLLER_MANAGER_PID=$(cat "$PIDS/kube-controller-manager.pid")"; do
+    printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+  done
+} >"$STATE/env"
+
+log "control plane ready: $API_URL (server $("$KUBECTL" --kubeconfig "$STATE/kubeconfig" version -o json 2>/dev/null | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n 1))"
+log "use it with: . $STATE/env && \"\$KUBECTL\" get ns"
