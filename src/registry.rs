@@ -5,6 +5,9 @@ stowage_plugin_sdk::plugin_registry! {
     /// The plugin section of a BackupTarget: exactly one key, naming the plugin, whose value
     /// is that plugin's configuration.
     pub enum PluginConfig {
+        /// Download a URL (an application's export endpoint, a file) with optional
+        /// authentication; the response body is the artifact.
+        "http" => Http(stowage_plugin_http::HttpPlugin),
         /// Dump a PostgreSQL database (pg_dump) or every database (pg_dumpall).
         "postgres" => Postgres(stowage_plugin_postgres::PostgresPlugin),
     }

@@ -19,6 +19,7 @@ mod error;
 mod registry;
 mod secret;
 mod stream;
+pub mod tool;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -160,6 +161,13 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Static description of the plugin.
     fn info() -> PluginInfo;
+
+    /// File extension of an uncompressed artifact for this config, without a dot. Defaults
+    /// to [`PluginInfo::artifact_extension`]; plugins whose output type depends on the
+    /// config (a dump format, a download) override it.
+    fn artifact_extension(_config: &Self::Config) -> String {
+        Self::info().artifact_extension.to_owned()
+    }
 
     /// Semantic checks the schema cannot express. Field paths are relative to the config.
     fn validate(_config: &Self::Config) -> Result<(), ValidationErrors> {

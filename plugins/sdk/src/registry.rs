@@ -106,6 +106,11 @@ macro_rules! plugin_registry {
                 }
             }
 
+            /// File extension of an uncompressed artifact of the selected plugin and config.
+            pub fn artifact_extension(&self) -> ::std::string::String {
+                match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::artifact_extension(c),)+ }
+            }
+
             /// The plugin's semantic validation; field paths are relative to its config.
             pub fn validate(&self) -> ::std::result::Result<(), $crate::ValidationErrors> {
                 match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::validate(c),)+ }
