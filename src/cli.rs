@@ -25,6 +25,19 @@ pub enum Command {
     Crd(CrdArgs),
     /// List the plugins this build ships, or print one plugin's config schema.
     Plugins(PluginsArgs),
+    /// Run the operator: reconcile BackupTargets and BackupSchedules.
+    Controller(crate::controller::ControllerArgs),
+    /// Inside a backup Job: run one backup, probe or restore of one target.
+    #[command(subcommand)]
+    Run(crate::runner::RunCommand),
+    /// Re-hash artifacts against their sidecars (no cluster needed).
+    Verify(crate::artifacts::VerifyArgs),
+    /// List or prune artifacts from their sidecars (no cluster needed).
+    #[command(subcommand)]
+    Artifacts(crate::artifacts::ArtifactsCommand),
+    /// Copy this binary to a path (used by the init container that puts the runner into a
+    /// tool image such as `postgres:17`).
+    CopySelf(crate::copy_self::CopySelfArgs),
 }
 
 /// Arguments of `stowage crd`.
@@ -71,6 +84,14 @@ impl Cli {
         match self.command {
             Command::Crd(args) => crd(args),
             Command::Plugins(args) => plugins(args),
+            Command::Controller(args) => crate::controller::run(args).await,
+            Command::Run(command) => command.execute().await,
+            Command::Verify(args) => args.execute().await,
+            Command::Artifacts(command) => command.execute().await,
+            Command::CopySelf(args) => {
+                args.execute()?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

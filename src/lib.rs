@@ -8,7 +8,13 @@
 //! - [`cli`]: the `stowage` command line.
 
 pub mod api;
+pub mod artifacts;
 pub mod cli;
+pub mod controller;
+pub mod copy_self;
 pub mod crd;
 pub mod registry;
 pub mod retention;
+pub mod schedule;
+pub mod jobs;
+pub mod runner;

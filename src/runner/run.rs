@@ -1,0 +1,480 @@
+//! The three operations, independent of how their inputs arrived.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use stowage_plugin_sdk::{
+    ArtifactSink, ArtifactSource, ErrorKind, PluginError, RestoreRequest, RunContext, Secrets,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::plugin::RunnablePlugin;
+use super::progress::{log_sample, spawn_progress};
+use super::result::{Operation, Outcome, RunResult};
+use crate::api::Compression;
+use crate::artifacts::layout::{SIDECAR_SUFFIX, with_suffix};
+use crate::artifacts::reader::{Decoded, check_digest};
+use crate::artifacts::{
+    ArtifactName, ArtifactStore, Counters, Sidecar, StoreError, TargetDir, sidecar,
+};
+use crate::retention::{self, RetentionPolicy};
+
+/// Everything a run needs besides the plugin and the secrets.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Namespace of the target.
+    pub namespace: String,
+    /// Name of the target.
+    pub target: String,
+    /// The schedule that triggered the run; `None` when on demand.
+    pub schedule: Option<String>,
+    /// Identifier of the run.
+    pub run_id: String,
+    /// The tick the run is for; `None` when on demand.
+    pub scheduled_time: Option<Timestamp>,
+    /// Compression of the artifact.
+    pub compression: Compression,
+    /// Root of the artifact store.
+    pub root: PathBuf,
+    /// The schedule's retention, applied after a successful backup.
+    pub retention: Option<RetentionPolicy>,
+    /// Time zone retention counts periods in.
+    pub time_zone: TimeZone,
+    /// Report what retention would delete, without deleting.
+    pub prune_dry_run: bool,
+    /// How often to log progress (zero: never).
+    pub progress_interval: Duration,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// A failure: its kind and a message (not yet redacted).
+#[derive(Debug)]
+pub struct RunError {
+    /// The kind.
+    pub kind: ErrorKind,
+    /// What happened.
+    pub message: String,
+}
+
+impl From<PluginError> for RunError {
+    fn from(e: PluginError) -> Self {
+        RunError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> Self {
+        let kind = match e {
+            StoreError::InvalidName(_) => ErrorKind::InvalidConfig,
+            _ => ErrorKind::IoError,
+        };
+        RunError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::artifacts::InvalidName> for RunError {
+    fn from(e: crate::artifacts::InvalidName) -> Self {
+        RunError::new(ErrorKind::InvalidConfig, e.to_string())
+    }
+}
+
+impl RunError {
+    /// An error of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RunError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl RunSpec {
+    fn context(&self, secrets: Secrets) -> RunContext {
+        RunContext {
+            namespace: self.namespace.clone(),
+            target: self.target.clone(),
+            schedule: self.schedule.clone(),
+            run_id: self.run_id.clone(),
+            scheduled_time: self.scheduled_time,
+            secrets,
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Option<Duration>,
+    what: &str,
+    fut: impl Future<Output = Result<T, PluginError>>,
+) -> Result<T, PluginError> {
+    match timeout {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(PluginError::Timeout(format!(
+                "the {what} did not finish within {}s; raise the timeout or check the service",
+                limit.as_secs()
+            )))
+        }),
+    }
+}
+
+fn check_capability(plugin: &impl RunnablePlugin, operation: Operation) -> Result<(), RunError> {
+    let info = plugin.info();
+    let capable = match operation {
+        Operation::Backup => info.capabilities.backup,
+        Operation::Probe => info.capabilities.probe,
+        Operation::Restore => info.capabilities.restore,
+    };
+    if !capable {
+        return Err(RunError::new(
+            ErrorKind::Unsupported,
+            format!("the {} plugin cannot {}", info.key, operation.as_str()),
+        ));
+    }
+    plugin.validate().map_err(|e| {
+        RunError::from(PluginError::InvalidConfig(
+            e.prefixed(&format!("spec.{}", info.key)),
+        ))
+    })
+}
+
+fn finish(
+    operation: Operation,
+    start: Timestamp,
+    plugin: &impl RunnablePlugin,
+    outcome: Result<RunResult, RunError>,
+) -> RunResult {
+    let end = Timestamp::now();
+    let info = plugin.info();
+    let mut result = match outcome {
+        Ok(mut result) => {
+            result.end_time = end;
+            result.duration_seconds = end.duration_since(start).as_secs_f64();
+            result
+        }
+        Err(e) => {
+            tracing::error!(operation = operation.as_str(), kind = %e.kind, "run failed");
+            let mut result = RunResult::new(operation, Outcome::Failed, start, end);
+            result.error_kind = Some(e.kind);
+            result.message = Some(e.message);
+            result
+        }
+    };
+    result.plugin = Some(info.key.to_owned());
+    result.plugin_version = Some(info.version.to_owned());
+    result
+}
+
+/// Run a probe.
+pub async fn probe(plugin: &impl RunnablePlugin, spec: &RunSpec, secrets: Secrets) -> RunResult {
+    let start = Timestamp::now();
+    let outcome = async {
+        TargetDir::new(&spec.namespace, &spec.target)?;
+        check_capability(plugin, Operation::Probe)?;
+        let ctx = spec.context(secrets);
+        let report = with_timeout(spec.timeout, "probe", plugin.probe(&ctx)).await?;
+        let mut result = RunResult::new(Operation::Probe, Outcome::Ok, start, start);
+        result.message = Some(report.message);
+        result.facts = report.facts;
+        Ok(result)
+    }
+    .await;
+    finish(Operation::Probe, start, plugin, outcome)
+}
+
+/// Run a backup: stream the plugin's bytes into a new artifact, publish it with its
+/// sidecar, then apply the schedule's retention.
+pub async fn backup(plugin: &impl RunnablePlugin, spec: &RunSpec, secrets: Secrets) -> RunResult {
+    let start = Timestamp::now();
+    let outcome = backup_inner(plugin, spec, secrets, start).await;
+    finish(Operation::Backup, start, plugin, outcome)
+}
+
+async fn backup_inner(
+    plugin: &impl RunnablePlugin,
+    spec: &RunSpec,
+    secrets: Secrets,
+    start: Timestamp,
+) -> Result<RunResult, RunError> {
+    let dir = TargetDir::new(&spec.namespace, &spec.target)?;
+    check_capability(plugin, Operation::Backup)?;
+    let info = plugin.info();
+    let store = ArtifactStore::new(&spec.root);
+    store.remove_stale_partials(&dir)?;
+    let name = ArtifactName::new(
+        dir.clone(),
+        info.key,
+        &plugin.artifact_extension(),
+        spec.compression,
+        spec.scheduled_time.unwrap_or(start),
+    )?;
+    let mut pending = store.create(&name)?;
+    tracing::info!(
+        namespace = %spec.namespace,
+        target = %spec.target,
+        schedule = spec.schedule.as_deref().unwrap_or(""),
+        run_id = %spec.run_id,
+        plugin = info.key,
+        artifact = %pending.relative().display(),
+        compression = spec.compression.as_str(),
+        "backup started"
+    );
+    let ctx = spec.context(secrets);
+    let (writer, pipeline) = pending.start()?;
+    let _progress = spawn_progress(pending.counters(), spec.progress_interval, |s| {
+        log_sample("backup", s)
+    });
+    let produce = async {
+        let mut sink = ArtifactSink::new(writer);
+        let report = with_timeout(spec.timeout, "backup", plugin.backup(&ctx, &mut sink)).await;
+        let closed = sink.shutdown().await;
+        (report, closed)
+    };
+    let ((report, closed), encoded) = tokio::join!(produce, pipeline);
+    let report = match (report, encoded) {
+        (_, Err(store_error)) => {
+            pending.abort();
+            return Err(store_error.into());
+        }
+        (Err(plugin_error), _) => {
+            pending.abort();
+            return Err(plugin_error.into());
+        }
+        (Ok(report), Ok(encoded)) => {
+            if let Err(e) = closed {
+                pending.abort();
+                return Err(RunError::new(
+                    ErrorKind::IoError,
+                    format!("cannot finish the artifact stream: {e}"),
+                ));
+            }
+            (report, encoded)
+        }
+    };
+    let (report, encoded) = report;
+    let end = Timestamp::now();
+    let sidecar = Sidecar {
+        format_version: sidecar::FORMAT_VERSION,
+        plugin: info.key.to_owned(),
+        plugin_version: info.version.to_owned(),
+        stowage_version: env!("CARGO_PKG_VERSION").to_owned(),
+        namespace: spec.namespace.clone(),
+        target: spec.target.clone(),
+        schedule: spec.schedule.clone(),
+        run_id: spec.run_id.clone(),
+        scheduled_time: spec.scheduled_time,
+        start_time: start,
+        end_time: end,
+        raw_bytes: encoded.raw_bytes,
+        stored_bytes: encoded.stored_bytes,
+        sha256: encoded.sha256.clone(),
+        compression: spec.compression,
+        content_type: info.content_type.to_owned(),
+        facts: report.facts.clone(),
+    };
+    let written = pending.commit(sidecar)?;
+    tracing::info!(
+        artifact = %written.relative.display(),
+        raw_bytes = encoded.raw_bytes,
+        stored_bytes = encoded.stored_bytes,
+        sha256 = %encoded.sha256,
+        "backup written"
+    );
+    let mut result = RunResult::new(Operation::Backup, Outcome::Ok, start, end);
+    result.artifact = Some(written.relative.display().to_string());
+    result.raw_bytes = Some(encoded.raw_bytes);
+    result.stored_bytes = Some(encoded.stored_bytes);
+    result.sha256 = Some(encoded.sha256);
+    result.facts = report.facts;
+    if let (Some(schedule), Some(policy)) = (&spec.schedule, &spec.retention) {
+        match retention::apply(
+            &store,
+            &dir,
+            schedule,
+            policy,
+            &spec.time_zone,
+            spec.prune_dry_run,
+        ) {
+            Ok(outcome) => {
+                tracing::info!(
+                    schedule = %schedule,
+                    kept = outcome.kept.len(),
+                    pruned = outcome.pruned.len(),
+                    dry_run = outcome.dry_run,
+                    "retention applied"
+                );
+                for p in &outcome.pruned {
+                    tracing::info!(artifact = %p.id.display(), dry_run = outcome.dry_run, reason = %p.reason, "pruned");
+                }
+                result.pruned = Some(if outcome.dry_run {
+                    0
+                } else {
+                    outcome.pruned.len() as u32
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention failed; the backup itself succeeded");
+                result.prune_error = Some(e.to_string());
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Resolve an artifact path given relative to the store root (or absolute inside it).
+pub fn resolve_artifact(root: &Path, artifact: &Path) -> Result<PathBuf, RunError> {
+    let relative = artifact.strip_prefix(root).unwrap_or(artifact);
+    let clean = relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !clean || relative.as_os_str().is_empty() {
+        return Err(RunError::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "artifact path {} must be relative to the store root {} without '..' \
+                 (e.g. shop/app-db/2026-11-21/postgres-20261121T023000Z.dump.zst)",
+                artifact.display(),
+                root.display()
+            ),
+        ));
+    }
+    Ok(root.join(relative))
+}
+
+/// Run a restore from an artifact (path relative to the store root).
+pub async fn restore(
+    plugin: &impl RunnablePlugin,
+    spec: &RunSpec,
+    secrets: Secrets,
+    artifact: &Path,
+    into: Option<String>,
+) -> RunResult {
+    let start = Timestamp::now();
+    let outcome = restore_inner(plugin, spec, secrets, artifact, into, start).await;
+    finish(Operation::Restore, start, plugin, outcome)
+}
+
+async fn restore_inner(
+    plugin: &impl RunnablePlugin,
+    spec: &RunSpec,
+    secrets: Secrets,
+    artifact: &Path,
+    into: Option<String>,
+    start: Timestamp,
+) -> Result<RunResult, RunError> {
+    TargetDir::new(&spec.namespace, &spec.target)?;
+    check_capability(plugin, Operation::Restore)?;
+    let path = resolve_artifact(&spec.root, artifact)?;
+    let sidecar_path = with_suffix(&path, SIDECAR_SUFFIX);
+    let sidecar = Sidecar::read(&sidecar_path).map_err(|e| match e {
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            RunError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no sidecar {}: the artifact does not exist or is incomplete",
+                    sidecar_path.display()
+                ),
+            )
+        }
+        other => other.into(),
+    })?;
+    let info = plugin.info();
+    if sidecar.plugin != info.key {
+        return Err(RunError::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "{} was made by the {} plugin, not {}",
+                path.display(),
+                sidecar.plugin,
+                info.key
+            ),
+        ));
+    }
+    let decoded = Decoded::open(&path, sidecar.compression).map_err(|e| {
+        RunError::new(
+            ErrorKind::NotFound,
+            format!("cannot open {}: {e}", path.display()),
+        )
+    })?;
+    let counters = std::sync::Arc::new(Counters::default());
+    let _progress = spawn_progress(counters.clone(), spec.progress_interval, |s| {
+        log_sample("restore", s)
+    });
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(crate::artifacts::writer::CHANNEL_CHUNKS);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+        use std::io::Read;
+        let mut decoded = decoded;
+        loop {
+            let mut chunk = vec![0u8; crate::artifacts::writer::CHUNK_SIZE];
+            let n = decoded.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            if tx.blocking_send(chunk).is_err() {
+                break;
+            }
+        }
+        decoded.finish()
+    });
+    let (mut pipe_in, pipe_out) = tokio::io::duplex(crate::artifacts::writer::CHUNK_SIZE);
+    let feed_counters = counters.clone();
+    let feed = async move {
+        while let Some(chunk) = rx.recv().await {
+            feed_counters.add_raw(chunk.len() as u64);
+            if pipe_in.write_all(&chunk).await.is_err() {
+                // The plugin stopped reading; its result says why.
+                break;
+            }
+        }
+        let _ = pipe_in.shutdown().await;
+    };
+    let ctx = spec.context(secrets);
+    let request = RestoreRequest {
+        facts: sidecar.facts.clone(),
+        into,
+    };
+    let consume = async {
+        let mut source = ArtifactSource::new(pipe_out);
+        with_timeout(
+            spec.timeout,
+            "restore",
+            plugin.restore(&ctx, &mut source, &request),
+        )
+        .await
+    };
+    let ((), report) = tokio::join!(feed, consume);
+    let digest = reader
+        .await
+        .map_err(|e| RunError::new(ErrorKind::Internal, format!("artifact reader failed: {e}")))?;
+    let report = report?;
+    let digest = digest.map_err(|e| {
+        RunError::new(
+            ErrorKind::IoError,
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    check_digest(&path, sidecar.stored_bytes, &sidecar.sha256, digest)
+        .map_err(|e| RunError::new(ErrorKind::IoError, e.to_string()))?;
+    let mut result = RunResult::new(Operation::Restore, Outcome::Ok, start, start);
+    result.artifact = Some(
+        path.strip_prefix(&spec.root)
+            .unwrap_or(&path)
+            .display()
+            .to_string(),
+    );
+    result.raw_bytes = Some(counters.raw());
+    result.stored_bytes = Some(sidecar.stored_bytes);
+    result.sha256 = Some(sidecar.sha256);
+    result.message = Some(report.message);
+    Ok(result)
+}

@@ -1,0 +1,398 @@
+//! Runner tests with a small in-test plugin, on real files.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stowage_plugin_sdk::{
+    ArtifactSink, ArtifactSource, BackupReport, Capabilities, Execution, Plugin, PluginError,
+    PluginInfo, ProbeReport, RestoreReport, RestoreRequest, RunContext, SecretKeyRef, SecretValue,
+    Secrets,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::artifacts::catalog;
+
+/// Writes `size` pattern bytes; fails after `fail_after` bytes when set, with a message
+/// that contains the secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct PatternConfig {
+    size: u64,
+    #[serde(default)]
+    fail_after: Option<u64>,
+    token_secret_ref: SecretKeyRef,
+}
+
+struct Pattern;
+
+static RESTORED: Mutex<Vec<(Vec<u8>, Option<String>)>> = Mutex::new(Vec::new());
+
+fn pattern(len: u64) -> Vec<u8> {
+    (0..len).map(|i| (i % 253) as u8).collect()
+}
+
+impl Plugin for Pattern {
+    type Config = PatternConfig;
+    const KEY: &'static str = "pattern";
+
+    fn info() -> PluginInfo {
+        PluginInfo {
+            key: "pattern",
+            name: "Pattern",
+            version: "9.9.9",
+            description: "test",
+            capabilities: Capabilities {
+                backup: true,
+                restore: true,
+                probe: true,
+            },
+            artifact_extension: "bin",
+            content_type: "application/octet-stream",
+            execution: Execution::Native,
+            needs_kubernetes_api: false,
+        }
+    }
+
+    async fn probe(config: &PatternConfig, ctx: &RunContext) -> Result<ProbeReport, PluginError> {
+        let token = ctx.secret(&config.token_secret_ref)?;
+        Ok(ProbeReport {
+            message: format!("reachable with token {}", token.expose()),
+            facts: BTreeMap::from([("serverVersion".into(), "1.2".into())]),
+        })
+    }
+
+    async fn backup(
+        config: &PatternConfig,
+        ctx: &RunContext,
+        sink: &mut ArtifactSink<'_>,
+    ) -> Result<BackupReport, PluginError> {
+        let token = ctx.secret(&config.token_secret_ref)?.expose().to_owned();
+        let data = pattern(config.size);
+        for (i, chunk) in data.chunks(8192).enumerate() {
+            if config
+                .fail_after
+                .is_some_and(|limit| (i * 8192) as u64 >= limit)
+            {
+                return Err(PluginError::Unauthorized(format!(
+                    "server said: bad token {token}"
+                )));
+            }
+            sink.write_all(chunk).await?;
+        }
+        Ok(BackupReport {
+            facts: BTreeMap::from([("rows".into(), config.size.to_string())]),
+        })
+    }
+
+    async fn restore(
+        _config: &PatternConfig,
+        _ctx: &RunContext,
+        source: &mut ArtifactSource<'_>,
+        request: &RestoreRequest,
+    ) -> Result<RestoreReport, PluginError> {
+        let mut data = Vec::new();
+        source.read_to_end(&mut data).await?;
+        assert_eq!(
+            request.facts.get("rows").map(String::as_str),
+            Some(data.len().to_string().as_str())
+        );
+        RESTORED.lock().unwrap().push((data, request.into.clone()));
+        Ok(RestoreReport {
+            message: "restored".into(),
+        })
+    }
+}
+
+fn spec(root: &std::path::Path) -> RunSpec {
+    RunSpec {
+        namespace: "shop".into(),
+        target: "app-db".into(),
+        schedule: Some("nightly".into()),
+        run_id: "run-1".into(),
+        scheduled_time: Some("2026-11-21T02:30:00Z".parse().unwrap()),
+        compression: Compression::Zstd,
+        root: root.to_owned(),
+        retention: None,
+        time_zone: TimeZone::UTC,
+        prune_dry_run: false,
+        progress_interval: Duration::from_secs(5),
+        timeout: None,
+    }
+}
+
+fn secrets() -> Secrets {
+    let mut secrets = Secrets::default();
+    secrets.insert(
+        SecretKeyRef::new("api", "token"),
+        SecretValue::new("s3cr3t-t0ken"),
+    );
+    secrets
+}
+
+fn plugin(size: u64, fail_after: Option<u64>) -> Single<Pattern> {
+    Single(PatternConfig {
+        size,
+        fail_after,
+        token_secret_ref: SecretKeyRef::new("api", "token"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_writes_artifact_and_sidecar_then_restore_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let result = backup(&plugin(1_000_000, None), &spec, secrets()).await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    let artifact = result.artifact.clone().unwrap();
+    assert_eq!(
+        artifact,
+        "shop/app-db/2026-11-21/pattern-20261121T023000Z.bin.zst"
+    );
+    let stored = std::fs::read(dir.path().join(&artifact)).unwrap();
+    assert_eq!(
+        result.sha256.as_deref(),
+        Some(crate::artifacts::writer::hex(&Sha256::digest(&stored)).as_str())
+    );
+    assert_eq!(result.raw_bytes, Some(1_000_000));
+    assert_eq!(result.stored_bytes, Some(stored.len() as u64));
+    assert_eq!(result.plugin_version.as_deref(), Some("9.9.9"));
+    let decoded = zstd::decode_all(&stored[..]).unwrap();
+    assert!(decoded == pattern(1_000_000));
+
+    let found = catalog::scan(dir.path()).unwrap();
+    assert_eq!(found.artifacts.len(), 1);
+    let sidecar = &found.artifacts[0].sidecar;
+    assert_eq!(sidecar.schedule.as_deref(), Some("nightly"));
+    assert_eq!(sidecar.run_id, "run-1");
+    assert_eq!(
+        sidecar.facts.get("rows").map(String::as_str),
+        Some("1000000")
+    );
+    assert_eq!(sidecar.plugin_version, "9.9.9");
+
+    let restored = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        std::path::Path::new(&artifact),
+        Some("copy".into()),
+    )
+    .await;
+    assert_eq!(restored.outcome, Outcome::Ok, "{restored:?}");
+    assert_eq!(restored.raw_bytes, Some(1_000_000));
+    let (data, into) = RESTORED.lock().unwrap().pop().unwrap();
+    assert!(data == pattern(1_000_000));
+    assert_eq!(into.as_deref(), Some("copy"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_a_corrupted_artifact_and_escaping_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path());
+    spec.compression = Compression::None;
+    let result = backup(&plugin(100_000, None), &spec, secrets()).await;
+    let artifact = result.artifact.unwrap();
+    let path = dir.path().join(&artifact);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let restored = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        std::path::Path::new(&artifact),
+        None,
+    )
+    .await;
+    assert_eq!(restored.outcome, Outcome::Failed);
+    assert_eq!(restored.error_kind, Some(ErrorKind::IoError));
+    assert!(
+        restored
+            .message
+            .unwrap()
+            .contains("does not match its sidecar")
+    );
+
+    let escaped = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        std::path::Path::new("../../etc/passwd"),
+        None,
+    )
+    .await;
+    assert_eq!(escaped.error_kind, Some(ErrorKind::InvalidConfig));
+    let missing = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        std::path::Path::new("shop/app-db/nope.bin"),
+        None,
+    )
+    .await;
+    assert_eq!(missing.error_kind, Some(ErrorKind::NotFound));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_plugin_leaves_nothing_and_its_error_is_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path());
+    let mut result = backup(&plugin(1_000_000, Some(300_000)), &spec, secrets()).await;
+    assert_eq!(result.outcome, Outcome::Failed);
+    assert_eq!(result.error_kind, Some(ErrorKind::Unauthorized));
+    assert_eq!(result.exit_code(), 13);
+    redact_result(&mut result, &secrets().redactor());
+    let json = result.to_bounded_json(TERMINATION_MESSAGE_LIMIT);
+    assert!(!json.contains("s3cr3t-t0ken"), "{json}");
+    assert!(json.contains("bad token <redacted>"), "{json}");
+    // Nothing at all is left under the target: no artifact, no sidecar, no .partial.
+    let files: Vec<_> = walk(dir.path());
+    assert!(files.is_empty(), "{files:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_message_and_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut result = probe(&plugin(0, None), &spec(dir.path()), secrets()).await;
+    assert_eq!(result.outcome, Outcome::Ok);
+    assert_eq!(
+        result.facts.get("serverVersion").map(String::as_str),
+        Some("1.2")
+    );
+    redact_result(&mut result, &secrets().redactor());
+    assert_eq!(
+        result.message.as_deref(),
+        Some("reachable with token <redacted>")
+    );
+    let no_secret = probe(&plugin(0, None), &spec(dir.path()), Secrets::default()).await;
+    assert_eq!(no_secret.error_kind, Some(ErrorKind::NotFound));
+    assert!(no_secret.message.unwrap().contains("\"api\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_runs_after_a_scheduled_backup_and_spares_on_demand_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path());
+    spec.compression = Compression::None;
+    // An on-demand backup first, then four nightly ones, keeping the last two.
+    let on_demand = RunSpec {
+        schedule: None,
+        scheduled_time: None,
+        ..spec.clone()
+    };
+    assert_eq!(
+        backup(&plugin(10, None), &on_demand, secrets())
+            .await
+            .outcome,
+        Outcome::Ok
+    );
+    spec.retention = Some(RetentionPolicy {
+        keep_last: 2,
+        ..Default::default()
+    });
+    let mut pruned = Vec::new();
+    for day in 1..=4 {
+        spec.scheduled_time = Some(format!("2026-11-0{day}T02:30:00Z").parse().unwrap());
+        let result = backup(&plugin(10, None), &spec, secrets()).await;
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+        pruned.push(result.pruned.unwrap());
+    }
+    assert_eq!(pruned, vec![0, 0, 1, 1]);
+    let found = catalog::scan(dir.path()).unwrap();
+    let mut names: Vec<String> = found
+        .artifacts
+        .iter()
+        .map(|l| l.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"pattern-20261103T023000Z.bin".to_owned()));
+    assert!(names.contains(&"pattern-20261104T023000Z.bin".to_owned()));
+    assert!(found.artifacts.iter().any(|l| l.sidecar.schedule.is_none()));
+    // Sidecars of pruned artifacts are gone too.
+    assert_eq!(walk(dir.path()).len(), 6);
+
+    // Dry run: reports but deletes nothing.
+    spec.prune_dry_run = true;
+    spec.retention = Some(RetentionPolicy {
+        keep_last: 1,
+        ..Default::default()
+    });
+    spec.scheduled_time = Some("2026-11-05T02:30:00Z".parse().unwrap());
+    let result = backup(&plugin(10, None), &spec, secrets()).await;
+    assert_eq!(result.pruned, Some(0));
+    assert_eq!(walk(dir.path()).len(), 8);
+}
+
+#[test]
+fn bad_inputs_become_invalid_config_results() {
+    let args =
+        |config: &str, retention: Option<&str>, time: Option<&str>, compression: &str| RunArgs {
+            plugin: "pattern".into(),
+            plugin_config: config.into(),
+            namespace: "shop".into(),
+            target: "db".into(),
+            schedule: None,
+            run_id: "r".into(),
+            scheduled_time: time.map(Into::into),
+            compression: compression.into(),
+            root: "/tmp".into(),
+            retention: retention.map(Into::into),
+            time_zone: "UTC".into(),
+            prune_dry_run: false,
+            termination_message_path: "/dev/null".into(),
+            progress_interval: 5,
+            timeout_seconds: None,
+        };
+    assert!(args("{}", None, None, "zstd").spec().is_ok());
+    for bad in [
+        args("{not json", None, None, "zstd"),
+        args("{}", Some("{\"keepLast\":-1}"), None, "zstd"),
+        args("{}", None, Some("yesterday"), "zstd"),
+        args("{}", None, None, "lz4"),
+    ] {
+        let err = bad.spec().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidConfig, "{}", err.message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_escape_the_store_are_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    for (namespace, target) in [
+        ("..", "x"),
+        ("shop", "../../etc"),
+        ("shop", "a/b"),
+        ("", "x"),
+    ] {
+        let spec = RunSpec {
+            namespace: namespace.into(),
+            target: target.into(),
+            ..spec(dir.path())
+        };
+        let result = backup(&plugin(10, None), &spec, secrets()).await;
+        assert_eq!(
+            result.error_kind,
+            Some(ErrorKind::InvalidConfig),
+            "{namespace}/{target}"
+        );
+    }
+    assert!(walk(dir.path()).is_empty());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite and the demo use, only when missing.
+# Idempotent and non-interactive (CI runs it with no stdin).
+set -euo pipefail
+
+packages=(
+  postgresql      # real PostgreSQL servers the plugin tests start on loopback
+  openssl         # certificates of the local control plane
+  file            # the static-binary check
+  util-linux      # unshare/mount for the node agent's mount namespaces
+  ca-certificates
+  curl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+else
+  echo "packages: all present"
+fi
