@@ -95,21 +95,29 @@ HELM="$BIN/helm"
 
 # ---- ports --------------------------------------------------------------------------
 # Ports in LISTEN state (hex) from /proc/net/tcp{,6}.
-listening_ports() {
+# Every local port in use, in any TCP state (an outgoing connection's port or one in
+# TIME_WAIT blocks a bind as surely as a listener does).
+used_ports() {
   cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
-    awk 'NR > 0 && $4 == "0A" { split($2, a, ":"); print a[2] }'
+    awk 'NR > 1 { split($2, a, ":"); print a[2] }'
 }
+# Ports are drawn below the kernel's ephemeral range, so an outgoing connection opened
+# between the check and the bind cannot take them.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_LOW=20000
+PORT_SPAN=$((EPHEMERAL_LOW - PORT_LOW))
+((PORT_SPAN > 1000)) || { PORT_LOW=10000; PORT_SPAN=$((EPHEMERAL_LOW - PORT_LOW)); }
 declare -A TAKEN=()
 port_free() {
   local p="$1" hex
   [[ -z "${TAKEN[$p]:-}" ]] || return 1
   printf -v hex '%04X' "$p"
-  ! listening_ports | grep -qx "$hex"
+  ! used_ports | grep -qx "$hex"
 }
 pick_port() {
   local p i
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((PORT_LOW + RANDOM % PORT_SPAN))
     if port_free "$p"; then
       TAKEN[$p]=1
       printf '%s\n' "$p"
