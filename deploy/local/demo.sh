@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# The one-command demo: a local Kubernetes control plane, stowage installed with its Helm
+# chart, a PostgreSQL database with sample data, and a first backup of it.
+#
+# Usage: deploy/local/demo.sh [start]   set everything up (or reuse what runs) and back up
+#        deploy/local/demo.sh stop      stop the node agent, PostgreSQL and the control plane
+#        deploy/local/demo.sh clean     stop, then delete the demo's state
+#
+# What `start` does, each step skipped when already done (so running it again only
+# re-triggers a backup):
+#   1. installs the Debian packages (tests/install-deps.sh), builds the control plane
+#      (deploy/local/build.sh) and stowage + stowage-node-agent (cargo, debug profile);
+#   2. starts the control plane in ~/.cache/stowage/demo/cp and the node agent, which runs
+#      pods as local processes (the stowage image's binary is the one just built);
+#   3. starts PostgreSQL 127.0.0.1:$STOWAGE_DEMO_PG_PORT (default 15432) as user postgres
+#      with a `shop` database (customers, orders) and a `backup` role;
+#   4. creates namespace shop, PVC `backups`, Secret `app-db-backup` (the role's password),
+#      `helm upgrade --install`s stowage, applies BackupTarget app-db + BackupSchedule nightly;
+#   5. annotates stowage.dev/backup-now, waits for the run and shows the result.
+# Needs root (the node agent uses mount namespaces), Rust and Go.
+# Environment: STOWAGE_DEMO_DIR (default ~/.cache/stowage/demo), STOWAGE_DEMO_PG_PORT,
+#   STOWAGE_DEMO_PG_DIR (PostgreSQL's data, default /var/tmp/stowage-demo-postgres: it must
+#   be readable by user postgres, which ~ is not), CARGO_TARGET_DIR.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+CACHE="${STOWAGE_CACHE:-$HOME/.cache/stowage}"
+DEMO="${STOWAGE_DEMO_DIR:-$CACHE/demo}"
+CP="$DEMO/cp"
+AGENT_STATE="$DEMO/node-agent"
+AGENT_PID="$DEMO/node-agent.pid"
+LOGS="$DEMO/logs"
+PG_PORT="${STOWAGE_DEMO_PG_PORT:-15432}"
+PG_DIR="${STOWAGE_DEMO_PG_DIR:-/var/tmp/stowage-demo-postgres}"
+METRICS_PORT_FILE="$DEMO/metrics-port"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+RUST_BIN="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug"
+NS=shop
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+log() { printf '    %s\n' "$*" >&2; }
+die() {
+  printf 'demo.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# ---- PostgreSQL (Debian's, run by hand as user postgres) -------------------------------
+pg_bin() {
+  local v
+  v="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -n | tail -n 1)"
+  [[ -n "$v" ]] || die "PostgreSQL is not installed (apt-get install postgresql)"
+  printf '/usr/lib/postgresql/%s/bin\n' "$v"
+}
+as_postgres() { runuser -u postgres -- "$@"; }
+pg_running() { [[ -d "$PG_DIR/data" ]] && as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
+
+# ---- the node agent ------------------------------------------------------------------------
+agent_running() {
+  local pid
+  [[ -f "$AGENT_PID" ]] || return 1
+  pid="$(cat "$AGENT_PID")"
+  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$AGENT_STATE"
+}
+
+stop() {
+  step "stopping the demo"
+  if agent_running; then
+    local pid
+    pid="$(cat "$AGENT_PID")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do agent_running || break; sleep 0.5; done
+    log "node agent stopped"
+  fi
+  rm -f "$AGENT_PID"
+  if pg_running; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null
+    log "PostgreSQL stopped"
+  fi
+  if [[ -d "$CP" ]]; then
+    "$HERE/down.sh" "$CP" >&2 || true
+  fi
+  log "stopped; state kept in $DEMO (delete it with: $0 clean)"
+}
+
+clean() {
+  stop
+  rm -rf "$DEMO" "$PG_DIR"
+  log "removed $DEMO and $PG_DIR"
+}
+
+case "${1:-start}" in
+  start) ;;
+  stop)
+    stop
+    exit 0
+    ;;
+  clean)
+    clean
+    exit 0
+    ;;
+  -h | --help)
+    sed -n '2,25p' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+  *) die "unknown command '$1' (start, stop, clean)" ;;
+esac
+
+[[ "$(id -u)" == 0 ]] || die "the demo needs root: the node agent runs pods in mount namespaces (run it with sudo)"
+mkdir -p "$DEMO" "$LOGS"
+
+# ---- 1. packages and builds ---------------------------------------------------------------
+step "1/5 packages and builds"
+bash "$REPO/tests/install-deps.sh" >"$LOGS/install-deps.log" 2>&1 || {
+  tail -n 20 "$LOGS/install-deps.log" >&2
+  die "installing packages failed (log: $LOGS/install-deps.log)"
+}
+for tool in cargo go python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed"
+done
+log "control plane binaries (deploy/local/build.sh; the first build takes a while)"
+"$HERE/build.sh" >"$LOGS/build.log" 2>&1 || {
+  tail -n 20 "$LOGS/build.log" >&2
+  die "deploy/local/build.sh failed (log: $LOGS/build.log)"
+}
+log "stowage and stowage-node-agent (cargo build; log: $LOGS/cargo.log)"
+(cd "$REPO" && cargo build -p stowage --bin stowage -p stowage-testenv --bin stowage-node-agent) >"$LOGS/cargo.log" 2>&1 || {
+  tail -n 30 "$LOGS/cargo.log" >&2
+  die "cargo build failed (log: $LOGS/cargo.log)"
+}
+STOWAGE="$RUST_BIN/stowage"
+AGENT="$RUST_BIN/stowage-node-agent"
+
+# ---- 2. control plane + node agent ----------------------------------------------------------
+step "2/5 local Kubernetes control plane and node agent"
+"$HERE/up.sh" "$CP" >"$LOGS/up.log" 2>&1 || {
+  tail -n 30 "$LOGS/up.log" >&2
+  die "the control plane did not start (log: $LOGS/up.log)"
+}
+# shellcheck source=/dev/null
+source "$CP/env"
+k() { "$KUBECTL" --request-timeout 20s "$@"; }
+log "API server $STOWAGE_APISERVER_URL"
+if agent_running; then
+  log "node agent already running (pid $(cat "$AGENT_PID"))"
+else
+  setsid "$AGENT" --state-dir "$AGENT_STATE" --kubeconfig "$KUBECONFIG" --node-name stowage-local \
+    --image-map "stowage=$STOWAGE:/usr/local/bin/stowage" >>"$LOGS/node-agent.log" 2>&1 </dev/null &
+  echo "$!" >"$AGENT_PID"
+  log "node agent started (pid $!, log $LOGS/node-agent.log)"
+fi
+node_ready() { [[ "$(k get node stowage-local -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; }
+for _ in $(seq 1 120); do node_ready && break; sleep 1; done
+node_ready || die "node stowage-local is not Ready (log: $LOGS/node-agent.log)"
+
+# ---- 3. PostgreSQL with sample data -----------------------------------------------------------
+step "3/5 PostgreSQL on 127.0.0.1:$PG_PORT with sample data"
+PGBIN="$(pg_bin)"
+mkdir -p "$PG_DIR"
+chown postgres:postgres "$PG_DIR"
+chmod 700 "$PG_DIR"
+if [[ ! -s "$PG_DIR/data/PG_VERSION" ]]; then
+  as_postgres "$PGBIN/initdb" -D "$PG_DIR/data" --auth-local=peer --auth-host=scram-sha-256 \
+    --username=postgres >"$LOGS/initdb.log" 2>&1 || die "initdb failed (log: $LOGS/initdb.log)"
+  log "initialised $PG_DIR/data"
+fi
+if pg_running; then
+  log "PostgreSQL already running"
+else
+  as_postgres "$PGBIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR" start >/dev/null ||
+    die "PostgreSQL did not start (log: $PG_DIR/postgres.log; is port $PG_PORT free? set STOWAGE_DEMO_PG_PORT)"
+  log "PostgreSQL started (log $PG_DIR/postgres.log)"
+fi
+psql_admin() { as_postgres "$PGBIN/psql" -h "$PG_DIR" -p "$PG_PORT" -v ON_ERROR_STOP=1 -qAt "$@"; }
+# The backup role's password: generated once, kept in the demo dir (mode 600), given to the
+# cluster as a Secret; never on a command line.
+if [[ ! -s "$DEMO/pg-password" ]]; then
+  # No trailing newline: the Secret is made from this file as is.
+  (umask 077 && printf '%s' "$(head -c 18 /dev/urandom | base64 | tr -d '/+=\n')" >"$DEMO/pg-password")
+fi
+PASSWORD_SQL="$(sed "s/'/''/g" "$DEMO/pg-password")"
+psql_admin -d postgres >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'backup') THEN
+    CREATE ROLE backup LOGIN;
+  END IF;
+END \$\$;
+ALTER ROLE backup PASSWORD '$PASSWORD_SQL';
+SQL
+if [[ -z "$(psql_admin -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'shop'")" ]]; then
+  psql_admin -d postgres -c "CREATE DATABASE shop" >/dev/null
+  psql_admin -d shop >/dev/null <<'SQL'
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, email text NOT NULL);
+CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customers(id),
+                     total numeric(10,2) NOT NULL, placed_at timestamptz NOT NULL);
+INSERT INTO customers (name, email)
+  SELECT 'customer ' || i, 'customer' || i || '@example.com' FROM generate_series(1, 500) i;
+INSERT INTO orders (customer_id, total, placed_at)
+  SELECT 1 + (i % 500), round((random() * 200)::numeric, 2), now() - i * interval '1 hour'
+  FROM generate_series(1, 5000) i;
+GRANT CONNECT ON DATABASE shop TO backup;
+GRANT USAGE ON SCHEMA public TO backup;
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO backup;
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO backup;
+SQL
+  log "created database shop (500 customers, 5000 orders)"
+else
+  log "database shop exists ($(psql_admin -d shop -c 'SELECT count(*) FROM orders') orders)"
+fi
+
+# ---- 4. stowage and the backup definitions ---------------------------------------------------------
+step "4/5 stowage (helm upgrade --install) and a BackupTarget + BackupSchedule"
+k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: backups, namespace: $NS}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+EOF
+k -n "$NS" create secret generic app-db-backup --from-file=password="$DEMO/pg-password" \
+  --dry-run=client -o yaml | k apply -f - >/dev/null
+# Pods share the host's network here: keep the operator's metrics port stable and free.
+if [[ ! -s "$METRICS_PORT_FILE" ]]; then
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' >"$METRICS_PORT_FILE"
+fi
+METRICS_PORT="$(cat "$METRICS_PORT_FILE")"
+"$HELM" upgrade --install stowage "$REPO/charts/stowage" -n stowage-system --create-namespace \
+  --set "metrics.port=$METRICS_PORT" --set logFormat=text \
+  --set "runner.serviceAccount.namespaces={$NS}" >"$LOGS/helm.log" 2>&1 || {
+  cat "$LOGS/helm.log" >&2
+  die "helm upgrade --install failed"
+}
+log "helm release stowage (namespace stowage-system, revision $("$HELM" -n stowage-system status stowage -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])'))"
+k -n stowage-system rollout status deployment/stowage --timeout=180s >/dev/null ||
+  die "the operator did not become ready; see $AGENT_STATE/logs/stowage-system_stowage-*_controller.log"
+log "operator ready (metrics: http://127.0.0.1:$METRICS_PORT/metrics)"
+cat >"$DEMO/app-db.yaml" <<EOF
+# deploy/examples/postgres-target.yaml, pointed at the demo's PostgreSQL.
+apiVersion: stowage.dev/v1alpha1
+kind: BackupTarget
+metadata:
+  name: app-db
+  namespace: $NS
+  labels:
+    tier: db
+spec:
+  postgres:
+    host: 127.0.0.1
+    port: $PG_PORT
+    database: shop
+    username: backup
+    passwordSecretRef:
+      name: app-db-backup
+      key: password
+    format: custom
+  storage:
+    claimName: backups
+  compression: zstd
+EOF
+k apply -f "$DEMO/app-db.yaml" -f "$REPO/deploy/examples/nightly-schedule.yaml" >/dev/null
+log "applied BackupTarget $NS/app-db ($DEMO/app-db.yaml) and BackupSchedule $NS/nightly (deploy/examples/nightly-schedule.yaml)"
+
+# ---- 5. an on-demand backup -------------------------------------------------------------------
+step "5/5 on-demand backup"
+previous="$(k -n "$NS" get backuptarget app-db -o 'jsonpath={.status.lastBackup.job}')"
+token="$(date +%s)"
+k -n "$NS" annotate backuptarget app-db "stowage.dev/backup-now=$token" --overwrite >/dev/null
+log "kubectl -n $NS annotate backuptarget app-db stowage.dev/backup-now=$token --overwrite"
+result=""
+for _ in $(seq 1 150); do
+  result="$(k -n "$NS" get backuptarget app-db -o json | python3 -c '
+import json, sys
+token, previous = sys.argv[1], sys.argv[2]
+st = json.load(sys.stdin).get("status") or {}
+last = st.get("lastBackup") or {}
+if st.get("lastHandledBackupNow") != token or not last.get("completionTime") or last.get("job", "") in ("", previous):
+    print("running")
+elif last.get("outcome") == "Succeeded":
+    print("ok " + last.get("artifact", "") + " " + last.get("size", str(last.get("sizeBytes", ""))))
+else:
+    print("failed " + (last.get("reason") or "") + ": " + (last.get("message") or ""))
+' "$token" "$previous")" || result="running"
+  [[ "$result" == running ]] || break
+  sleep 2
+done
+case "$result" in
+  ok*) log "backup succeeded: ${result#ok }" ;;
+  failed*) log "backup FAILED: ${result#failed }" ;;
+  *) log "the backup has not finished yet; watch it with: kubectl -n $NS get backuptarget app-db -w" ;;
+esac
+
+echo
+"$KUBECTL" get backuptargets,backupschedules -A
+echo
+CLAIM_DIR="$AGENT_STATE/volumes/pvc/$NS/backups"
+echo "Artifacts on the claim ($CLAIM_DIR):"
+"$STOWAGE" artifacts list "$CLAIM_DIR" || true
+
+cat <<EOF
+
+Look around:
+  export KUBECONFIG=$KUBECONFIG
+  alias kubectl=$KUBECTL
+  kubectl get stowage -A                         # every stowage resource
+  kubectl -n $NS describe backuptarget app-db    # conditions, last backup, events
+  kubectl -n $NS annotate backuptarget app-db stowage.dev/backup-now="\$(date +%s)" --overwrite
+  $STOWAGE verify $CLAIM_DIR
+  psql -h 127.0.0.1 -p $PG_PORT -U backup shop   # password in $DEMO/pg-password
+Logs: $LOGS (builds, node agent), $AGENT_STATE/logs (every container: operator, backup Jobs),
+      $CP/logs (etcd, kube-apiserver, kube-controller-manager)
+Run it again to re-trigger a backup:  $0
+Stop:   $0 stop        (state kept; '$0 clean' deletes it)
+EOF
+case "$result" in
+  ok*) exit 0 ;;
+  *) exit 1 ;;
+esac
