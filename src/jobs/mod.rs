@@ -219,7 +219,8 @@ pub struct JobDefaults {
     pub backoff_limit: i32,
     /// `ttlSecondsAfterFinished` (unset by default: the history limits delete Jobs).
     pub ttl_seconds_after_finished: Option<i32>,
-    /// ServiceAccount when `spec.job.serviceAccountName` is unset.
+    /// ServiceAccount when `spec.job.serviceAccountName` is unset, for plugins that use the
+    /// Kubernetes API (other plugins run as the namespace's `default` account).
     pub service_account_name: Option<String>,
     /// Container resources when `spec.job.resources` is unset.
     pub resources: Option<ResourceRequirements>,

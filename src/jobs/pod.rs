@@ -148,11 +148,14 @@ impl PodInputs<'_> {
             spec: Some(PodSpec {
                 restart_policy: Some("Never".to_owned()),
                 automount_service_account_token: Some(info.needs_kubernetes_api),
-                service_account_name: self
-                    .settings
-                    .service_account_name
-                    .clone()
-                    .or_else(|| self.defaults.service_account_name.clone()),
+                // The operator's runner ServiceAccount only matters to plugins that call
+                // the API; others keep the namespace's `default` account, so a namespace
+                // without `stowage-runner` still runs them.
+                service_account_name: self.settings.service_account_name.clone().or_else(|| {
+                    info.needs_kubernetes_api
+                        .then(|| self.defaults.service_account_name.clone())
+                        .flatten()
+                }),
                 enable_service_links: Some(false),
                 node_selector: (!self.settings.node_selector.is_empty())
                     .then(|| self.settings.node_selector.clone()),

@@ -481,13 +481,11 @@ fn spec_job_overrides_the_defaults() {
         "540"
     );
 
-    // Without overrides, the defaults apply.
+    // Without overrides, the defaults apply (the runner ServiceAccount only to plugins that
+    // call the Kubernetes API, which http does not).
     let job =
         serde_json::to_value(build_job(&http("site"), &nightly(), &defaults).unwrap()).unwrap();
-    assert_eq!(
-        job["spec"]["template"]["spec"]["serviceAccountName"],
-        json!("default-runner")
-    );
+    assert_eq!(job["spec"]["template"]["spec"].get("serviceAccountName"), None);
     assert!(
         job["spec"]["template"]["spec"]
             .get("nodeSelector")
@@ -565,4 +563,18 @@ fn inconsistent_requests_and_unsaved_targets_are_refused() {
     let err = build_job(&unsaved, &nightly(), &JobDefaults::default()).unwrap_err();
     assert!(err.to_string().contains("metadata.uid"), "{err}");
     let _: Job = build_job(&t, &nightly(), &JobDefaults::default()).unwrap();
+}
+
+#[test]
+fn plugins_that_do_not_use_the_api_keep_the_default_service_account() {
+    let defaults = JobDefaults {
+        service_account_name: Some("stowage-runner".into()),
+        ..JobDefaults::default()
+    };
+    for t in [http("site"), postgres("db")] {
+        let job = serde_json::to_value(build_job(&t, &nightly(), &defaults).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod.get("serviceAccountName"), None, "{}", t.spec.plugin.key());
+        assert_eq!(pod["automountServiceAccountToken"], json!(false));
+    }
 }

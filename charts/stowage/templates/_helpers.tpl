@@ -102,6 +102,7 @@ What the operator may do in the namespaces it watches. No Secrets: backup pods g
 values through secretKeyRef, the operator never reads them.
 */}}
 {{- define "stowage.rules" -}}
+{{- /* Keep in step with deploy/rbac/operator.yaml (a test compares them). */}}
 - apiGroups: ["stowage.dev"]
   resources: ["backuptargets", "backupschedules"]
   verbs: ["get", "list", "watch", "patch", "update"]
@@ -113,16 +114,13 @@ values through secretKeyRef, the operator never reads them.
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
+  verbs: ["create", "get", "list", "watch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

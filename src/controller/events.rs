@@ -1,0 +1,124 @@
+//! Kubernetes Events the controller publishes. Each is planned by a pure function when a
+//! status transition is derived and published once that status is written, so a repeated
+//! reconcile does not repeat it.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+/// Event reasons (stable; documented in `docs/operations.md`).
+pub mod reasons {
+    /// A backup Job was created.
+    pub const BACKUP_STARTED: &str = "BackupStarted";
+    /// A backup finished and its artifact is stored.
+    pub const BACKUP_SUCCEEDED: &str = "BackupSucceeded";
+    /// A backup failed.
+    pub const BACKUP_FAILED: &str = "BackupFailed";
+    /// A probe failed.
+    pub const PROBE_FAILED: &str = "ProbeFailed";
+    /// Retention deleted artifacts after a backup.
+    pub const ARTIFACTS_PRUNED: &str = "ArtifactsPruned";
+    /// A schedule's tick was older than its starting deadline and did not run.
+    pub const SCHEDULE_MISSED: &str = "ScheduleMissed";
+    /// A run waits for another Job that uses the same ReadWriteOnce claim.
+    pub const WAITING_FOR_CLAIM: &str = "WaitingForClaim";
+    /// A run was not started (concurrency policy, suspended or invalid target).
+    pub const BACKUP_SKIPPED: &str = "BackupSkipped";
+}
+
+/// An event to publish: type, reason and note.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning or not.
+    pub warning: bool,
+    /// One of [`reasons`].
+    pub reason: &'static str,
+    /// Human-readable note (never a secret: it comes from redacted run results).
+    pub note: String,
+}
+
+impl PlannedEvent {
+    /// A Normal event.
+    pub fn normal(reason: &'static str, note: String) -> Self {
+        PlannedEvent {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+
+    /// A Warning event.
+    pub fn warning(reason: &'static str, note: String) -> Self {
+        PlannedEvent {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        match self.reason {
+            reasons::BACKUP_STARTED | reasons::BACKUP_SKIPPED | reasons::WAITING_FOR_CLAIM => {
+                "StartBackup"
+            }
+            reasons::BACKUP_SUCCEEDED | reasons::BACKUP_FAILED => "RecordBackup",
+            reasons::PROBE_FAILED => "RecordProbe",
+            reasons::ARTIFACTS_PRUNED => "ApplyRetention",
+            _ => "Schedule",
+        }
+    }
+}
+
+/// Kubernetes limits an event note to 1 KiB.
+const NOTE_LIMIT: usize = 1024;
+
+fn bounded(note: &str) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note.to_owned();
+    }
+    let mut end = NOTE_LIMIT - 3;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
+}
+
+/// Publish `events` about `object`; failures are logged, never fatal (the status is
+/// already written).
+pub async fn publish(recorder: &Recorder, object: &ObjectReference, events: &[PlannedEvent]) {
+    for planned in events {
+        let event = Event {
+            type_: if planned.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: planned.reason.to_owned(),
+            note: Some(bounded(&planned.note)),
+            action: planned.action().to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, object).await {
+            tracing::warn!(
+                reason = planned.reason,
+                object = object.name.as_deref().unwrap_or_default(),
+                namespace = object.namespace.as_deref().unwrap_or_default(),
+                %error,
+                "cannot publish event"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_are_cut_on_a_character_boundary() {
+        let note = "é".repeat(2000);
+        let cut = bounded(&note);
+        assert!(cut.len() <= NOTE_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("short"), "short");
+    }
+}

@@ -1,0 +1,714 @@
+//! The operator: `stowage controller`.
+//!
+//! - [`target`]: the BackupTarget reconciler (config validation, probes, on-demand
+//!   backups, status from finished Jobs).
+//! - [`schedule`]: the BackupSchedule reconciler (ticks, concurrency, claim queueing,
+//!   history limits).
+//! - [`status`]: pure status derivation; [`events`], [`metrics`]: what users observe.
+//! - [`server`]: `/metrics`, `/healthz`, `/readyz`; [`leader`]: Lease-based election.
+//! - [`config`]: flags and the clock.
+//!
+//! Every reconcile reads "now" from [`Context::clock`], so tests drive time.
+
+pub mod config;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod schedule;
+pub mod server;
+pub mod status;
+pub mod target;
+
+#[cfg(test)]
+mod fixtures;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::api::{BackupSchedule, BackupTarget};
+use crate::jobs::JobDefaults;
+
+pub use config::{Clock, ControllerArgs, LogFormat, SystemClock, TestClock};
+pub use metrics::Metrics;
+
+/// Label on every stowage Job: the BackupTarget's name (through [`crate::jobs::label_value`]).
+pub const LABEL_TARGET: &str = crate::jobs::labels::TARGET;
+/// Label on scheduled Jobs: the BackupSchedule's name (through [`crate::jobs::label_value`]).
+pub const LABEL_SCHEDULE: &str = crate::jobs::labels::SCHEDULE;
+/// Label on every stowage Job: `backup` or `probe`.
+pub const LABEL_KIND: &str = crate::jobs::labels::KIND;
+/// Label the Job controller puts on a Job's pods.
+pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// Field manager of the controller's status writes.
+pub const FIELD_MANAGER: &str = "stowage-controller";
+
+/// Why a reconcile failed. Each variant has a stable [`Error::metric_label`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API request failed.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// The Job for a run cannot be built from the target's spec.
+    #[error("cannot build the Job of BackupTarget {target}: {message}")]
+    BuildJob {
+        /// The target.
+        target: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The object has no namespace (both kinds are namespaced; the API server guarantees one).
+    #[error("{kind} {name} has no namespace")]
+    MissingNamespace {
+        /// The kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A status could not be serialized.
+    #[error("cannot serialize the status: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short, stable label for `stowage_reconcile_errors_total{error=...}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "kube",
+            Error::BuildJob { .. } => "build_job",
+            Error::MissingNamespace { .. } => "missing_namespace",
+            Error::Serialize(_) => "serialize",
+        }
+    }
+}
+
+/// Settings the reconcilers use, from the flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Allowed plugin keys; `None` allows all.
+    pub allowed_plugins: Option<Vec<String>>,
+    /// Defaults of the Jobs built for runs.
+    pub job_defaults: JobDefaults,
+}
+
+/// State shared by the reconcilers and the HTTP server.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Settings from the flags.
+    pub settings: Settings,
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for the error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        reporter: Reporter,
+    ) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context {
+            client,
+            settings,
+            clock,
+            metrics,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Cap a requeue delay by the clock's limit (a test clock that jumps needs short ones).
+    pub fn requeue(&self, after: Duration) -> Action {
+        let after = match self.clock.max_requeue() {
+            Some(cap) => after.min(cap),
+            None => after,
+        };
+        Action::requeue(after.max(Duration::from_secs(1)))
+    }
+
+    fn backoff(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        error_backoff(*n)
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Delay before retrying after `failures` consecutive failed reconciles: 5 s doubling up
+/// to 5 minutes.
+pub fn error_backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    Duration::from_secs(5u64.saturating_mul(1u64 << exp)).min(Duration::from_secs(300))
+}
+
+fn object_key<K: Resource>(obj: &K) -> String
+where
+    K::DynamicType: Default,
+{
+    format!(
+        "{}/{}/{}",
+        K::kind(&K::DynamicType::default()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Shared `error_policy`: count, log, back off exponentially per object.
+fn error_policy<K: Resource>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+    controller: &str,
+) -> Action
+where
+    K::DynamicType: Default,
+{
+    ctx.metrics
+        .reconcile_failed(controller, error.metric_label());
+    let delay = ctx.backoff(object_key(obj.as_ref()));
+    tracing::warn!(
+        controller,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error = %error,
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The first active stowage backup Job other than `except` that mounts `claim`, when the
+/// claim is ReadWriteOnce (or ReadWriteOncePod). `None`: the run may start.
+pub async fn claim_holder(
+    ctx: &Context,
+    namespace: &str,
+    claim: &str,
+    except: &[String],
+) -> Result<Option<String>, Error> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(pvc) = pvcs.get_opt(claim).await? else {
+        // The Job's pod will wait for the claim; nothing to serialize against.
+        return Ok(None);
+    };
+    if !is_single_node_claim(&pvc) {
+        return Ok(None);
+    }
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let backups = jobs
+        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
+        .await?;
+    Ok(active_job_using_claim(&backups.items, claim, except))
+}
+
+/// Whether a claim can be mounted by one node only.
+pub fn is_single_node_claim(pvc: &PersistentVolumeClaim) -> bool {
+    let modes = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    modes.is_empty()
+        || modes
+            .iter()
+            .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
+}
+
+/// The first active Job in `jobs`, other than those in `except`, whose pod mounts `claim`.
+pub fn active_job_using_claim(jobs: &[Job], claim: &str, except: &[String]) -> Option<String> {
+    jobs.iter()
+        .filter(|job| status::job_state(job) == status::JobState::Active)
+        .filter(|job| job.metadata.deletion_timestamp.is_none())
+        .filter(|job| !except.iter().any(|e| Some(e) == job.metadata.name.as_ref()))
+        .find(|job| {
+            job.spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.volumes.as_ref())
+                .is_some_and(|vols| {
+                    vols.iter().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == claim)
+                    })
+                })
+        })
+        .and_then(|job| job.metadata.name.clone())
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
+
+fn shutdown_signal() -> ShutdownSignal {
+    async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+                        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// `stowage controller`: run until SIGTERM/SIGINT.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    init_tracing(args.log_format);
+    args.check()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
+    })?;
+    let namespaces = args.watched_namespaces();
+    check_crds(&client, &namespaces).await?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::default().register(&mut registry);
+    let identity = args.identity();
+    let settings = Settings {
+        allowed_plugins: args.allowed_plugin_keys()?,
+        job_defaults: job_defaults(&args),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        args.clock(),
+        metrics,
+        Reporter {
+            controller: "stowage-controller".into(),
+            instance: Some(identity.clone()),
+        },
+    ));
+    let health = server::Health::default();
+    let shutdown = shutdown_signal();
+
+    let server_task = tokio::spawn(server::serve(
+        args.bind_address,
+        Arc::new(registry),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        bind_address = %args.bind_address,
+        namespaces = if namespaces.is_empty() { "*".to_owned() } else { namespaces.join(",") },
+        identity,
+        leader_election = args.leader_election,
+        "stowage controller starting"
+    );
+
+    let lease = if args.leader_election {
+        let elector = leader::Elector::start(
+            client.clone(),
+            &args.lease_name,
+            &args.lease_namespace(),
+            &identity,
+            args.lease_duration_seconds,
+        )
+        .await?;
+        health.set_standby();
+        tokio::select! {
+            leading = elector.wait_until_leader() => {
+                if !leading {
+                    anyhow::bail!("leader election stopped before this replica became the leader");
+                }
+            }
+            _ = shutdown.clone() => {
+                elector.release().await;
+                server_task.abort();
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        tracing::info!(lease = %args.lease_name, "became the leader; starting the controllers");
+        health.set_leader_syncing();
+        Some(elector)
+    } else {
+        health.set_leader_syncing();
+        None
+    };
+
+    let lost_leadership = match &lease {
+        Some(elector) => elector.lost().boxed(),
+        None => futures::future::pending().boxed(),
+    };
+    let stop: ShutdownSignal = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = lost_leadership => tracing::error!("lost the leader Lease; stopping the controllers"),
+            }
+        }
+        .boxed()
+        .shared()
+    };
+
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let mut runs = Vec::new();
+    let mut readiness = Vec::new();
+    for scope in scopes {
+        let (targets, ready_t) = target_controller(&ctx, scope.as_deref(), stop.clone());
+        let (schedules, ready_s) = schedule_controller(&ctx, scope.as_deref(), stop.clone());
+        runs.push(targets);
+        runs.push(schedules);
+        readiness.push(ready_t);
+        readiness.push(ready_s);
+    }
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            for ready in readiness {
+                ready.await;
+            }
+            tracing::info!("controllers synced; ready");
+            health.set_leader_ready();
+        });
+    }
+    futures::future::join_all(runs).await;
+
+    let lost = shutdown.peek().is_none();
+    if let Some(elector) = lease {
+        elector.release().await;
+    }
+    server_task.abort();
+    if lost {
+        return Ok(ExitCode::FAILURE);
+    }
+    tracing::info!("stowage controller stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    let params = ListParams::default().limit(1);
+    let (targets, schedules): (Api<BackupTarget>, Api<BackupSchedule>) = match namespaces.first() {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    if let Err(e) = targets.list(&params).await {
+        anyhow::bail!(
+            "cannot list BackupTargets ({e}); are the CRDs installed (`stowage crd | kubectl apply -f -`) and is the RBAC in deploy/rbac/ bound?"
+        );
+    }
+    if let Err(e) = schedules.list(&params).await {
+        anyhow::bail!(
+            "cannot list BackupSchedules ({e}); are the CRDs installed (`stowage crd | kubectl apply -f -`)?"
+        );
+    }
+    Ok(())
+}
+
+/// The Job defaults from the flags.
+pub fn job_defaults(args: &ControllerArgs) -> JobDefaults {
+    JobDefaults {
+        runner_image: args.runner_image.clone(),
+        service_account_name: Some(args.runner_service_account.clone()),
+        active_deadline_seconds: args.job_active_deadline_seconds,
+        backoff_limit: args.job_backoff_limit,
+        ..JobDefaults::default()
+    }
+}
+
+fn api_in<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Resolves once the store has its first full list. `Store::wait_until_ready` wakes only
+/// its most recent waiter (the controller itself also waits), so poll it again each second.
+async fn store_ready<K>(store: kube::runtime::reflector::Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => continue,
+        }
+    }
+}
+
+type Running = BoxFuture<'static, ()>;
+type Ready = BoxFuture<'static, ()>;
+
+fn log_result<K: Resource, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl Fn(Result<(ObjectRef<K>, Action), E>) -> futures::future::Ready<()> {
+    move |result| {
+        if let Err(e) = result {
+            tracing::debug!(controller, error = %e, "reconcile stream error");
+        }
+        futures::future::ready(())
+    }
+}
+
+fn target_controller(
+    ctx: &Arc<Context>,
+    namespace: Option<&str>,
+    stop: ShutdownSignal,
+) -> (Running, Ready) {
+    let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
+    let jobs: Api<Job> = api_in(&ctx.client, namespace);
+    let controller = Controller::new(targets, watcher::Config::default().any_semantic())
+        .owns(jobs, watcher::Config::default().labels(LABEL_TARGET))
+        .graceful_shutdown_on(stop);
+    let store = controller.store();
+    let ready = store_ready(store).boxed();
+    let ctx = ctx.clone();
+    let running = controller
+        .run(
+            target::reconcile,
+            |obj, err, ctx| error_policy(obj, err, ctx, target::CONTROLLER),
+            ctx,
+        )
+        .for_each(log_result::<BackupTarget, _>(target::CONTROLLER))
+        .boxed();
+    (running, ready)
+}
+
+fn schedule_controller(
+    ctx: &Arc<Context>,
+    namespace: Option<&str>,
+    stop: ShutdownSignal,
+) -> (Running, Ready) {
+    let schedules: Api<BackupSchedule> = api_in(&ctx.client, namespace);
+    let jobs: Api<Job> = api_in(&ctx.client, namespace);
+    let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
+    let controller = Controller::new(schedules, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let by_namespace = store.clone();
+    let controller = controller
+        .watches(
+            jobs,
+            watcher::Config::default().labels(LABEL_SCHEDULE),
+            |job: Job| {
+                // The label may be shortened; the annotation holds the full name.
+                let schedule = job
+                    .annotations()
+                    .get(crate::jobs::annotations::SCHEDULE)
+                    .cloned();
+                let namespace = job.namespace();
+                schedule.into_iter().map(move |name| match &namespace {
+                    Some(ns) => ObjectRef::new(&name).within(ns),
+                    None => ObjectRef::new(&name),
+                })
+            },
+        )
+        // A target's labels or status (the history limits wait for a run to be recorded)
+        // may change what its namespace's schedules do.
+        .watches(
+            targets,
+            watcher::Config::default(),
+            move |target: BackupTarget| {
+                let namespace = target.namespace();
+                by_namespace
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == namespace)
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stop);
+    let ready = store_ready(store).boxed();
+    let ctx = ctx.clone();
+    let running = controller
+        .run(
+            schedule::reconcile,
+            |obj, err, ctx| error_policy(obj, err, ctx, schedule::CONTROLLER),
+            ctx,
+        )
+        .for_each(log_result::<BackupSchedule, _>(schedule::CONTROLLER))
+        .boxed();
+    (running, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_backoff_grows_and_is_capped() {
+        assert_eq!(error_backoff(1), Duration::from_secs(5));
+        assert_eq!(error_backoff(2), Duration::from_secs(10));
+        assert_eq!(error_backoff(4), Duration::from_secs(40));
+        assert_eq!(error_backoff(7), Duration::from_secs(300));
+        assert_eq!(error_backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    fn job_with_claim(name: &str, claim: &str, finished: bool) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {LABEL_KIND: "backup"}},
+            "spec": {"template": {"spec": {
+                "containers": [{"name": "runner"}],
+                "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}]
+            }}},
+            "status": if finished {
+                serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]})
+            } else {
+                serde_json::json!({"active": 1})
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_active_job_on_the_same_claim_holds_it() {
+        let jobs = vec![
+            job_with_claim("done", "backups", true),
+            job_with_claim("other-claim", "elsewhere", false),
+            job_with_claim("running", "backups", false),
+        ];
+        assert_eq!(
+            active_job_using_claim(&jobs, "backups", &[]),
+            Some("running".into())
+        );
+        assert_eq!(
+            active_job_using_claim(&jobs, "backups", &["running".into()]),
+            None
+        );
+        assert_eq!(active_job_using_claim(&jobs, "nothing", &[]), None);
+    }
+
+    #[test]
+    fn only_single_node_claims_are_serialized() {
+        let pvc = |modes: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(serde_json::json!({"spec": {"accessModes": modes}})).unwrap()
+        };
+        assert!(is_single_node_claim(&pvc(serde_json::json!([
+            "ReadWriteOnce"
+        ]))));
+        assert!(is_single_node_claim(&pvc(serde_json::json!([
+            "ReadWriteOncePod"
+        ]))));
+        assert!(!is_single_node_claim(&pvc(serde_json::json!([
+            "ReadWriteMany"
+        ]))));
+    }
+
+    fn rbac_rules() -> Vec<(String, serde_json::Value)> {
+        use serde::Deserialize;
+        let mut rules = Vec::new();
+        for text in [
+            include_str!("../../deploy/rbac/operator.yaml"),
+            include_str!("../../deploy/rbac/runner.yaml"),
+        ] {
+            for doc in serde_yaml_ng::Deserializer::from_str(text) {
+                let value = serde_json::Value::deserialize(doc).unwrap();
+                let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+                for rule in value["rules"].as_array().cloned().unwrap_or_default() {
+                    rules.push((kind.clone(), rule));
+                }
+            }
+        }
+        rules
+    }
+
+    #[test]
+    fn rbac_never_grants_secrets_or_wildcards() {
+        let rules = rbac_rules();
+        assert!(!rules.is_empty());
+        for (kind, rule) in &rules {
+            for field in ["resources", "verbs", "apiGroups"] {
+                for item in rule[field].as_array().unwrap() {
+                    let item = item.as_str().unwrap();
+                    assert_ne!(item, "*", "{kind} grants {field} *: {rule}");
+                    assert!(
+                        !item.starts_with("secrets"),
+                        "{kind} grants secrets: {rule}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rbac_grants_what_the_controller_uses() {
+        let rules = rbac_rules();
+        let grants = |group: &str, resource: &str, verb: &str| {
+            rules.iter().any(|(_, r)| {
+                let has = |f: &str, v: &str| r[f].as_array().unwrap().iter().any(|x| x == v);
+                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+            })
+        };
+        for verb in ["get", "list", "watch", "patch"] {
+            assert!(grants("stowage.dev", "backuptargets", verb), "{verb}");
+            assert!(grants("stowage.dev", "backupschedules", verb), "{verb}");
+        }
+        assert!(grants("stowage.dev", "backuptargets/status", "patch"));
+        assert!(grants("stowage.dev", "backupschedules/status", "patch"));
+        for verb in ["create", "get", "list", "watch", "delete"] {
+            assert!(grants("batch", "jobs", verb), "{verb}");
+        }
+        assert!(grants("", "pods", "list"));
+        assert!(grants("", "persistentvolumeclaims", "get"));
+        assert!(grants("events.k8s.io", "events", "create"));
+        assert!(grants("coordination.k8s.io", "leases", "patch"));
+        assert!(!grants("batch", "jobs", "update"), "no more than used");
+    }
+}

@@ -1,0 +1,1188 @@
+//! Pure status derivation: what a BackupTarget's status says, given its previous status,
+//! its spec checks and the runs that finished since. No I/O here; the reconcilers gather
+//! the inputs and write the output.
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{
+    ArtifactSummary, BackupRecord, BackupTargetStatus, FailureRecord, RunOutcome, conditions,
+};
+use crate::runner::{Operation, Outcome, RunResult};
+
+use super::events::{PlannedEvent, reasons};
+use super::{LABEL_KIND, LABEL_SCHEDULE};
+
+/// How many finished backups `status.recentBackups` keeps.
+pub const RECENT_BACKUPS_LIMIT: usize = 10;
+
+/// Condition reasons written by the controller (besides the plugin error kinds, such as
+/// `Unauthorized`, used for failed probes and backups).
+pub mod condition_reasons {
+    /// ConfigValid=True.
+    pub const VALID: &str = "Valid";
+    /// ConfigValid=False: the plugin's semantic validation failed.
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
+    /// ConfigValid=False: the operator does not allow this plugin.
+    pub const PLUGIN_NOT_ALLOWED: &str = "PluginNotAllowed";
+    /// Reachable=True.
+    pub const PROBE_SUCCEEDED: &str = "ProbeSucceeded";
+    /// Reachable=Unknown: no probe has finished yet.
+    pub const NOT_PROBED: &str = "NotProbed";
+    /// Reachable=Unknown: the plugin has no probe.
+    pub const PROBE_UNSUPPORTED: &str = "ProbeUnsupported";
+    /// LastBackupSucceeded=True.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// LastBackupSucceeded=Unknown.
+    pub const NO_BACKUP_YET: &str = "NoBackupYet";
+    /// Ready=True.
+    pub const READY: &str = "Ready";
+    /// Ready=False: `spec.suspend` is true.
+    pub const SUSPENDED: &str = "Suspended";
+    /// Ready=False: the last probe failed.
+    pub const UNREACHABLE: &str = "Unreachable";
+    /// Ready=False: the last backup failed.
+    pub const LAST_BACKUP_FAILED: &str = "LastBackupFailed";
+    /// A failed Job without a readable result.
+    pub const JOB_FAILED: &str = "JobFailed";
+    /// A Job stopped by its `activeDeadlineSeconds`.
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+}
+use condition_reasons as r;
+
+/// Truncate to whole seconds: Kubernetes serializes times with second precision, so a
+/// status compared with the one read back must hold the same values.
+pub fn time(ts: Timestamp) -> Time {
+    Time(Timestamp::from_second(ts.as_second()).unwrap_or(ts))
+}
+
+/// Whether a Job is still running or how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Not finished.
+    Active,
+    /// Condition `Complete` is true.
+    Succeeded,
+    /// Condition `Failed` is true.
+    Failed,
+}
+
+/// The state of a Job from its conditions.
+pub fn job_state(job: &Job) -> JobState {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let is_true = |t: &str| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    if is_true("Complete") {
+        JobState::Succeeded
+    } else if is_true("Failed") {
+        JobState::Failed
+    } else {
+        JobState::Active
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKind {
+    /// A backup.
+    Backup,
+    /// A connectivity probe.
+    Probe,
+}
+
+/// The kind of run a Job performs, from its `stowage.dev/kind` label.
+pub fn job_kind(job: &Job) -> Option<RunKind> {
+    let kind = job.metadata.labels.as_ref()?.get(LABEL_KIND)?;
+    match kind.to_ascii_lowercase().as_str() {
+        "backup" => Some(RunKind::Backup),
+        "probe" => Some(RunKind::Probe),
+        _ => None,
+    }
+}
+
+/// A finished run, read from its Job and the Job's pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinishedRun {
+    /// Name of the Job.
+    pub job: String,
+    /// Backup or probe.
+    pub kind: RunKind,
+    /// The schedule that started it (label `stowage.dev/schedule`), if any.
+    pub schedule: Option<String>,
+    /// Whether it succeeded.
+    pub succeeded: bool,
+    /// The runner's result, when a pod's termination message held one.
+    pub result: Option<RunResult>,
+    /// When it started.
+    pub start_time: Option<Timestamp>,
+    /// When it finished.
+    pub finish_time: Timestamp,
+    /// For a failure: the reason (an error kind such as `Unauthorized`, or `JobFailed`,
+    /// `DeadlineExceeded`).
+    pub reason: Option<String>,
+    /// The result's message, or for a failure without a result, what the Job and pod say.
+    pub message: Option<String>,
+}
+
+fn condition_time(job: &Job, type_: &str) -> Option<Timestamp> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0)
+}
+
+/// The newest parseable `RunResult` among the pods' terminated containers, newest pod first.
+pub fn run_result_from_pods(pods: &[Pod]) -> Option<RunResult> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    pods.iter().find_map(|pod| {
+        pod.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .filter_map(|cs| cs.state.as_ref()?.terminated.as_ref()?.message.as_deref())
+            .find_map(|message| serde_json::from_str::<RunResult>(message.trim()).ok())
+    })
+}
+
+/// What the newest pod's containers say when there is no result (OOMKilled, image pull
+/// errors...), for a failure message.
+fn pod_failure_note(pods: &[Pod]) -> Option<String> {
+    let pod = pods
+        .iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|cs| {
+        let state = cs.state.as_ref()?;
+        if let Some(t) = &state.terminated {
+            let reason = t.reason.as_deref().unwrap_or("Error");
+            Some(format!(
+                "container {} terminated: {reason} (exit code {})",
+                cs.name, t.exit_code
+            ))
+        } else if let Some(w) = &state.waiting {
+            let reason = w.reason.as_deref()?;
+            let message = w
+                .message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            Some(format!("container {} waiting: {reason}{message}", cs.name))
+        } else {
+            None
+        }
+    })
+}
+
+/// The finished run a Job represents, or `None` while it runs (or when it is no stowage
+/// run). Never fails: a missing or unreadable result becomes a failure derived from the
+/// Job's conditions.
+pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedRun> {
+    let state = job_state(job);
+    if state == JobState::Active {
+        return None;
+    }
+    let kind = job_kind(job)?;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let schedule = job
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SCHEDULE))
+        .cloned();
+    let job_start = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0);
+    let job_end = match state {
+        JobState::Succeeded => condition_time(job, "Complete")
+            .or_else(|| job.status.as_ref()?.completion_time.as_ref().map(|t| t.0)),
+        _ => condition_time(job, "Failed"),
+    };
+    let result = run_result_from_pods(pods).filter(|res| {
+        matches!(
+            (kind, res.operation),
+            (RunKind::Backup, Operation::Backup) | (RunKind::Probe, Operation::Probe)
+        )
+    });
+    // The Job's own finish time first: it is known without the pods, so whether a run is
+    // recorded can be decided from the Job alone.
+    let finish_time = job_end
+        .or_else(|| result.as_ref().map(|res| res.end_time))
+        .unwrap_or(now);
+    let start_time = result.as_ref().map(|res| res.start_time).or(job_start);
+    let (succeeded, reason, message) = match (&result, state) {
+        (Some(res), JobState::Succeeded) | (Some(res), JobState::Failed)
+            if res.outcome == Outcome::Failed =>
+        {
+            (
+                false,
+                Some(
+                    res.error_kind
+                        .map(|k| k.reason().to_owned())
+                        .unwrap_or_else(|| r::JOB_FAILED.to_owned()),
+                ),
+                res.message.clone(),
+            )
+        }
+        (Some(res), JobState::Succeeded) => (true, None, res.message.clone()),
+        (None, JobState::Succeeded) => (true, None, None),
+        (_, _) => {
+            // Failed Job without a (failed) result: the Job's condition says why.
+            let condition = job
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "Failed" && c.status == "True")
+                });
+            let reason = match condition.and_then(|c| c.reason.as_deref()) {
+                Some("DeadlineExceeded") => r::DEADLINE_EXCEEDED,
+                _ => r::JOB_FAILED,
+            };
+            let mut parts: Vec<String> = Vec::new();
+            if let Some(m) = condition
+                .and_then(|c| c.message.clone())
+                .filter(|m| !m.is_empty())
+            {
+                parts.push(m);
+            }
+            if let Some(note) = pod_failure_note(pods) {
+                parts.push(note);
+            }
+            if parts.is_empty() {
+                parts.push(format!("Job {name} failed without a result"));
+            }
+            (false, Some(reason.to_owned()), Some(parts.join("; ")))
+        }
+    };
+    Some(FinishedRun {
+        job: name,
+        kind,
+        schedule,
+        succeeded,
+        result,
+        start_time,
+        finish_time,
+        reason,
+        message,
+    })
+}
+
+/// The runs among `runs` that `status` has not recorded yet: backups whose Job is not in
+/// `recentBackups` (and not older than all of a full list), and the newest probe that
+/// finished after `lastProbeTime`.
+pub fn unrecorded_runs(status: &BackupTargetStatus, runs: Vec<FinishedRun>) -> Vec<FinishedRun> {
+    let recorded = |job: &str| {
+        status
+            .recent_backups
+            .iter()
+            .any(|b| b.job.as_deref() == Some(job))
+            || status.last_backup.as_ref().and_then(|b| b.job.as_deref()) == Some(job)
+    };
+    let oldest_kept = (status.recent_backups.len() >= RECENT_BACKUPS_LIMIT)
+        .then(|| {
+            status
+                .recent_backups
+                .iter()
+                .filter_map(|b| b.completion_time.as_ref().map(|t| t.0))
+                .min()
+        })
+        .flatten();
+    let last_probe = status.last_probe_time.as_ref().map(|t| t.0);
+    let mut newest_probe: Option<FinishedRun> = None;
+    let mut out = Vec::new();
+    for run in runs {
+        match run.kind {
+            RunKind::Backup => {
+                let too_old = oldest_kept.is_some_and(|oldest| time(run.finish_time).0 < oldest);
+                if !recorded(&run.job) && !too_old {
+                    out.push(run);
+                }
+            }
+            RunKind::Probe => {
+                if last_probe.is_some_and(|last| time(run.finish_time).0 <= last) {
+                    continue;
+                }
+                if newest_probe
+                    .as_ref()
+                    .is_none_or(|p| p.finish_time < run.finish_time)
+                {
+                    newest_probe = Some(run);
+                }
+            }
+        }
+    }
+    out.sort_by_key(|run| run.finish_time);
+    out.extend(newest_probe);
+    out
+}
+
+/// Whether the spec passed the controller's checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigCheck {
+    /// The plugin is allowed and its validation passed.
+    Valid,
+    /// The plugin's validation failed; the message lists the fields (`spec.<key>.<field>`).
+    Invalid(String),
+    /// The operator does not allow the plugin.
+    NotAllowed(String),
+}
+
+/// Everything, besides the previous status, that a BackupTarget's status derives from.
+#[derive(Clone, Debug)]
+pub struct TargetObservation {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The plugin key.
+    pub plugin: String,
+    /// The plugin's version.
+    pub plugin_version: String,
+    /// The plugin's probe capability.
+    pub probe_supported: bool,
+    /// The spec checks.
+    pub config: ConfigCheck,
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// Finished runs not yet recorded (see [`unrecorded_runs`]).
+    pub new_runs: Vec<FinishedRun>,
+    /// The backup-now token handled by this reconcile, if any.
+    pub handled_backup_now: Option<String>,
+    /// The probe-now token handled by this reconcile, if any.
+    pub handled_probe_now: Option<String>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Human units for a size (`12.3 MiB`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn backup_record(run: &FinishedRun) -> BackupRecord {
+    let res = run.result.as_ref();
+    let size_bytes = res.and_then(|r| r.stored_bytes);
+    BackupRecord {
+        outcome: if run.succeeded {
+            RunOutcome::Succeeded
+        } else {
+            RunOutcome::Failed
+        },
+        start_time: run.start_time.map(time),
+        completion_time: Some(time(run.finish_time)),
+        artifact: res
+            .and_then(|r| r.artifact.clone())
+            .filter(|_| run.succeeded),
+        size_bytes: size_bytes.filter(|_| run.succeeded),
+        size: size_bytes.filter(|_| run.succeeded).map(human_size),
+        sha256: res.and_then(|r| r.sha256.clone()).filter(|_| run.succeeded),
+        duration_seconds: res.map(|r| r.duration_seconds).or_else(|| {
+            run.start_time
+                .map(|s| (run.finish_time.as_millisecond() - s.as_millisecond()) as f64 / 1000.0)
+        }),
+        job: Some(run.job.clone()),
+        schedule: run.schedule.clone(),
+        reason: run.reason.clone().filter(|_| !run.succeeded),
+        message: run.message.clone().filter(|_| !run.succeeded),
+    }
+}
+
+/// Set a condition, keeping its `lastTransitionTime` when its status did not change.
+#[allow(clippy::too_many_arguments)] // the fields of a Condition, named at each call
+pub fn upsert_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| time(now));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    });
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The new status and the events that its changes call for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetStatusUpdate {
+    /// The status to write (equal to the previous one when nothing changed).
+    pub status: BackupTargetStatus,
+    /// Events to publish once the status is written.
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Derive a BackupTarget's status.
+///
+/// `Ready` is `True` iff `ConfigValid` is `True`, `spec.suspend` is false, `Reachable` is
+/// not `False`, and the most recent backup (if any) succeeded. Otherwise its reason is the
+/// first that applies of: `InvalidConfig`/`PluginNotAllowed`, `Suspended`, `Unreachable`,
+/// `LastBackupFailed`.
+pub fn derive_target_status(
+    prev: &BackupTargetStatus,
+    obs: &TargetObservation,
+) -> TargetStatusUpdate {
+    let mut status = prev.clone();
+    let mut events = Vec::new();
+    status.observed_generation = obs.generation;
+    status.plugin = Some(obs.plugin.clone());
+    status.plugin_version = Some(obs.plugin_version.clone());
+    if let Some(token) = &obs.handled_backup_now {
+        status.last_handled_backup_now = Some(token.clone());
+    }
+    if let Some(token) = &obs.handled_probe_now {
+        status.last_handled_probe_now = Some(token.clone());
+    }
+
+    let mut probe_run: Option<&FinishedRun> = None;
+    for run in &obs.new_runs {
+        match run.kind {
+            RunKind::Probe => probe_run = Some(run),
+            RunKind::Backup => {
+                let record = backup_record(run);
+                if run.succeeded {
+                    let newer = status
+                        .last_successful_backup_time
+                        .as_ref()
+                        .is_none_or(|t| t.0 <= time(run.finish_time).0);
+                    if newer {
+                        status.last_successful_backup_time = Some(time(run.finish_time));
+                    }
+                    let summary = status
+                        .artifacts
+                        .get_or_insert_with(ArtifactSummary::default);
+                    if let Some(bytes) = record.size_bytes {
+                        summary.count = summary.count.saturating_add(1);
+                        summary.total_bytes = summary.total_bytes.saturating_add(bytes);
+                    }
+                    let pruned = run.result.as_ref().and_then(|r| r.pruned).unwrap_or(0);
+                    if pruned > 0 {
+                        summary.count = summary.count.saturating_sub(pruned);
+                        if summary.count == 0 {
+                            summary.total_bytes = 0;
+                        }
+                    }
+                    events.push(PlannedEvent::normal(
+                        reasons::BACKUP_SUCCEEDED,
+                        format!(
+                            "Job {} wrote {}{}",
+                            run.job,
+                            record.artifact.as_deref().unwrap_or("an artifact"),
+                            record
+                                .size
+                                .as_deref()
+                                .map(|s| format!(" ({s})"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                    if pruned > 0 {
+                        events.push(PlannedEvent::normal(
+                            reasons::ARTIFACTS_PRUNED,
+                            format!(
+                                "retention of schedule {} deleted {pruned} artifact(s) after Job {}",
+                                run.schedule.as_deref().unwrap_or("-"),
+                                run.job
+                            ),
+                        ));
+                    }
+                } else {
+                    let reason = run
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| r::JOB_FAILED.to_owned());
+                    let message = run.message.clone().unwrap_or_default();
+                    let newer = status
+                        .last_failure
+                        .as_ref()
+                        .is_none_or(|f| f.time.0 <= time(run.finish_time).0);
+                    if newer {
+                        status.last_failure = Some(FailureRecord {
+                            time: time(run.finish_time),
+                            reason: reason.clone(),
+                            message: message.clone(),
+                            job: Some(run.job.clone()),
+                        });
+                    }
+                    events.push(PlannedEvent::warning(
+                        reasons::BACKUP_FAILED,
+                        format!("Job {} failed: {reason}: {message}", run.job),
+                    ));
+                }
+                status.recent_backups.push(record);
+            }
+        }
+    }
+    status
+        .recent_backups
+        .sort_by_key(|b| std::cmp::Reverse(b.completion_time.as_ref().map(|t| t.0)));
+    status.recent_backups.truncate(RECENT_BACKUPS_LIMIT);
+    status.last_backup = status
+        .recent_backups
+        .first()
+        .cloned()
+        .or(status.last_backup);
+
+    let generation = obs.generation;
+    let now = obs.now;
+    let previous = prev.conditions.as_slice();
+    let mut conds: Vec<Condition> = Vec::new();
+
+    // ConfigValid.
+    let (config_status, config_reason, config_message) = match &obs.config {
+        ConfigCheck::Valid => (
+            "True",
+            r::VALID,
+            format!("the {} configuration is valid", obs.plugin),
+        ),
+        ConfigCheck::Invalid(m) => ("False", r::INVALID_CONFIG, m.clone()),
+        ConfigCheck::NotAllowed(m) => ("False", r::PLUGIN_NOT_ALLOWED, m.clone()),
+    };
+    upsert_condition(
+        &mut conds,
+        previous,
+        conditions::CONFIG_VALID,
+        config_status,
+        config_reason,
+        config_message.clone(),
+        generation,
+        now,
+    );
+
+    // Reachable: the newest probe result, else what was there.
+    if let Some(probe) = probe_run {
+        status.last_probe_time = Some(time(probe.finish_time));
+        if probe.succeeded {
+            let message = probe
+                .message
+                .clone()
+                .unwrap_or_else(|| "the probe succeeded".to_owned());
+            upsert_condition(
+                &mut conds,
+                previous,
+                conditions::REACHABLE,
+                "True",
+                r::PROBE_SUCCEEDED,
+                message,
+                generation,
+                now,
+            );
+        } else {
+            let reason = probe
+                .reason
+                .clone()
+                .unwrap_or_else(|| r::JOB_FAILED.to_owned());
+            let message = probe.message.clone().unwrap_or_default();
+            events.push(PlannedEvent::warning(
+                reasons::PROBE_FAILED,
+                format!("probe Job {} failed: {reason}: {message}", probe.job),
+            ));
+            upsert_condition(
+                &mut conds,
+                previous,
+                conditions::REACHABLE,
+                "False",
+                &reason,
+                message,
+                generation,
+                now,
+            );
+        }
+    } else if let Some(c) = find(previous, conditions::REACHABLE) {
+        conds.push(c.clone());
+    } else if obs.probe_supported {
+        upsert_condition(
+            &mut conds,
+            previous,
+            conditions::REACHABLE,
+            "Unknown",
+            r::NOT_PROBED,
+            "no probe has finished yet".to_owned(),
+            generation,
+            now,
+        );
+    } else {
+        upsert_condition(
+            &mut conds,
+            previous,
+            conditions::REACHABLE,
+            "Unknown",
+            r::PROBE_UNSUPPORTED,
+            format!("the {} plugin has no connectivity probe", obs.plugin),
+            generation,
+            now,
+        );
+    }
+
+    // LastBackupSucceeded.
+    match &status.last_backup {
+        None => upsert_condition(
+            &mut conds,
+            previous,
+            conditions::LAST_BACKUP_SUCCEEDED,
+            "Unknown",
+            r::NO_BACKUP_YET,
+            "no backup has finished yet".to_owned(),
+            generation,
+            now,
+        ),
+        Some(b) if b.outcome == RunOutcome::Succeeded => upsert_condition(
+            &mut conds,
+            previous,
+            conditions::LAST_BACKUP_SUCCEEDED,
+            "True",
+            r::SUCCEEDED,
+            format!(
+                "Job {} wrote {}",
+                b.job.as_deref().unwrap_or("-"),
+                b.artifact.as_deref().unwrap_or("an artifact")
+            ),
+            generation,
+            now,
+        ),
+        Some(b) => upsert_condition(
+            &mut conds,
+            previous,
+            conditions::LAST_BACKUP_SUCCEEDED,
+            "False",
+            b.reason.as_deref().unwrap_or(r::JOB_FAILED),
+            b.message.clone().unwrap_or_default(),
+            generation,
+            now,
+        ),
+    }
+
+    // Ready.
+    let reachable_false = find(&conds, conditions::REACHABLE).is_some_and(|c| c.status == "False");
+    let last_failed = status
+        .last_backup
+        .as_ref()
+        .is_some_and(|b| b.outcome == RunOutcome::Failed);
+    let (ready, reason, message) = if config_status != "True" {
+        ("False", config_reason, config_message)
+    } else if obs.suspended {
+        (
+            "False",
+            r::SUSPENDED,
+            "spec.suspend is true: no Job starts".to_owned(),
+        )
+    } else if reachable_false {
+        let m = find(&conds, conditions::REACHABLE)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ("False", r::UNREACHABLE, m)
+    } else if last_failed {
+        let m = status
+            .last_backup
+            .as_ref()
+            .and_then(|b| b.message.clone())
+            .unwrap_or_default();
+        ("False", r::LAST_BACKUP_FAILED, m)
+    } else {
+        (
+            "True",
+            r::READY,
+            "the target is ready to be backed up".to_owned(),
+        )
+    };
+    upsert_condition(
+        &mut conds,
+        previous,
+        conditions::READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
+
+    status.conditions = conds;
+    TargetStatusUpdate { status, events }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn job(name: &str, kind: &str, state: Option<(&str, &str)>, schedule: Option<&str>) -> Job {
+        let mut labels = json!({"stowage.dev/kind": kind});
+        if let Some(s) = schedule {
+            labels["stowage.dev/schedule"] = json!(s);
+        }
+        let status = match state {
+            None => json!({"active": 1, "startTime": "2030-01-01T00:00:00Z"}),
+            Some((type_, at)) => json!({"startTime": "2030-01-01T00:00:00Z", "conditions": [
+                {"type": type_, "status": "True", "lastTransitionTime": at,
+                 "reason": if type_ == "Failed" { "DeadlineExceeded" } else { "Completed" },
+                 "message": "Job was active longer than specified deadline"}]}),
+        };
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": labels}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    fn result(outcome: &str, extra: serde_json::Value) -> RunResult {
+        let mut v = json!({"operation": "backup", "outcome": outcome,
+            "startTime": "2030-01-01T00:00:01Z", "endTime": "2030-01-01T00:00:41Z", "durationSeconds": 40.0});
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn pod(message: Option<&str>) -> Pod {
+        let terminated = match message {
+            Some(m) => json!({"exitCode": 0, "message": m}),
+            None => json!({"exitCode": 137, "reason": "OOMKilled"}),
+        };
+        serde_json::from_value(json!({"metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "status": {"containerStatuses": [{"name": "run", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": terminated}}]}}))
+        .unwrap()
+    }
+
+    fn run(
+        name: &str,
+        kind: RunKind,
+        succeeded: bool,
+        at: &str,
+        res: Option<RunResult>,
+    ) -> FinishedRun {
+        FinishedRun {
+            job: name.into(),
+            kind,
+            schedule: None,
+            succeeded,
+            result: res,
+            start_time: None,
+            finish_time: ts(at),
+            reason: (!succeeded).then(|| "Unauthorized".to_owned()),
+            message: Some(
+                if succeeded {
+                    "ok: PostgreSQL 17"
+                } else {
+                    "password authentication failed"
+                }
+                .into(),
+            ),
+        }
+    }
+
+    fn observe(runs: Vec<FinishedRun>) -> TargetObservation {
+        TargetObservation {
+            generation: Some(1),
+            plugin: "postgres".into(),
+            plugin_version: "1.0.0".into(),
+            probe_supported: true,
+            config: ConfigCheck::Valid,
+            suspended: false,
+            new_runs: runs,
+            handled_backup_now: None,
+            handled_probe_now: None,
+            now: ts("2030-01-01T01:00:00Z"),
+        }
+    }
+
+    fn cond<'a>(s: &'a BackupTargetStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn an_active_job_is_not_a_finished_run() {
+        assert_eq!(
+            finished_run(
+                &job("j", "backup", None, None),
+                &[],
+                ts("2030-01-01T00:00:00Z")
+            ),
+            None
+        );
+        assert_eq!(job_state(&job("j", "backup", None, None)), JobState::Active);
+    }
+
+    #[test]
+    fn a_run_result_in_the_termination_message_is_read() {
+        let res = result("ok", json!({"sha256": "ab", "storedBytes": 5}));
+        let message = serde_json::to_string(&res).unwrap();
+        let j = job(
+            "j",
+            "backup",
+            Some(("Complete", "2030-01-01T00:00:42Z")),
+            Some("nightly"),
+        );
+        let run = finished_run(&j, &[pod(Some(&message))], ts("2031-01-01T00:00:00Z")).unwrap();
+        assert!(run.succeeded);
+        assert_eq!(run.result, Some(res));
+        assert_eq!(run.schedule.as_deref(), Some("nightly"));
+        assert_eq!(run.finish_time, ts("2030-01-01T00:00:42Z"));
+        assert_eq!(run.start_time, Some(ts("2030-01-01T00:00:01Z")));
+    }
+
+    #[test]
+    fn a_failed_result_gives_its_error_kind_as_reason() {
+        let res = result(
+            "failed",
+            json!({"errorKind": "Unauthorized", "message": "password authentication failed for user backup"}),
+        );
+        let j = job(
+            "j",
+            "backup",
+            Some(("Failed", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        let run = finished_run(
+            &j,
+            &[pod(Some(&serde_json::to_string(&res).unwrap()))],
+            ts("2031-01-01T00:00:00Z"),
+        )
+        .unwrap();
+        assert!(!run.succeeded);
+        assert_eq!(run.reason.as_deref(), Some("Unauthorized"));
+        assert_eq!(
+            run.message.as_deref(),
+            Some("password authentication failed for user backup")
+        );
+    }
+
+    #[test]
+    fn without_a_result_the_job_condition_and_pod_say_why() {
+        let j = job(
+            "j",
+            "backup",
+            Some(("Failed", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        for pods in [vec![pod(None)], vec![pod(Some("not json {"))], vec![]] {
+            let run = finished_run(&j, &pods, ts("2031-01-01T00:00:00Z")).unwrap();
+            assert!(!run.succeeded);
+            assert_eq!(run.reason.as_deref(), Some("DeadlineExceeded"));
+            assert!(
+                run.message.as_deref().unwrap().contains("deadline"),
+                "{run:?}"
+            );
+        }
+        let run = finished_run(&j, &[pod(None)], ts("2031-01-01T00:00:00Z")).unwrap();
+        assert!(run.message.unwrap().contains("OOMKilled (exit code 137)"));
+    }
+
+    #[test]
+    fn a_probe_result_is_not_taken_for_a_backup() {
+        let mut res = result("ok", json!({}));
+        res.operation = Operation::Probe;
+        let j = job(
+            "j",
+            "backup",
+            Some(("Complete", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        let run = finished_run(
+            &j,
+            &[pod(Some(&serde_json::to_string(&res).unwrap()))],
+            ts("2031-01-01T00:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(run.result, None);
+        assert!(run.succeeded);
+    }
+
+    #[test]
+    fn a_new_target_is_ready_with_unknown_reachability_and_no_backup() {
+        let update = derive_target_status(&BackupTargetStatus::default(), &observe(vec![]));
+        let s = &update.status;
+        assert_eq!(cond(s, "ConfigValid").reason, "Valid");
+        assert_eq!(
+            (
+                cond(s, "Reachable").status.as_str(),
+                cond(s, "Reachable").reason.as_str()
+            ),
+            ("Unknown", "NotProbed")
+        );
+        assert_eq!(cond(s, "LastBackupSucceeded").reason, "NoBackupYet");
+        assert_eq!(
+            (
+                cond(s, "Ready").status.as_str(),
+                cond(s, "Ready").reason.as_str()
+            ),
+            ("True", "Ready")
+        );
+        assert!(update.events.is_empty());
+        assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn ready_reasons_follow_their_precedence() {
+        let base = derive_target_status(&BackupTargetStatus::default(), &observe(vec![])).status;
+        let ready = |obs: TargetObservation, prev: &BackupTargetStatus| {
+            let s = derive_target_status(prev, &obs).status;
+            let c = cond(&s, "Ready").clone();
+            (c.status, c.reason)
+        };
+        let mut o = observe(vec![]);
+        o.config = ConfigCheck::Invalid("spec.postgres.database: set it".into());
+        o.suspended = true;
+        assert_eq!(ready(o, &base), ("False".into(), "InvalidConfig".into()));
+        let mut o = observe(vec![]);
+        o.config = ConfigCheck::NotAllowed("no".into());
+        assert_eq!(ready(o, &base), ("False".into(), "PluginNotAllowed".into()));
+        let mut o = observe(vec![run(
+            "p",
+            RunKind::Probe,
+            false,
+            "2030-01-01T00:10:00Z",
+            None,
+        )]);
+        o.suspended = true;
+        assert_eq!(ready(o, &base), ("False".into(), "Suspended".into()));
+        let o = observe(vec![
+            run("p", RunKind::Probe, false, "2030-01-01T00:10:00Z", None),
+            run("b", RunKind::Backup, false, "2030-01-01T00:20:00Z", None),
+        ]);
+        assert_eq!(ready(o, &base), ("False".into(), "Unreachable".into()));
+        let o = observe(vec![run(
+            "b",
+            RunKind::Backup,
+            false,
+            "2030-01-01T00:20:00Z",
+            None,
+        )]);
+        assert_eq!(ready(o, &base), ("False".into(), "LastBackupFailed".into()));
+    }
+
+    #[test]
+    fn a_failed_probe_makes_reachable_false_with_the_plugin_reason_and_one_event() {
+        let update = derive_target_status(
+            &BackupTargetStatus::default(),
+            &observe(vec![run(
+                "p",
+                RunKind::Probe,
+                false,
+                "2030-01-01T00:10:00Z",
+                None,
+            )]),
+        );
+        let c = cond(&update.status, "Reachable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Unauthorized")
+        );
+        assert_eq!(c.message, "password authentication failed");
+        assert_eq!(
+            update.status.last_probe_time,
+            Some(time(ts("2030-01-01T00:10:00Z")))
+        );
+        assert_eq!(
+            update.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["ProbeFailed"]
+        );
+        let ok = derive_target_status(
+            &update.status,
+            &observe(vec![run(
+                "p2",
+                RunKind::Probe,
+                true,
+                "2030-01-01T00:20:00Z",
+                None,
+            )]),
+        );
+        let c = cond(&ok.status, "Reachable");
+        assert_eq!(
+            (c.status.as_str(), c.message.as_str()),
+            ("True", "ok: PostgreSQL 17")
+        );
+        assert!(ok.events.is_empty());
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time() {
+        let first = derive_target_status(&BackupTargetStatus::default(), &observe(vec![])).status;
+        let mut later = observe(vec![]);
+        later.now = ts("2030-06-01T00:00:00Z");
+        let second = derive_target_status(&first, &later).status;
+        assert_eq!(first, second, "nothing changed, so nothing to write");
+        later.suspended = true;
+        let third = derive_target_status(&second, &later).status;
+        assert_eq!(
+            cond(&third, "Ready").last_transition_time,
+            time(ts("2030-06-01T00:00:00Z"))
+        );
+        assert_eq!(
+            cond(&third, "ConfigValid").last_transition_time,
+            cond(&first, "ConfigValid").last_transition_time
+        );
+    }
+
+    #[test]
+    fn recent_backups_are_bounded_newest_first_and_artifacts_are_totalled() {
+        let mut status = BackupTargetStatus::default();
+        for i in 0..12u32 {
+            let res = result(
+                "ok",
+                json!({"storedBytes": 100, "sha256": format!("{i:064x}"), "artifact": format!("a{i}")}),
+            );
+            let at = format!("2030-01-01T00:{:02}:00Z", i);
+            status = derive_target_status(
+                &status,
+                &observe(vec![run(
+                    &format!("b{i}"),
+                    RunKind::Backup,
+                    true,
+                    &at,
+                    Some(res),
+                )]),
+            )
+            .status;
+        }
+        assert_eq!(status.recent_backups.len(), RECENT_BACKUPS_LIMIT);
+        assert_eq!(status.recent_backups[0].job.as_deref(), Some("b11"));
+        assert_eq!(status.recent_backups[9].job.as_deref(), Some("b2"));
+        assert_eq!(
+            status.last_backup.as_ref().unwrap().sha256.as_deref(),
+            Some(format!("{:064x}", 11).as_str())
+        );
+        assert_eq!(
+            status.artifacts,
+            Some(ArtifactSummary {
+                count: 12,
+                total_bytes: 1200
+            })
+        );
+        // A run older than every kept one is not recorded again; a recorded one neither.
+        let old = run("b0", RunKind::Backup, true, "2030-01-01T00:00:00Z", None);
+        let kept = run("b11", RunKind::Backup, true, "2030-01-01T00:11:00Z", None);
+        let new = run("b12", RunKind::Backup, true, "2030-01-01T00:12:00Z", None);
+        let left = unrecorded_runs(&status, vec![old, kept, new]);
+        assert_eq!(
+            left.iter().map(|r| r.job.as_str()).collect::<Vec<_>>(),
+            ["b12"]
+        );
+    }
+
+    #[test]
+    fn pruning_lowers_the_count_and_a_failure_is_recorded() {
+        let res = result("ok", json!({"storedBytes": 100, "pruned": 1}));
+        let s = derive_target_status(
+            &BackupTargetStatus::default(),
+            &observe(vec![
+                run(
+                    "b1",
+                    RunKind::Backup,
+                    true,
+                    "2030-01-01T00:01:00Z",
+                    Some(result("ok", json!({"storedBytes": 100}))),
+                ),
+                run(
+                    "b2",
+                    RunKind::Backup,
+                    true,
+                    "2030-01-01T00:02:00Z",
+                    Some(res),
+                ),
+            ]),
+        );
+        assert_eq!(s.status.artifacts.as_ref().unwrap().count, 1);
+        assert!(s.events.iter().any(|e| e.reason == "ArtifactsPruned"));
+        let f = derive_target_status(
+            &s.status,
+            &observe(vec![run(
+                "b3",
+                RunKind::Backup,
+                false,
+                "2030-01-01T00:03:00Z",
+                None,
+            )]),
+        );
+        let failure = f.status.last_failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.reason.as_str(), failure.job.as_deref()),
+            ("Unauthorized", Some("b3"))
+        );
+        assert_eq!(
+            f.status.last_successful_backup_time,
+            Some(time(ts("2030-01-01T00:02:00Z")))
+        );
+        assert_eq!(
+            cond(&f.status, "LastBackupSucceeded").reason,
+            "Unauthorized"
+        );
+        assert_eq!(
+            f.events
+                .iter()
+                .map(|e| (e.reason, e.warning))
+                .collect::<Vec<_>>(),
+            [("BackupFailed", true)]
+        );
+    }
+
+    #[test]
+    fn only_the_newest_unrecorded_probe_counts() {
+        let status = BackupTargetStatus {
+            last_probe_time: Some(time(ts("2030-01-01T00:05:00Z"))),
+            ..BackupTargetStatus::default()
+        };
+        let runs = vec![
+            run("p0", RunKind::Probe, true, "2030-01-01T00:05:00Z", None),
+            run("p1", RunKind::Probe, true, "2030-01-01T00:06:00Z", None),
+            run("p2", RunKind::Probe, false, "2030-01-01T00:07:00Z", None),
+        ];
+        let left = unrecorded_runs(&status, runs);
+        assert_eq!(
+            left.iter().map(|r| r.job.as_str()).collect::<Vec<_>>(),
+            ["p2"]
+        );
+    }
+
+    #[test]
+    fn sizes_are_human_readable() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(2 * 1024 * 1024), "2.0 MiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+    }
+}
