@@ -100,8 +100,13 @@ async fn kubectl_explain_shows_plugin_documentation() {
         .kubectl_output(&["explain", "backuptarget.spec.postgres.passwordSecretRef"])
         .unwrap();
     assert!(out.contains("The role's password, from a Secret"), "{out}");
-    assert!(out.contains("Name of the Secret, in the same namespace"), "{out}");
-    let out = cluster.kubectl_output(&["explain", "backupschedule.spec.timeZone"]).unwrap();
+    assert!(
+        out.contains("Name of the Secret, in the same namespace"),
+        "{out}"
+    );
+    let out = cluster
+        .kubectl_output(&["explain", "backupschedule.spec.timeZone"])
+        .unwrap();
     assert!(out.contains("IANA time zone"), "{out}");
 }
 
@@ -111,10 +116,25 @@ async fn printer_columns_show_in_kubectl_get() {
     let ns = cluster.ns("columns").await.unwrap();
     let dir = stowage_testenv::repo_root().join("deploy/examples");
     for name in ["postgres-target.yaml", "nightly-schedule.yaml"] {
-        apply(cluster, ns.name(), &std::fs::read_to_string(dir.join(name)).unwrap()).unwrap();
+        apply(
+            cluster,
+            ns.name(),
+            &std::fs::read_to_string(dir.join(name)).unwrap(),
+        )
+        .unwrap();
     }
-    let out = cluster.kubectl_output(&["get", "stowage", "-n", ns.name()]).unwrap();
-    for column in ["PLUGIN", "READY", "LAST BACKUP", "SIZE", "SCHEDULE", "TIMEZONE", "NEXT RUN"] {
+    let out = cluster
+        .kubectl_output(&["get", "stowage", "-n", ns.name()])
+        .unwrap();
+    for column in [
+        "PLUGIN",
+        "READY",
+        "LAST BACKUP",
+        "SIZE",
+        "SCHEDULE",
+        "TIMEZONE",
+        "NEXT RUN",
+    ] {
         assert!(out.contains(column), "missing column {column}:\n{out}");
     }
     assert!(out.contains("Europe/Paris"), "{out}");

@@ -370,14 +370,12 @@ fn a_run_killed_midway_leaves_only_a_partial_which_the_next_run_removes() {
         if let Some(p) = files
             .iter()
             .find(|p| p.to_string_lossy().ends_with(".partial"))
-        {
-            if std::fs::metadata(p)
+            && std::fs::metadata(p)
                 .map(|m| m.len() > 1 << 20)
                 .unwrap_or(false)
-            {
-                partial = Some(p.clone());
-                break;
-            }
+        {
+            partial = Some(p.clone());
+            break;
         }
         thread::sleep(Duration::from_millis(50));
     }

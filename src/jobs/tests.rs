@@ -485,7 +485,10 @@ fn spec_job_overrides_the_defaults() {
     // call the Kubernetes API, which http does not).
     let job =
         serde_json::to_value(build_job(&http("site"), &nightly(), &defaults).unwrap()).unwrap();
-    assert_eq!(job["spec"]["template"]["spec"].get("serviceAccountName"), None);
+    assert_eq!(
+        job["spec"]["template"]["spec"].get("serviceAccountName"),
+        None
+    );
     assert!(
         job["spec"]["template"]["spec"]
             .get("nodeSelector")
@@ -574,7 +577,12 @@ fn plugins_that_do_not_use_the_api_keep_the_default_service_account() {
     for t in [http("site"), postgres("db")] {
         let job = serde_json::to_value(build_job(&t, &nightly(), &defaults).unwrap()).unwrap();
         let pod = &job["spec"]["template"]["spec"];
-        assert_eq!(pod.get("serviceAccountName"), None, "{}", t.spec.plugin.key());
+        assert_eq!(
+            pod.get("serviceAccountName"),
+            None,
+            "{}",
+            t.spec.plugin.key()
+        );
         assert_eq!(pod["automountServiceAccountToken"], json!(false));
     }
 }
