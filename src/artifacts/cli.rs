@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use jiff::tz::TimeZone;
 use serde::Serialize;
 
 use super::catalog;
@@ -181,12 +180,14 @@ pub fn parse_policy(text: &str) -> Result<RetentionPolicy, String> {
 
 impl PruneArgs {
     fn execute(self) -> anyhow::Result<ExitCode> {
-        let tz = TimeZone::get(&self.time_zone).with_context(|| {
-            format!(
-                "unknown time zone {:?}; use an IANA name such as Europe/Paris",
-                self.time_zone
-            )
-        })?;
+        let tz = crate::schedule::time_zone_database()
+            .get(&self.time_zone)
+            .with_context(|| {
+                format!(
+                    "unknown time zone {:?}; use an IANA name such as Europe/Paris",
+                    self.time_zone
+                )
+            })?;
         let dir = TargetDir::new(&self.namespace, &self.target)?;
         let store = ArtifactStore::new(&self.root);
         let outcome = retention::apply(

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use jiff::Timestamp;
-use jiff::tz::TimeZone;
 use stowage_plugin_sdk::{ErrorKind, Redactor, Secrets, secret_bindings};
 
 pub use plugin::{RunnablePlugin, Single};
@@ -142,12 +141,15 @@ impl RunArgs {
                 ))
             })?),
         };
-        let time_zone = TimeZone::get(&self.time_zone).map_err(|e| {
-            invalid(format!(
-                "STOWAGE_TIME_ZONE {:?} is not a known IANA time zone: {e}",
-                self.time_zone
-            ))
-        })?;
+        // The compiled-in tz database: the image need not ship /usr/share/zoneinfo.
+        let time_zone = crate::schedule::time_zone_database()
+            .get(&self.time_zone)
+            .map_err(|e| {
+                invalid(format!(
+                    "STOWAGE_TIME_ZONE {:?} is not a known IANA time zone: {e}",
+                    self.time_zone
+                ))
+            })?;
         let spec = RunSpec {
             namespace: self.namespace.clone(),
             target: self.target.clone(),

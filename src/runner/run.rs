@@ -409,62 +409,78 @@ async fn restore_inner(
     let _progress = spawn_progress(counters.clone(), spec.progress_interval, |s| {
         log_sample("restore", s)
     });
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(crate::artifacts::writer::CHANNEL_CHUNKS);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+    // The plugin sees the end of its input only after the whole file was read and its
+    // size and SHA-256 matched the sidecar: a read error, a corrupt stream or a digest
+    // mismatch reaches it as an error instead, so a tool that commits at the end of its
+    // input (`psql --single-transaction`) is stopped before it commits.
+    let (tx, rx) =
+        mpsc::channel::<std::io::Result<Vec<u8>>>(crate::artifacts::writer::CHANNEL_CHUNKS);
+    let checked_path = path.clone();
+    let expected = (sidecar.stored_bytes, sidecar.sha256.clone());
+    // Returns the digest check's failure when the plugin stopped reading early (it never
+    // saw the error then, but the run must still fail on a corrupt artifact).
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
         use std::io::Read;
         let mut decoded = decoded;
+        let mut plugin_reads = true;
         loop {
             let mut chunk = vec![0u8; crate::artifacts::writer::CHUNK_SIZE];
-            let n = decoded.read(&mut chunk)?;
+            let n = match decoded.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) => {
+                    let message = format!("cannot read {}: {e}", checked_path.display());
+                    let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), &*message)));
+                    return Err(message);
+                }
+            };
             if n == 0 {
                 break;
             }
             chunk.truncate(n);
-            if tx.blocking_send(chunk).is_err() {
-                break;
+            if plugin_reads && tx.blocking_send(Ok(chunk)).is_err() {
+                // The plugin stopped reading; still hash the rest of the file.
+                plugin_reads = false;
             }
         }
-        decoded.finish()
+        let checked = decoded
+            .finish()
+            .map_err(|e| format!("cannot read {}: {e}", checked_path.display()))
+            .and_then(|digest| {
+                check_digest(&checked_path, expected.0, &expected.1, digest)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(message) = &checked {
+            let _ = tx.blocking_send(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                message.as_str(),
+            )));
+        }
+        // Dropping `tx` ends the input cleanly.
+        checked
     });
-    let (mut pipe_in, pipe_out) = tokio::io::duplex(crate::artifacts::writer::CHUNK_SIZE);
-    let feed_counters = counters.clone();
-    let feed = async move {
-        while let Some(chunk) = rx.recv().await {
-            feed_counters.add_raw(chunk.len() as u64);
-            if pipe_in.write_all(&chunk).await.is_err() {
-                // The plugin stopped reading; its result says why.
-                break;
-            }
-        }
-        let _ = pipe_in.shutdown().await;
-    };
     let ctx = spec.context(secrets);
     let request = RestoreRequest {
         facts: sidecar.facts.clone(),
         into,
     };
-    let consume = async {
-        let mut source = ArtifactSource::new(pipe_out);
-        with_timeout(
-            spec.timeout,
-            "restore",
-            plugin.restore(&ctx, &mut source, &request),
-        )
-        .await
-    };
-    let ((), report) = tokio::join!(feed, consume);
-    let digest = reader
+    let mut source = ArtifactSource::new(ChunkReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+        counters: counters.clone(),
+    });
+    let report = with_timeout(
+        spec.timeout,
+        "restore",
+        plugin.restore(&ctx, &mut source, &request),
+    )
+    .await;
+    drop(source);
+    let checked = reader
         .await
         .map_err(|e| RunError::new(ErrorKind::Internal, format!("artifact reader failed: {e}")))?;
     let report = report?;
-    let digest = digest.map_err(|e| {
-        RunError::new(
-            ErrorKind::IoError,
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    check_digest(&path, sidecar.stored_bytes, &sidecar.sha256, digest)
-        .map_err(|e| RunError::new(ErrorKind::IoError, e.to_string()))?;
+    checked.map_err(|message| RunError::new(ErrorKind::IoError, message))?;
     let mut result = RunResult::new(Operation::Restore, Outcome::Ok, start, start);
     result.artifact = Some(
         path.strip_prefix(&spec.root)
@@ -477,4 +493,41 @@ async fn restore_inner(
     result.sha256 = Some(sidecar.sha256);
     result.message = Some(report.message);
     Ok(result)
+}
+
+/// The decoded artifact as an async reader over the reader thread's chunks; an error
+/// from that thread is returned by `read` instead of an end of input.
+struct ChunkReader {
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    counters: std::sync::Arc<Counters>,
+}
+
+impl tokio::io::AsyncRead for ChunkReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        while self.pos == self.chunk.len() {
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The sender is dropped only after the digest matched.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.counters.add_raw(chunk.len() as u64);
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+            }
+        }
+        let n = buf.remaining().min(self.chunk.len() - self.pos);
+        let pos = self.pos;
+        buf.put_slice(&self.chunk[pos..pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(()))
+    }
 }

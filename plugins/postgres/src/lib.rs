@@ -173,6 +173,11 @@ impl PostgresPlugin {
         if !all {
             args.push(format!("--format={}", format_name(format)).into());
         }
+        if format == DumpFormat::Custom && !sets_compression(&config.extra_dump_options) {
+            // stowage compresses the stream (spec.compression, zstd by default); pg_dump's
+            // own gzip would only cost CPU and defeat it.
+            args.push("--compress=0".into());
+        }
         args.push("--no-password".into());
         args.extend(config.extra_dump_options.iter().map(OsString::from));
         let database = session.dump_database();
@@ -417,6 +422,13 @@ impl<'a> Session<'a> {
     ) -> Result<ToolCommand, PluginError> {
         let mut command = self
             .tool(program, args)?
+            // Connection settings the runner's image or pod may carry would override or
+            // add to the config's (another password, a service file's host and options,
+            // a fixed address): only the config decides where and as whom to connect.
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .env_remove("PGSERVICE")
+            .env_remove("PGHOSTADDR")
             .env("PGHOST", &self.config.host)
             .env("PGPORT", self.config.port.to_string())
             .env("PGUSER", &self.config.username)
@@ -693,8 +705,22 @@ fn redact_facts(redactor: &Redactor, facts: BTreeMap<String, String>) -> BTreeMa
         .collect()
 }
 
+/// Whether the user chose pg_dump's compression in `extraDumpOptions` (`-Z`, `--compress`).
+fn sets_compression(options: &[String]) -> bool {
+    options
+        .iter()
+        .any(|o| o.starts_with("-Z") || o.starts_with("--compress"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pg_dump_compression_is_left_to_stowage_unless_chosen() {
+        assert!(!super::sets_compression(&["--no-comments".into()]));
+        assert!(super::sets_compression(&["-Z5".into()]));
+        assert!(super::sets_compression(&["--compress=zstd:3".into()]));
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 use crate::{ArtifactSink, ArtifactSource, PluginError, Redactor, SECRET_ENV_PREFIX, SecretValue};
 
@@ -80,6 +80,7 @@ pub struct ToolCommand {
     program: String,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+    env_remove: Vec<String>,
     secret_env: Vec<(String, SecretValue)>,
     timeout: Option<Duration>,
     stderr_limit: usize,
@@ -92,6 +93,7 @@ impl ToolCommand {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_remove: Vec::new(),
             secret_env: Vec::new(),
             timeout: None,
             stderr_limit: DEFAULT_STDERR_LIMIT,
@@ -118,6 +120,15 @@ impl ToolCommand {
     /// Set a non-secret environment variable of the child.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Do not pass the runner's variable `name` on to the child (e.g. a `PGPASSWORD` the
+    /// image sets, which would otherwise be used instead of the configured secret).
+    /// Variables set with [`ToolCommand::env`] or [`ToolCommand::secret_env`] are still
+    /// set, whatever the order of the calls.
+    pub fn env_remove(mut self, name: impl Into<String>) -> Self {
+        self.env_remove.push(name.into());
         self
     }
 
@@ -152,6 +163,9 @@ impl ToolCommand {
             if name.to_string_lossy().starts_with(SECRET_ENV_PREFIX) {
                 command.env_remove(name);
             }
+        }
+        for name in &self.env_remove {
+            command.env_remove(name);
         }
         for (name, value) in &self.env {
             command.env(name, value);
@@ -198,6 +212,10 @@ impl ToolCommand {
 
     /// Run the tool, streaming its stdout into `sink`. A non-zero exit goes through
     /// `classify` (see [`tool_failed`]); every text in the result is redacted.
+    ///
+    /// When writing into the sink fails, the tool is killed at once and the write's error
+    /// is returned as [`PluginError::Io`] (the tool would otherwise block on its full
+    /// stdout pipe until the timeout).
     pub async fn run_to_sink(
         self,
         sink: &mut ArtifactSink<'_>,
@@ -208,24 +226,44 @@ impl ToolCommand {
             let mut child = self.spawn(Stdio::null(), Stdio::piped())?;
             let mut stdout = take(child.stdout.take(), "stdout")?;
             let stderr = take(child.stderr.take(), "stderr")?;
-            let copy = async {
-                let n = tokio::io::copy(&mut stdout, sink).await?;
-                sink.flush().await?;
-                Ok::<u64, std::io::Error>(n)
+            let tail = read_tail(stderr, self.stderr_limit);
+            tokio::pin!(tail);
+            let mut stderr_text = None;
+            let copied = {
+                let copy = async {
+                    let n = tokio::io::copy(&mut stdout, sink).await?;
+                    sink.flush().await?;
+                    Ok::<u64, std::io::Error>(n)
+                };
+                tokio::pin!(copy);
+                // Read stderr while copying (the tool must not block on a full stderr
+                // pipe), but stop waiting for it as soon as the copy ends.
+                loop {
+                    tokio::select! {
+                        copied = &mut copy => break copied,
+                        text = &mut tail, if stderr_text.is_none() => stderr_text = Some(text),
+                    }
+                }
             };
-            let (copied, stderr) = tokio::join!(copy, read_tail(stderr, self.stderr_limit));
-            let stderr = redactor.redact(&stderr);
             let bytes = match copied {
                 Ok(n) => n,
                 Err(e) => {
-                    // Writing the artifact failed: stop the tool (drop kills it).
-                    drop(child);
+                    // Writing the artifact failed: stop the tool now, before it blocks on
+                    // its stdout or a grandchild keeps stderr open.
+                    let _ = child.start_kill();
+                    drop(stdout);
+                    let _ = child.wait().await;
                     return Err(PluginError::Io(std::io::Error::new(
                         e.kind(),
                         format!("writing the output of {} failed: {e}", self.program),
                     )));
                 }
             };
+            let stderr = match stderr_text {
+                Some(text) => text,
+                None => tail.await,
+            };
+            let stderr = redactor.redact(&stderr);
             let status = child.wait().await?;
             if !status.success() {
                 return Err(classify(&self.failure(status, &stderr)));
@@ -240,6 +278,12 @@ impl ToolCommand {
     }
 
     /// Run the tool, feeding `source` into its stdin (a restore).
+    ///
+    /// The tool sees the end of its input only when the whole source was read. When
+    /// reading the source fails (a corrupt or truncated artifact), or the run times out,
+    /// the tool is killed *before* its stdin is closed, so a tool that commits on end of
+    /// input (`psql --single-transaction`) never commits a partial restore; the source's
+    /// error is returned as [`PluginError::Io`].
     pub async fn run_from_source(
         self,
         source: &mut ArtifactSource<'_>,
@@ -248,33 +292,62 @@ impl ToolCommand {
     ) -> Result<ToolOutput, PluginError> {
         let fut = async {
             let mut child = self.spawn(Stdio::piped(), Stdio::piped())?;
-            let mut stdin = take(child.stdin.take(), "stdin")?;
+            let stdin = take(child.stdin.take(), "stdin")?;
             let stdout = take(child.stdout.take(), "stdout")?;
             let stderr = take(child.stderr.take(), "stderr")?;
-            let feed = async {
-                let n = tokio::io::copy(source, &mut stdin).await;
-                // Close stdin so the tool sees the end of the input.
-                let _ = stdin.shutdown().await;
-                drop(stdin);
-                n
+            // From here on, dropping `running` (a timeout) kills the child before its
+            // stdin closes.
+            let mut running = Feeding {
+                child,
+                stdin: Some(stdin),
             };
             let (fed, stdout, stderr) = tokio::join!(
-                feed,
+                running.feed(source),
                 read_head(stdout, STDOUT_LIMIT),
                 read_tail(stderr, self.stderr_limit)
             );
             let stderr = redactor.redact(&stderr);
-            let status = child.wait().await?;
+            let status = running.child.wait().await?;
+            let bytes = match fed {
+                Fed::All(n) => n,
+                Fed::SourceFailed(e) => {
+                    let how = match self.failure(status, "") {
+                        ToolFailure {
+                            signal: Some(signal),
+                            ..
+                        } => format!(
+                            "{} was killed by signal {signal} before the end of its input, so \
+                             it did not commit a partial restore",
+                            self.program
+                        ),
+                        ToolFailure {
+                            code: Some(code), ..
+                        } => format!("{} had already exited with code {code}", self.program),
+                        _ => format!("{} was stopped", self.program),
+                    };
+                    return Err(PluginError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("reading the artifact failed: {e}; {how}"),
+                    )));
+                }
+                Fed::ToolStopped(n, e) => {
+                    if !status.success() {
+                        // The tool's own failure explains a broken pipe on its stdin.
+                        return Err(classify(&self.failure(status, &stderr)));
+                    }
+                    // It exited successfully without reading all of its input.
+                    return Err(PluginError::Io(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "feeding the artifact to {} failed after {n} bytes: {e}",
+                            self.program
+                        ),
+                    )));
+                }
+            };
             if !status.success() {
-                // The tool's own failure explains a broken pipe on its stdin.
                 return Err(classify(&self.failure(status, &stderr)));
             }
-            let bytes = fed.map_err(|e| {
-                PluginError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("feeding the artifact to {} failed: {e}", self.program),
-                ))
-            })?;
             Ok(ToolOutput {
                 bytes,
                 stdout: redactor.redact(&stdout),
@@ -313,11 +386,77 @@ impl ToolCommand {
     }
 }
 
+/// A restore tool and its stdin. Dropping it kills the tool first, then closes stdin, so
+/// the tool never mistakes an interrupted feed for the end of its input.
+struct Feeding {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+/// How feeding a tool's stdin ended.
+enum Fed {
+    /// The whole source went in and stdin was closed.
+    All(u64),
+    /// Reading the source failed; the tool was killed before stdin was closed.
+    SourceFailed(std::io::Error),
+    /// Writing into the tool failed (it stopped reading) after these bytes.
+    ToolStopped(u64, std::io::Error),
+}
+
+impl Feeding {
+    async fn feed(&mut self, source: &mut ArtifactSource<'_>) -> Fed {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Fed::All(0);
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    // Kill and reap the tool before its stdin closes: it must not see a
+                    // clean end of input.
+                    let _ = self.child.start_kill();
+                    let _ = self.child.wait().await;
+                    self.stdin = None;
+                    return Fed::SourceFailed(e);
+                }
+            };
+            if let Err(e) = stdin.write_all(&buf[..n]).await {
+                self.stdin = None;
+                return Fed::ToolStopped(total, e);
+            }
+            total += n as u64;
+        }
+        // The end of the input: close stdin so the tool sees it.
+        let result = stdin.shutdown().await;
+        self.stdin = None;
+        match result {
+            Ok(()) => Fed::All(total),
+            Err(e) => Fed::ToolStopped(total, e),
+        }
+    }
+}
+
+impl Drop for Feeding {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            // Interrupted while feeding (timeout, cancellation): SIGKILL is pending before
+            // the fields (stdin) are dropped.
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
 fn take<T>(pipe: Option<T>, name: &str) -> Result<T, PluginError> {
     pipe.ok_or_else(|| PluginError::Internal(format!("the tool's {name} was not captured")))
 }
 
 /// Read a stream to its end, keeping only its last `limit` bytes (as lossy UTF-8).
+///
+/// When the beginning was cut, the first kept line is dropped too (it may start inside a
+/// secret value, which redaction would then not recognize) and the text starts with `…`.
 async fn read_tail(mut reader: impl AsyncRead + Unpin, limit: usize) -> String {
     let mut kept: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
@@ -338,8 +477,15 @@ async fn read_tail(mut reader: impl AsyncRead + Unpin, limit: usize) -> String {
         kept.drain(..kept.len() - limit);
         cut = true;
     }
-    let text = String::from_utf8_lossy(&kept).into_owned();
-    if cut { format!("…{text}") } else { text }
+    if !cut {
+        return String::from_utf8_lossy(&kept).into_owned();
+    }
+    // Without a line break the whole tail is one cut line: nothing is safe to keep.
+    let first_full_line = kept
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(kept.len(), |i| i + 1);
+    format!("…{}", String::from_utf8_lossy(&kept[first_full_line..]))
 }
 
 /// Read a stream to its end, keeping only its first `limit` bytes (as lossy UTF-8).
@@ -417,7 +563,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unauthorized);
         let text = err.to_string();
-        assert!(text.starts_with("sh exited with code 3: …x"), "{text}");
+        assert!(
+            text.starts_with("sh exited with code 3: …FATAL: password authentication failed"),
+            "{text}"
+        );
         assert!(text.contains("(<redacted>)"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }
@@ -484,6 +633,207 @@ mod tests {
             text.contains("no-such-tool-stowage") && text.contains("spec.job.image"),
             "{text}"
         );
+    }
+
+    /// A sink whose writes fail once `limit` bytes went through (a full disk).
+    struct FailingSink {
+        written: usize,
+        limit: usize,
+    }
+
+    impl tokio::io::AsyncWrite for FailingSink {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.written >= self.limit {
+                return std::task::Poll::Ready(Err(std::io::Error::other("no space left (test)")));
+            }
+            let n = buf.len().min(self.limit - self.written);
+            self.written += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_sink_stops_the_tool_with_an_io_error_instead_of_hanging() {
+        let mut failing = FailingSink {
+            written: 0,
+            limit: 1024 * 1024,
+        };
+        let mut sink = ArtifactSink::new(&mut failing);
+        // `yes` never ends by itself: only stopping it ends the run before the timeout.
+        let err = ToolCommand::new("yes")
+            .timeout(Duration::from_secs(60))
+            .run_to_sink(&mut sink, &redactor(), tool_failed)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IoError, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("writing the output of yes failed") && text.contains("no space left"),
+            "{text}"
+        );
+        drop(sink);
+        assert_eq!(failing.written, 1024 * 1024);
+    }
+
+    /// A source that yields `good` bytes, then fails (a corrupt artifact), or never ends.
+    struct BrokenSource {
+        good: usize,
+        then: Then,
+    }
+
+    enum Then {
+        Fail,
+        Stall,
+    }
+
+    impl AsyncRead for BrokenSource {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.good == 0 {
+                return match self.then {
+                    Then::Fail => std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "corrupt zstd frame (test)",
+                    ))),
+                    Then::Stall => std::task::Poll::Pending,
+                };
+            }
+            let n = buf.remaining().min(self.good).min(8192);
+            buf.put_slice(&vec![b'a'; n]);
+            self.good -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A restore tool that commits (writes `marker`) once its stdin ends cleanly.
+    fn committing_tool(marker: &std::path::Path) -> ToolCommand {
+        ToolCommand::new("sh")
+            .args(["-c", "cat >/dev/null; echo committed > \"$MARKER\"; exit 0"])
+            .env("MARKER", marker.to_string_lossy())
+    }
+
+    fn marker_path(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "stowage-sdk-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_kills_the_tool_before_it_sees_the_end_of_its_input() {
+        let marker = marker_path("source-fails");
+        let mut broken = BrokenSource {
+            good: 256 * 1024,
+            then: Then::Fail,
+        };
+        let mut source = ArtifactSource::new(&mut broken);
+        let err = committing_tool(&marker)
+            .timeout(Duration::from_secs(60))
+            .run_from_source(&mut source, &redactor(), tool_failed)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::IoError, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("corrupt zstd frame"), "{text}");
+        assert!(text.contains("killed by signal 9"), "{text}");
+        // Give a wrongly surviving tool time to commit before looking.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!marker.exists(), "the tool committed a truncated input");
+    }
+
+    #[tokio::test]
+    async fn a_restore_timeout_kills_the_tool_before_closing_its_input() {
+        let marker = marker_path("source-stalls");
+        let mut stalled = BrokenSource {
+            good: 64 * 1024,
+            then: Then::Stall,
+        };
+        let mut source = ArtifactSource::new(&mut stalled);
+        let err = committing_tool(&marker)
+            .timeout(Duration::from_millis(500))
+            .run_from_source(&mut source, &redactor(), tool_failed)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!marker.exists(), "the tool committed a truncated input");
+    }
+
+    #[tokio::test]
+    async fn env_remove_drops_inherited_variables_but_not_explicit_ones() {
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "cargo test sets CARGO_MANIFEST_DIR"
+        );
+        let out = ToolCommand::new("sh")
+            .args([
+                "-c",
+                "echo \"${CARGO_MANIFEST_DIR-unset} ${STOWAGE_T-unset} ${STOWAGE_U-unset}\"",
+            ])
+            .env_remove("CARGO_MANIFEST_DIR")
+            .env_remove("STOWAGE_T")
+            .env("STOWAGE_T", "explicit")
+            .env("STOWAGE_U", "set")
+            .env_remove("STOWAGE_U")
+            .run(&redactor(), tool_failed)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "unset explicit set");
+    }
+
+    #[tokio::test]
+    async fn a_secret_cut_by_the_stderr_limit_is_dropped_with_its_line() {
+        // The kept tail (1000 bytes) starts inside the secret: "r2-secret\n" + 990 bytes.
+        let script = "head -c 5000 /dev/zero | tr '\\0' x >&2; printf '%s\\n' \"$TOKEN\" >&2; \
+                      head -c 989 /dev/zero | tr '\\0' y >&2; echo >&2; exit 1";
+        let err = ToolCommand::new("sh")
+            .args(["-c", script])
+            .secret_env("TOKEN", &secret())
+            .stderr_limit(1000)
+            .run(&redactor(), |failure| {
+                let ys = "y".repeat(989);
+                assert_eq!(failure.stderr, format!("…{ys}\n"));
+                tool_failed(failure)
+            })
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("2-secret") && !text.contains("xx"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_tail_without_any_line_break_is_dropped_whole() {
+        let err = ToolCommand::new("sh")
+            .args(["-c", "head -c 5000 /dev/zero | tr '\\0' x >&2; exit 2"])
+            .stderr_limit(100)
+            .run(&redactor(), tool_failed)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "sh exited with code 2: …");
     }
 
     #[tokio::test]

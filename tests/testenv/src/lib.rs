@@ -20,6 +20,7 @@ mod agent;
 mod control_plane;
 mod error;
 mod namespace;
+pub mod postgres;
 pub mod reaper;
 mod wait;
 
