@@ -10,6 +10,7 @@ packages=(
   util-linux      # unshare/mount for the node agent's mount namespaces
   ca-certificates
   curl
+  buildah         # builds the FROM-scratch container image (deploy/image.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
 )
 

@@ -29,6 +29,17 @@ cargo build --workspace --all-targets --locked
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "container image (buildah)"
+# The debug binary is as static as the release one; the image's shape is what is checked.
+image=localhost/stowage:ci
+bash deploy/image.sh --binary "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/stowage" \
+  --tag "$image" --output "oci-archive:$STOWAGE_CACHE/stowage-ci-image.tar"
+store="${BUILDAH_STORAGE_ROOT:-$HOME/.cache/stowage/containers}"
+user=$(buildah --root "$store/storage" --runroot "$store/run" --storage-driver vfs inspect \
+  --format '{{.OCIv1.Config.User}}' "$image")
+[ "$user" = "65532:65532" ] || { echo "image runs as '$user', expected 65532:65532"; exit 1; }
+echo "image $image built, non-root user $user"
+
 step "tests"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$STOWAGE_CACHE/last-test.log"
 status=${PIPESTATUS[0]}
