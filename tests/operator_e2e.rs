@@ -1,0 +1,590 @@
+//! The operator end to end on a real control plane: `stowage controller` runs as a local
+//! process under its own RBAC (`deploy/rbac/operator.yaml`: ServiceAccount
+//! `stowage-system/stowage`, no access to Secrets), with a fake clock file; its Jobs run on
+//! the node agent (the runner is the locally built binary, pg_dump the host's) against a
+//! real PostgreSQL on 127.0.0.1, and the artifacts land in the claim's host directory.
+//!
+//! Each test has its own namespace, claim, Secret, database and operator process. Polls
+//! use generous timeouts as hang guards only. On failure, the operator's log, the
+//! namespace's objects and events, and the containers' logs are printed.
+
+#[path = "operator_e2e/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stowage_testenv::eventually;
+use support::{Env, PG_PASSWORD, at, condition, condition_summary, job_name};
+
+/// A target's last backup finished (any outcome) in a Job other than `not_job`.
+fn last_backup_done(not_job: Option<String>) -> impl Fn(&Value) -> Result<(), String> {
+    move |t: &Value| {
+        let last = &t["status"]["lastBackup"];
+        let job = last["job"].as_str();
+        if last["outcome"].is_string() && job.is_some() && job != not_job.as_deref() {
+            Ok(())
+        } else {
+            Err(format!(
+                "lastBackup = {last}; {}",
+                condition_summary(t, "LastBackupSucceeded")
+            ))
+        }
+    }
+}
+
+/// Check a succeeded last backup against its artifact and sidecar on the claim; returns
+/// the sidecar.
+fn assert_backup_matches_claim(env: &Env, target: &Value, name: &str) -> Value {
+    let last = &target["status"]["lastBackup"];
+    assert_eq!(last["outcome"], "Succeeded", "{last}");
+    let succeeded = condition(target, "LastBackupSucceeded").expect("LastBackupSucceeded");
+    assert_eq!(succeeded["status"], "True", "{succeeded}");
+    let sha = last["sha256"].as_str().expect("lastBackup.sha256");
+    let artifact = last["artifact"].as_str().expect("lastBackup.artifact");
+    let sidecars = env.sidecars(name);
+    let (path, sidecar) = sidecars
+        .iter()
+        .find(|(_, s)| s["sha256"] == sha)
+        .unwrap_or_else(|| panic!("no sidecar with sha256 {sha} among {sidecars:?}"));
+    let data = std::path::PathBuf::from(path.to_string_lossy().trim_end_matches(".meta.json"));
+    assert!(
+        artifact.ends_with(&*data.file_name().unwrap().to_string_lossy()),
+        "status artifact {artifact} vs file {}",
+        data.display()
+    );
+    let bytes = std::fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    assert_eq!(
+        sidecar["storedBytes"].as_u64(),
+        Some(bytes.len() as u64),
+        "stored size"
+    );
+    assert!(!bytes.is_empty());
+    assert_eq!(sidecar["plugin"], "postgres");
+    assert_eq!(sidecar["target"], name);
+    assert_eq!(sidecar["namespace"], env.name());
+    sidecar.clone()
+}
+
+/// Wait for the schedule's Ready condition and the expected next tick.
+async fn wait_scheduled(env: &Env, name: &str, next: &str) {
+    eventually(
+        &format!("schedule {name} Ready with nextScheduleTime {next}"),
+        Duration::from_secs(120),
+        || async move {
+            let s = env.schedule(name).await;
+            let ready = condition(&s, "Ready").map(|c| c["status"] == "True");
+            if ready == Some(true) && s["status"]["nextScheduleTime"] == next {
+                Ok(())
+            } else {
+                Err(format!("status = {}", s["status"]))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn selector_of(schedule: &str) -> String {
+    format!("stowage.dev/schedule={schedule}")
+}
+
+#[tokio::test]
+async fn a_schedule_fires_in_its_time_zone_and_records_the_artifact() {
+    let mut env = Env::new("e2e-fires", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    // 02:29:00 in Paris (summer time, UTC+2): one minute before the tick.
+    env.set_time(&at("06-11T00:29:00Z"));
+    env.start_operator();
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+    assert!(env.jobs(&selector_of("nightly")).await.is_empty());
+
+    env.set_time(&at("06-11T00:30:05Z"));
+    let jobs = env.wait_jobs(&selector_of("nightly"), 1).await;
+    assert_eq!(jobs.len(), 1);
+    let target = env
+        .wait_target(
+            "the scheduled backup finishes",
+            "app-db",
+            last_backup_done(None),
+        )
+        .await;
+    assert_backup_matches_claim(&env, &target, "app-db");
+    let last = &target["status"]["lastBackup"];
+    assert_eq!(last["job"], job_name(&jobs[0]));
+    assert_eq!(last["schedule"], "nightly");
+    // A tool plugin: the runner was copied in by the init container, then ran pg_dump.
+    let pods = env.pods_of(&job_name(&jobs[0])).await;
+    assert_eq!(pods.len(), 1);
+    let status = pods[0].status.as_ref().expect("pod status");
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+    let init = status
+        .init_container_statuses
+        .as_ref()
+        .and_then(|s| s.iter().find(|c| c.name == "install-runner"))
+        .expect("the install-runner init container ran");
+    let exit = init.state.as_ref().and_then(|s| s.terminated.as_ref());
+    assert_eq!(exit.map(|t| t.exit_code), Some(0), "{init:?}");
+    let sidecar = &env.sidecars("app-db")[0].1;
+    assert_eq!(sidecar["schedule"], "nightly");
+    assert_eq!(sidecar["scheduledTime"], tick);
+
+    let schedule = env.schedule("nightly").await;
+    assert_eq!(schedule["status"]["lastScheduleTime"], tick);
+    assert_eq!(
+        schedule["status"]["nextScheduleTime"],
+        at("06-12T00:30:00Z")
+    );
+    let jobs = env.jobs(&selector_of("nightly")).await;
+    assert_eq!(jobs.len(), 1, "one Job for one tick");
+}
+
+#[tokio::test]
+async fn a_failed_backup_reports_the_plugin_error_without_the_password() {
+    let wrong = "Wr0ng-e2e-Secret-9f3c1d";
+    let mut env = Env::new("e2e-fail", wrong).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    env.kubectl(&[
+        "annotate",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=fail-1",
+    ]);
+    let target = env
+        .wait_target(
+            "the failed backup is recorded",
+            "app-db",
+            |t| match condition(t, "LastBackupSucceeded") {
+                Some(c) if c["status"] == "False" => Ok(()),
+                _ => Err(format!(
+                    "{}; lastBackup = {}",
+                    condition_summary(t, "LastBackupSucceeded"),
+                    t["status"]["lastBackup"]
+                )),
+            },
+        )
+        .await;
+    let cond = condition(&target, "LastBackupSucceeded").unwrap();
+    assert_eq!(cond["reason"], "Unauthorized", "{cond}");
+    let message = cond["message"].as_str().unwrap_or_default();
+    eprintln!("LastBackupSucceeded: {cond}");
+    assert!(message.contains("passwordSecretRef"), "{message}");
+    assert_eq!(target["status"]["lastBackup"]["outcome"], "Failed");
+    assert_eq!(target["status"]["lastFailure"]["reason"], "Unauthorized");
+    assert_eq!(target["status"]["lastHandledBackupNow"], "fail-1");
+    assert!(
+        env.sidecars("app-db").is_empty(),
+        "no artifact from a failed run"
+    );
+
+    // Give the event recorder a moment to be visible, then search everything.
+    eventually("a BackupFailed event", Duration::from_secs(60), || async {
+        let events = env.kubectl(&["get", "events", "-o", "json"]);
+        if events.contains("BackupFailed") {
+            Ok(())
+        } else {
+            Err("no BackupFailed event yet".to_owned())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let status = target["status"].to_string();
+    assert!(
+        !status.contains(wrong),
+        "the password leaked into the status"
+    );
+    let events = env.kubectl(&["get", "events", "-o", "json"]);
+    assert!(!events.contains(wrong), "the password leaked into events");
+    let events_v1 = env.kubectl(&["get", "events.events.k8s.io", "-o", "json"]);
+    assert!(
+        !events_v1.contains(wrong),
+        "the password leaked into events"
+    );
+    let jobs_pods = env.kubectl(&["get", "jobs,pods", "-o", "json"]);
+    assert!(
+        !jobs_pods.contains(wrong),
+        "the password appears in a Job or pod (termination message?)"
+    );
+    let log = env.operator_log();
+    assert!(
+        log.contains("backup finished"),
+        "the operator logged the run"
+    );
+    assert!(
+        !log.contains(wrong),
+        "the password leaked into the operator log"
+    );
+}
+
+#[tokio::test]
+async fn backup_now_runs_once_per_token() {
+    let mut env = Env::new("e2e-now", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    let backups = "stowage.dev/kind=backup";
+
+    env.kubectl(&[
+        "annotate",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=t1",
+    ]);
+    let target = env
+        .wait_target("backup-now t1 finishes", "app-db", last_backup_done(None))
+        .await;
+    assert_eq!(target["status"]["lastHandledBackupNow"], "t1");
+    assert_backup_matches_claim(&env, &target, "app-db");
+    let first_job = target["status"]["lastBackup"]["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(env.jobs(backups).await.len(), 1);
+
+    // The same token again (with another change, so the target is reconciled): nothing.
+    env.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=t1",
+        "e2e/poke=1",
+    ]);
+    let since = env.reconciles("backuptarget").await;
+    env.wait_reconciles("backuptarget", since, 3).await;
+    assert_eq!(env.jobs(backups).await.len(), 1, "the same token ran again");
+    assert_eq!(env.sidecars("app-db").len(), 1);
+
+    // A new token runs again.
+    env.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=t2",
+    ]);
+    let target = env
+        .wait_target(
+            "backup-now t2 finishes",
+            "app-db",
+            last_backup_done(Some(first_job.clone())),
+        )
+        .await;
+    assert_eq!(target["status"]["lastHandledBackupNow"], "t2");
+    assert_backup_matches_claim(&env, &target, "app-db");
+    assert_eq!(env.jobs(backups).await.len(), 2);
+    assert_eq!(env.sidecars("app-db").len(), 2);
+    let recent = target["status"]["recentBackups"].as_array().unwrap();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+}
+
+#[tokio::test]
+async fn deleting_a_target_collects_its_jobs_and_keeps_its_artifacts() {
+    let mut env = Env::new("e2e-gc", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    env.kubectl(&[
+        "annotate",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=gc",
+    ]);
+    let target = env
+        .wait_target("the backup finishes", "app-db", last_backup_done(None))
+        .await;
+    let sidecar = assert_backup_matches_claim(&env, &target, "app-db");
+    let jobs = env.jobs("stowage.dev/target=app-db").await;
+    assert!(!jobs.is_empty());
+    let mut pods = 0;
+    for job in &jobs {
+        pods += env.pods_of(&job_name(job)).await.len();
+    }
+    assert!(pods > 0, "the Jobs have pods");
+
+    env.kubectl(&["delete", "backuptarget", "app-db", "--wait=true"]);
+    let env_ref = &env;
+    eventually(
+        "the target's Jobs and pods are garbage-collected",
+        Duration::from_secs(180),
+        || async move {
+            let jobs = env_ref.jobs("stowage.dev/target=app-db").await;
+            let mut pods = 0;
+            for job in &jobs {
+                pods += env_ref.pods_of(&job_name(job)).await.len();
+            }
+            let all_pods = env_ref.kubectl(&["get", "pods", "-o", "name"]);
+            if jobs.is_empty() && all_pods.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} Job(s), {pods} pod(s); pods: {all_pods}",
+                    jobs.len()
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let after = env.sidecars("app-db");
+    assert_eq!(after.len(), 1, "the artifact stays on the claim");
+    assert_eq!(after[0].1, sidecar);
+    let data = after[0]
+        .0
+        .to_string_lossy()
+        .trim_end_matches(".meta.json")
+        .to_owned();
+    let bytes = std::fs::read(&data).expect("the artifact is still there");
+    assert_eq!(sidecar["storedBytes"].as_u64(), Some(bytes.len() as u64));
+}
+
+#[tokio::test]
+async fn a_crash_during_a_run_leaves_exactly_one_job_for_the_tick() {
+    let mut env = Env::new("e2e-crash", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T00:29:00Z"));
+    env.start_operator();
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+    env.set_time(&at("06-11T00:30:03Z"));
+    let jobs = env.wait_jobs(&selector_of("nightly"), 1).await;
+    env.kill_operator();
+    let running = jobs[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .is_none();
+    eprintln!("operator killed; the Job was still running: {running}");
+
+    env.set_time(&at("06-11T00:30:20Z"));
+    env.start_operator();
+    let target = env
+        .wait_target(
+            "the run is recorded after the restart",
+            "app-db",
+            last_backup_done(None),
+        )
+        .await;
+    assert_backup_matches_claim(&env, &target, "app-db");
+    assert_eq!(target["status"]["lastBackup"]["job"], job_name(&jobs[0]));
+    env.wait_schedule("the tick is recorded", "nightly", |s| {
+        if s["status"]["lastScheduleTime"] == tick {
+            Ok(())
+        } else {
+            Err(format!("status = {}", s["status"]))
+        }
+    })
+    .await;
+    let since = env.reconciles("backupschedule").await;
+    env.wait_reconciles("backupschedule", since, 2).await;
+    let after = env.jobs(&selector_of("nightly")).await;
+    assert_eq!(
+        after.iter().map(job_name).collect::<Vec<_>>(),
+        vec![job_name(&jobs[0])],
+        "exactly one Job for the tick"
+    );
+    assert_eq!(env.sidecars("app-db").len(), 1);
+}
+
+#[tokio::test]
+async fn missed_ticks_run_once_within_the_deadline_and_are_reported_beyond_it() {
+    let mut env = Env::new("e2e-missed", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T00:00:00Z"));
+    env.start_operator();
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "startingDeadlineSeconds": 600,
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+    env.stop_operator();
+
+    // Down across the tick; back 5 minutes later, within the 10-minute deadline.
+    env.set_time(&at("06-11T00:35:00Z"));
+    env.start_operator();
+    let jobs = env.wait_jobs(&selector_of("nightly"), 1).await;
+    let target = env
+        .wait_target("the late run finishes", "app-db", last_backup_done(None))
+        .await;
+    assert_backup_matches_claim(&env, &target, "app-db");
+    env.wait_schedule("the tick is recorded", "nightly", |s| {
+        if s["status"]["lastScheduleTime"] == tick {
+            Ok(())
+        } else {
+            Err(format!("status = {}", s["status"]))
+        }
+    })
+    .await;
+
+    // Another restart reconciles again and creates nothing.
+    env.stop_operator();
+    env.start_operator();
+    env.wait_reconciles("backupschedule", 0, 3).await;
+    let after = env.jobs(&selector_of("nightly")).await;
+    assert_eq!(
+        after.iter().map(job_name).collect::<Vec<_>>(),
+        vec![job_name(&jobs[0])],
+        "the missed tick ran exactly once"
+    );
+
+    // Down across the next tick and back two hours after it: beyond the deadline.
+    env.stop_operator();
+    let missed = at("06-12T00:30:00Z");
+    env.set_time(&at("06-12T02:30:00Z"));
+    env.start_operator();
+    let schedule = env
+        .wait_schedule("lastMissedTime is the missed tick", "nightly", |s| {
+            if s["status"]["lastMissedTime"] == missed {
+                Ok(())
+            } else {
+                Err(format!("status = {}", s["status"]))
+            }
+        })
+        .await;
+    let env_ref = &env;
+    assert_eq!(schedule["status"]["lastScheduleTime"], tick);
+    eventually(
+        "a ScheduleMissed event",
+        Duration::from_secs(60),
+        || async {
+            let events = env_ref.kubectl(&["get", "events", "-o", "json"]);
+            let events: Value = serde_json::from_str(&events).map_err(|e| e.to_string())?;
+            let found = events["items"].as_array().into_iter().flatten().any(|e| {
+                e["reason"] == "ScheduleMissed"
+                    && e["involvedObject"]["name"] == "nightly"
+                    && e["type"] == "Warning"
+            });
+            if found {
+                Ok(())
+            } else {
+                Err("none yet".to_owned())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let since = env.reconciles("backupschedule").await;
+    env.wait_reconciles("backupschedule", since, 2).await;
+    assert_eq!(
+        env.jobs(&selector_of("nightly")).await.len(),
+        1,
+        "no Job for a tick beyond the starting deadline"
+    );
+}
+
+/// `[start, end]` of a finished pod's `run` container.
+fn run_interval(pod: &k8s_openapi::api::core::v1::Pod) -> (jiff::Timestamp, jiff::Timestamp) {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .expect("container statuses");
+    let terminated = statuses
+        .iter()
+        .find(|s| s.name == "run")
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .expect("the run container terminated");
+    (
+        terminated.started_at.as_ref().expect("startedAt").0,
+        terminated.finished_at.as_ref().expect("finishedAt").0,
+    )
+}
+
+#[tokio::test]
+async fn two_targets_on_one_read_write_once_claim_never_run_at_once() {
+    let mut env = Env::new("e2e-rwo", PG_PASSWORD).await;
+    env.create_target("alpha", json!({"tier": "db"}));
+    env.create_target("beta", json!({"tier": "db"}));
+    env.set_time(&at("06-11T00:29:00Z"));
+    env.start_operator();
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+    env.set_time(&at("06-11T00:30:05Z"));
+    for name in ["alpha", "beta"] {
+        let target = env
+            .wait_target(
+                &format!("{name}'s backup finishes"),
+                name,
+                last_backup_done(None),
+            )
+            .await;
+        assert_backup_matches_claim(&env, &target, name);
+    }
+    let jobs = env.jobs(&selector_of("nightly")).await;
+    assert_eq!(jobs.len(), 2, "one Job per target");
+    let mut intervals = Vec::new();
+    for job in &jobs {
+        let pods = env.pods_of(&job_name(job)).await;
+        assert_eq!(pods.len(), 1, "one pod for {}", job_name(job));
+        intervals.push((job_name(job), run_interval(&pods[0])));
+    }
+    intervals.sort_by_key(|(_, (start, _))| *start);
+    let (first, (_, first_end)) = &intervals[0];
+    let (second, (second_start, _)) = &intervals[1];
+    assert!(
+        first_end <= second_start,
+        "{first} ran until {first_end}, {second} started at {second_start}"
+    );
+    // The second Job was only created once the first had finished, and its target was
+    // told why it waited.
+    let (first_job, second_job) = {
+        let find = |name: &str| jobs.iter().find(|j| job_name(j) == name).unwrap();
+        (find(first), find(second))
+    };
+    let first_done = first_job
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .expect("the first Job completed")
+        .0;
+    let second_created = second_job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .expect("creationTimestamp")
+        .0;
+    assert!(
+        first_done <= second_created,
+        "{second} was created at {second_created}, before {first} completed at {first_done}"
+    );
+    let waiting_target = second_job.metadata.labels.as_ref().unwrap()["stowage.dev/target"].clone();
+    let events: Value =
+        serde_json::from_str(&env.kubectl(&["get", "events", "-o", "json"])).unwrap();
+    let waited = events["items"].as_array().into_iter().flatten().any(|e| {
+        e["reason"] == "WaitingForClaim" && e["involvedObject"]["name"] == *waiting_target
+    });
+    assert!(waited, "no WaitingForClaim event for {waiting_target}");
+    // The runners' own, sub-second times agree.
+    let mut sidecars: Vec<Value> = ["alpha", "beta"]
+        .iter()
+        .map(|n| env.sidecars(n).remove(0).1)
+        .collect();
+    sidecars.sort_by_key(|s| s["startTime"].as_str().unwrap_or_default().to_owned());
+    let end: jiff::Timestamp = sidecars[0]["endTime"].as_str().unwrap().parse().unwrap();
+    let start: jiff::Timestamp = sidecars[1]["startTime"].as_str().unwrap().parse().unwrap();
+    assert!(end < start, "artifact writes overlap: {sidecars:?}");
+    let schedule = env.schedule("nightly").await;
+    assert_eq!(schedule["status"]["lastScheduleTime"], tick);
+}

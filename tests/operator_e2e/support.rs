@@ -1,0 +1,593 @@
+//! Support for the operator's end-to-end tests: the operator as a local process under its
+//! own RBAC (a ServiceAccount token, no Secret access), per-test namespaces with a claim,
+//! a Secret and a database, and diagnostics printed when a test fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use serde_json::{Value, json};
+use stowage_testenv::postgres::{PgServer, SECRET_KEY, SECRET_NAME};
+use stowage_testenv::{TestCluster, TestNamespace, eventually};
+
+/// The image the controller names for the runner: the node agent maps repository
+/// `stowage` to the locally built binary at `/usr/local/bin/stowage`.
+pub const RUNNER_IMAGE: &str = "stowage:e2e";
+/// The claim every test's targets write to.
+pub const CLAIM: &str = "backups";
+/// The correct superuser password of the shared PostgreSQL server.
+pub const PG_PASSWORD: &str = "e2e-Correct-Horse-7";
+/// Guard timeout for one backup to finish (never a performance assertion).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The PostgreSQL server shared by the tests running at the same time (started again
+/// when every test holding it has finished, so it never outlives the test process).
+pub fn postgres() -> Arc<PgServer> {
+    static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
+    let mut guard = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(server) = guard.upgrade() {
+        return server;
+    }
+    let server = Arc::new(PgServer::start(PG_PASSWORD));
+    *guard = Arc::downgrade(&server);
+    server
+}
+
+/// A year after the current one: fake times must lie after the objects' (real) creation
+/// times, since ticks before a schedule became active never run.
+pub fn future_year() -> i16 {
+    jiff::Zoned::now().year() + 1
+}
+
+/// `Y-MM-DDTHH:MM:SSZ` in [`future_year`].
+pub fn at(rest: &str) -> String {
+    format!("{}-{rest}", future_year())
+}
+
+/// The kubeconfig of ServiceAccount `stowage-system/stowage` bound by `deploy/rbac/`.
+fn operator_kubeconfig(cluster: &TestCluster) -> &'static Path {
+    static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    KUBECONFIG
+        .get_or_init(|| make_operator_kubeconfig(cluster))
+        .as_ref()
+        .map(PathBuf::as_path)
+        .unwrap_or_else(|e| panic!("operator kubeconfig: {e}"))
+}
+
+fn make_operator_kubeconfig(cluster: &TestCluster) -> Result<PathBuf, String> {
+    let _ = cluster.kubectl_output(&["create", "namespace", "stowage-system"]);
+    let rbac = stowage_testenv::repo_root().join("deploy/rbac/operator.yaml");
+    cluster
+        .kubectl_output(&["apply", "-f", &rbac.to_string_lossy()])
+        .map_err(|e| e.to_string())?;
+    let token = cluster
+        .kubectl_output(&[
+            "create",
+            "token",
+            "stowage",
+            "-n",
+            "stowage-system",
+            "--duration=3h",
+        ])
+        .map_err(|e| e.to_string())?;
+    let admin =
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig()).map_err(|e| e.to_string())?;
+    let named = admin
+        .clusters
+        .first()
+        .ok_or("the admin kubeconfig has no cluster")?;
+    let c = named
+        .cluster
+        .as_ref()
+        .ok_or("the admin kubeconfig cluster is empty")?;
+    let server = c.server.clone().ok_or("no server URL")?;
+    let ca = c
+        .certificate_authority_data
+        .clone()
+        .ok_or("no certificate-authority-data")?;
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: stowage\n  user:\n    token: {}\ncontexts:\n- name: stowage\n  context:\n    cluster: local\n    user: stowage\ncurrent-context: stowage\n",
+        token.trim()
+    );
+    let path = cluster.state_dir().join("operator-e2e.kubeconfig");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// One test's world: a namespace, its claim and Secret, a fake clock file and the
+/// operator process. Prints diagnostics and stops the operator when dropped.
+pub struct Env {
+    /// The cluster.
+    pub cluster: &'static TestCluster,
+    /// An admin client.
+    pub client: kube::Client,
+    /// The namespace.
+    pub ns: TestNamespace,
+    /// The shared PostgreSQL server.
+    pub pg: Arc<PgServer>,
+    /// This test's database.
+    pub db: String,
+    dir: tempfile::TempDir,
+    operator: Option<Child>,
+    metrics_port: u16,
+    starts: u32,
+}
+
+fn free_port() -> u16 {
+    stowage_testenv::postgres::free_port()
+}
+
+impl Env {
+    /// A namespace `prefix-…` with claim `backups` (ReadWriteOnce), the `stowage-runner`
+    /// ServiceAccount, the Secret holding `password`, and a database with a table of data.
+    pub async fn new(prefix: &str, password: &str) -> Env {
+        let cluster = TestCluster::shared().expect("the control plane starts");
+        let client = cluster.client().await.expect("an admin client");
+        let ns = cluster.ns(prefix).await.expect("a namespace");
+        let pg = postgres();
+        let db = ns.name().replace('-', "_");
+        pg.psql("postgres", &format!("create database {db}"));
+        pg.psql(
+            &db,
+            "create table orders (id int primary key, item text not null);
+             insert into orders select g, 'item ' || g from generate_series(1, 500) g;",
+        );
+        let env = Env {
+            cluster,
+            client,
+            ns,
+            pg,
+            db,
+            dir: tempfile::tempdir().expect("a temp dir"),
+            operator: None,
+            metrics_port: free_port(),
+            starts: 0,
+        };
+        env.apply(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": CLAIM},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }));
+        env.apply(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "stowage-runner"}, "automountServiceAccountToken": false
+        }));
+        env.set_password(password);
+        env.grant_lease_role();
+        env
+    }
+
+    /// The leader-election Role and RoleBinding of `deploy/rbac/operator.yaml`, unchanged
+    /// but in this namespace, so each test's operator elects itself on its own Lease
+    /// (the Role only allows the Lease named `stowage-controller`).
+    fn grant_lease_role(&self) {
+        let path = stowage_testenv::repo_root().join("deploy/rbac/operator.yaml");
+        let text = std::fs::read_to_string(&path).expect("read deploy/rbac/operator.yaml");
+        let mut found = 0;
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).expect("RBAC YAML parses");
+            if value["kind"] == "Role" || value["kind"] == "RoleBinding" {
+                found += 1;
+                self.apply(value);
+            }
+        }
+        assert_eq!(
+            found, 2,
+            "deploy/rbac/operator.yaml has the leader-election Role and binding"
+        );
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        self.ns.name()
+    }
+
+    /// Create or replace the Secret the targets reference.
+    pub fn set_password(&self, password: &str) {
+        self.apply(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": SECRET_NAME},
+            "stringData": {SECRET_KEY: password}
+        }));
+    }
+
+    /// `kubectl apply` (server-side) of one object into the namespace.
+    pub fn apply(&self, mut object: Value) {
+        object["metadata"]["namespace"] = self.name().into();
+        let mut child = self
+            .cluster
+            .kubectl()
+            .args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=e2e",
+                "-f",
+                "-",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl starts");
+        let body = serde_json::to_vec(&object).expect("JSON");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&body)
+            .expect("write to kubectl");
+        let out = child.wait_with_output().expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl apply {object}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl <args> -n <ns>`; its stdout (panics with stderr on failure).
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["-n", self.name()]);
+        self.cluster
+            .kubectl_output(&all)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A BackupTarget `name` for this test's database, labelled `labels`.
+    pub fn create_target(&self, name: &str, labels: Value) {
+        self.apply(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "postgres": self.pg.config_json(Some(&self.db)),
+                "storage": {"claimName": CLAIM},
+                "compression": "zstd",
+                "job": {"backoffLimit": 0}
+            }
+        }));
+    }
+
+    /// A BackupSchedule `name` with `spec` (schedule, timeZone, targets, ...).
+    pub fn create_schedule(&self, name: &str, spec: Value) {
+        self.apply(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": name},
+            "spec": spec
+        }));
+    }
+
+    fn dynamic(&self, kind: &str, plural: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("stowage.dev", "v1alpha1", kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        Api::namespaced_with(self.client.clone(), self.name(), &resource)
+    }
+
+    /// A BackupTarget as JSON (`None` when it does not exist).
+    pub async fn target(&self, name: &str) -> Option<Value> {
+        let api = self.dynamic("BackupTarget", "backuptargets");
+        let obj = api.get_opt(name).await.expect("get the BackupTarget")?;
+        Some(serde_json::to_value(obj).expect("JSON"))
+    }
+
+    /// A BackupSchedule as JSON.
+    pub async fn schedule(&self, name: &str) -> Value {
+        let api = self.dynamic("BackupSchedule", "backupschedules");
+        let obj = api.get(name).await.expect("get the BackupSchedule");
+        serde_json::to_value(obj).expect("JSON")
+    }
+
+    /// The Jobs of the namespace matching `selector`.
+    pub async fn jobs(&self, selector: &str) -> Vec<Job> {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), self.name());
+        api.list(&ListParams::default().labels(selector))
+            .await
+            .expect("list Jobs")
+            .items
+    }
+
+    /// The pods of Job `job`.
+    pub async fn pods_of(&self, job: &str) -> Vec<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.name());
+        api.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+            .await
+            .expect("list pods")
+            .items
+    }
+
+    /// Write the operator's "now".
+    pub fn set_time(&self, rfc3339: &str) {
+        let path = self.time_file();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, rfc3339).expect("write the fake time");
+        std::fs::rename(&tmp, &path).expect("move the fake time in place");
+    }
+
+    fn time_file(&self) -> PathBuf {
+        self.dir.path().join("now")
+    }
+
+    /// The operator's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("operator.log")
+    }
+
+    /// The operator's log so far.
+    pub fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Start `stowage controller` for this namespace, as ServiceAccount `stowage`.
+    pub fn start_operator(&mut self) {
+        assert!(self.operator.is_none(), "the operator is already running");
+        let kubeconfig = operator_kubeconfig(self.cluster);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the operator log");
+        self.starts += 1;
+        writeln!(&log, "===== operator start #{} =====", self.starts).expect("log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
+        cmd.arg("controller")
+            .args(["--namespaces", self.name()])
+            .args([
+                "--bind-address",
+                &format!("127.0.0.1:{}", self.metrics_port),
+            ])
+            .arg("--fake-time-file")
+            .arg(self.time_file())
+            .args(["--runner-image", RUNNER_IMAGE])
+            .args(["--leader-election", "true"])
+            .args(["--lease-namespace", self.name()])
+            .args(["--lease-duration-seconds", "5"])
+            .args([
+                "--identity",
+                &format!("e2e-{}-{}", self.name(), self.starts),
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,stowage=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        let child = cmd.spawn().expect("start stowage controller");
+        // Stop it if this test process dies without running destructors.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg("while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; kill -9 \"$2\" 2>/dev/null")
+            .args([
+                "e2e-watchdog",
+                &std::process::id().to_string(),
+                &child.id().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        self.operator = Some(child);
+    }
+
+    /// SIGKILL the operator (a crash).
+    pub fn kill_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM the operator and wait for it to exit.
+    pub fn stop_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            for _ in 0..120 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `stowage_reconcile_total{controller}` of the running operator (0 when not up yet).
+    pub async fn reconciles(&self, controller: &str) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let Ok(out) = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &url])
+            .output()
+        else {
+            return 0;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let prefix = format!("stowage_reconcile_total{{controller=\"{controller}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+
+    /// Wait until the running operator has reconciled `controller` objects `more` more
+    /// times than `since` (the clock requeues every 2 s at most while faked).
+    pub async fn wait_reconciles(&self, controller: &str, since: u64, more: u64) -> u64 {
+        let this = &self;
+        eventually(
+            &format!("{more} more {controller} reconciles"),
+            Duration::from_secs(120),
+            || async move {
+                let n = this.reconciles(controller).await;
+                if n >= since + more {
+                    Ok(n)
+                } else {
+                    Err(format!("stowage_reconcile_total = {n}"))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait until BackupTarget `name`'s JSON satisfies `ok` (which explains what it saw).
+    pub async fn wait_target(
+        &self,
+        what: &str,
+        name: &str,
+        ok: impl Fn(&Value) -> Result<(), String>,
+    ) -> Value {
+        let ok = &ok;
+        eventually(what, RUN_TIMEOUT, || async move {
+            let target = self
+                .target(name)
+                .await
+                .ok_or_else(|| format!("BackupTarget {name} does not exist"))?;
+            ok(&target)?;
+            Ok(target)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait until BackupSchedule `name`'s JSON satisfies `ok`; returns it.
+    pub async fn wait_schedule(
+        &self,
+        what: &str,
+        name: &str,
+        ok: impl Fn(&Value) -> Result<(), String>,
+    ) -> Value {
+        let ok = &ok;
+        eventually(what, Duration::from_secs(120), || async move {
+            let schedule = self.schedule(name).await;
+            ok(&schedule)?;
+            Ok(schedule)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait until at least `n` Jobs match `selector`; returns them.
+    pub async fn wait_jobs(&self, selector: &str, n: usize) -> Vec<Job> {
+        eventually(
+            &format!("{n} Job(s) with {selector}"),
+            RUN_TIMEOUT,
+            || async move {
+                let jobs = self.jobs(selector).await;
+                if jobs.len() >= n {
+                    Ok(jobs)
+                } else {
+                    Err(format!("{} Job(s)", jobs.len()))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The artifacts (`*.meta.json` sidecars, parsed) of target `target` on the claim.
+    pub fn sidecars(&self, target: &str) -> Vec<(PathBuf, Value)> {
+        let root = self
+            .cluster
+            .claim_dir(self.name(), CLAIM)
+            .join(self.name())
+            .join(target);
+        let mut out = Vec::new();
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.to_string_lossy().ends_with(".meta.json") {
+                    let text = std::fs::read_to_string(&path).expect("read a sidecar");
+                    out.push((path, serde_json::from_str(&text).expect("a JSON sidecar")));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Everything useful when a test fails.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let log = self.operator_log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        out.push_str(&format!(
+            "----- operator log ({}), last 80 lines:\n",
+            self.log_path().display()
+        ));
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for args in [
+            &["get", "backuptargets,backupschedules", "-o", "yaml"][..],
+            &["get", "jobs,pods", "-o", "yaml"][..],
+            &["get", "events", "--sort-by=.lastTimestamp"][..],
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["-n", self.name()]);
+            out.push_str(&format!("----- kubectl {}\n", all.join(" ")));
+            match self.cluster.kubectl_output(&all) {
+                Ok(text) => out.push_str(&text),
+                Err(e) => out.push_str(&e.to_string()),
+            }
+        }
+        let logs = self.cluster.agent_state_dir().join("logs");
+        if let Ok(entries) = std::fs::read_dir(&logs) {
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if file.starts_with(&format!("{}_", self.name())) {
+                    out.push_str(&format!("----- container log {file}\n"));
+                    out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== diagnostics of namespace {} =====\n{}",
+                self.name(),
+                self.diagnostics()
+            );
+        }
+        self.kill_operator();
+    }
+}
+
+/// The condition `type_` of an object's status.
+pub fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// `(status, reason)` of condition `type_`, for messages.
+pub fn condition_summary(object: &Value, type_: &str) -> String {
+    match condition(object, type_) {
+        Some(c) => format!("{type_}={} ({})", c["status"], c["reason"]),
+        None => format!("no {type_} condition"),
+    }
+}
+
+/// The name of a Job.
+pub fn job_name(job: &Job) -> String {
+    job.metadata.name.clone().unwrap_or_default()
+}
