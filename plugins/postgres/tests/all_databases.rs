@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{PgServer, seed};
+use common::{PgServer, PluginFixture, seed};
 use stowage_plugin_postgres::PostgresPlugin;
 use stowage_plugin_sdk::{ArtifactSink, ArtifactSource, ErrorKind, Plugin, RestoreRequest};
 

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    PgServer, SECRET_KEY, SECRET_NAME, ctx_with_password, fake_old_dump_tools, free_port,
+    PgServer, PluginFixture, SECRET_KEY, SECRET_NAME, ctx_with_password, fake_old_dump_tools,
+    free_port,
 };
 use stowage_plugin_postgres::{PostgresPlugin, Toolbox};
 use stowage_plugin_sdk::{ArtifactSink, ErrorKind, Plugin};

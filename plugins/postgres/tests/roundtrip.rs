@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{PgServer, seed};
+use common::{PgServer, PluginFixture, seed};
 use stowage_plugin_postgres::{DumpFormat, PostgresConfig, PostgresPlugin};
 use stowage_plugin_sdk::{ArtifactSink, ArtifactSource, Plugin, RestoreRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

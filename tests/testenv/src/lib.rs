@@ -20,13 +20,15 @@ mod agent;
 mod control_plane;
 mod error;
 mod namespace;
-pub mod postgres;
 pub mod reaper;
 mod wait;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+/// A real PostgreSQL server for tests (the `stowage-test-postgres` crate).
+pub use stowage_test_postgres as postgres;
 
 pub use error::TestEnvError;
 pub use namespace::TestNamespace;

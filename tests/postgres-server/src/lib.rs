@@ -9,7 +9,7 @@
 //! `STOWAGE_TEST_PG_BINDIR`.
 //!
 //! ```no_run
-//! use stowage_testenv::postgres::{PgServer, seed};
+//! use stowage_test_postgres::{PgServer, seed};
 //! let server = PgServer::start("s3cret");
 //! seed(&server, "shop");
 //! let before = server.snapshot("shop");
