@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stowage_testenv::eventually;
-use support::{Env, PG_PASSWORD, at, condition, condition_summary, job_name};
+use support::{Env, PG_PASSWORD, at, condition, condition_summary, job_name, reconciles_at};
 
 /// A target's last backup finished (any outcome) in a Job other than `not_job`.
 fn last_backup_done(not_job: Option<String>) -> impl Fn(&Value) -> Result<(), String> {
@@ -587,4 +587,109 @@ async fn two_targets_on_one_read_write_once_claim_never_run_at_once() {
     assert!(end < start, "artifact writes overlap: {sidecars:?}");
     let schedule = env.schedule("nightly").await;
     assert_eq!(schedule["status"]["lastScheduleTime"], tick);
+}
+
+/// A process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn leaderships(env: &Env) -> usize {
+    env.operator_log().matches("became the leader").count()
+}
+
+#[tokio::test]
+async fn of_two_replicas_one_acts_and_the_other_takes_over_when_it_dies() {
+    let mut env = Env::new("e2e-ha", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    let env_ref = &env;
+    eventually(
+        "the first replica leads",
+        Duration::from_secs(60),
+        || async move {
+            match leaderships(env_ref) {
+                1 => Ok(()),
+                n => Err(format!("{n} leaderships logged")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics()));
+
+    let (standby, standby_port) = env.start_replica();
+    let _standby = KillOnDrop(standby);
+    eventually(
+        "the standby serves /healthz",
+        Duration::from_secs(60),
+        || async move {
+            let ok = std::process::Command::new("curl")
+                .args(["-sf", "--max-time", "5"])
+                .arg(format!("http://127.0.0.1:{standby_port}/healthz"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                Ok(())
+            } else {
+                Err("no answer".to_owned())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics()));
+
+    env.kubectl(&[
+        "annotate",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=t1",
+    ]);
+    let target = env
+        .wait_target("backup-now t1 finishes", "app-db", last_backup_done(None))
+        .await;
+    let first_job = target["status"]["lastBackup"]["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        env.reconciles("backuptarget").await > 0,
+        "the leader reconciled nothing"
+    );
+    assert_eq!(
+        reconciles_at(standby_port, "backuptarget"),
+        0,
+        "the standby reconciled while the leader was alive"
+    );
+    assert_eq!(leaderships(&env), 1, "{}", env.operator_log());
+
+    // The leader crashes; the standby takes the Lease once it expires and acts.
+    env.kill_operator();
+    env.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "backuptarget",
+        "app-db",
+        "stowage.dev/backup-now=t2",
+    ]);
+    let target = env
+        .wait_target(
+            "backup-now t2 finishes under the new leader",
+            "app-db",
+            last_backup_done(Some(first_job)),
+        )
+        .await;
+    assert_eq!(target["status"]["lastHandledBackupNow"], "t2");
+    assert!(
+        reconciles_at(standby_port, "backuptarget") > 0,
+        "the standby never acted"
+    );
+    assert_eq!(leaderships(&env), 2, "{}", env.operator_log());
+    assert_eq!(env.jobs("stowage.dev/kind=backup").await.len(), 2);
+    assert_backup_matches_claim(&env, &target, "app-db");
 }

@@ -325,21 +325,32 @@ impl Env {
     /// Start `stowage controller` for this namespace, as ServiceAccount `stowage`.
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
+        self.starts += 1;
+        let child = self.spawn_operator(self.metrics_port, &format!("start #{}", self.starts));
+        self.operator = Some(child);
+    }
+
+    /// Start another replica of the operator (same namespace and Lease, its own identity
+    /// and metrics port), logging to the same file; the caller owns the process.
+    pub fn start_replica(&mut self) -> (Child, u16) {
+        self.starts += 1;
+        let port = free_port();
+        let child = self.spawn_operator(port, &format!("replica start #{}", self.starts));
+        (child, port)
+    }
+
+    fn spawn_operator(&self, metrics_port: u16, label: &str) -> Child {
         let kubeconfig = operator_kubeconfig(self.cluster);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open the operator log");
-        self.starts += 1;
-        writeln!(&log, "===== operator start #{} =====", self.starts).expect("log");
+        writeln!(&log, "===== operator {label} =====").expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
         cmd.arg("controller")
             .args(["--namespaces", self.name()])
-            .args([
-                "--bind-address",
-                &format!("127.0.0.1:{}", self.metrics_port),
-            ])
+            .args(["--bind-address", &format!("127.0.0.1:{metrics_port}")])
             .arg("--fake-time-file")
             .arg(self.time_file())
             .args(["--runner-image", RUNNER_IMAGE])
@@ -371,7 +382,7 @@ impl Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        self.operator = Some(child);
+        child
     }
 
     /// SIGKILL the operator (a crash).
@@ -401,21 +412,29 @@ impl Env {
 
     /// `stowage_reconcile_total{controller}` of the running operator (0 when not up yet).
     pub async fn reconciles(&self, controller: &str) -> u64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        let Ok(out) = Command::new("curl")
-            .args(["-sf", "--max-time", "5", &url])
-            .output()
-        else {
-            return 0;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let prefix = format!("stowage_reconcile_total{{controller=\"{controller}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(0, |v| v as u64)
+        reconciles_at(self.metrics_port, controller)
     }
+}
 
+/// `stowage_reconcile_total{controller}` of the operator serving metrics on `port` (0 when
+/// it does not answer).
+pub fn reconciles_at(port: u16, controller: &str) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let Ok(out) = Command::new("curl")
+        .args(["-sf", "--max-time", "5", &url])
+        .output()
+    else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("stowage_reconcile_total{{controller=\"{controller}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+impl Env {
     /// Wait until the running operator has reconciled `controller` objects `more` more
     /// times than `since` (the clock requeues every 2 s at most while faked).
     pub async fn wait_reconciles(&self, controller: &str, since: u64, more: u64) -> u64 {
