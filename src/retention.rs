@@ -245,6 +245,9 @@ pub struct PruneOutcome {
     pub kept: Vec<Kept<PathBuf>>,
     /// Artifacts deleted (or that would be, in a dry run), with the reason.
     pub pruned: Vec<Pruned<PathBuf>>,
+    /// Sum of the pruned artifacts' stored sizes in bytes (their sidecars' `storedBytes`),
+    /// deleted or, in a dry run, that would be.
+    pub pruned_bytes: u64,
     /// Whether nothing was deleted because it was a dry run.
     pub dry_run: bool,
 }
@@ -268,17 +271,26 @@ pub fn apply(
         });
     }
     let found = catalog::scan(&base)?;
+    let mut stored_bytes = BTreeMap::new();
     let candidates: Vec<Candidate<PathBuf>> = found
         .artifacts
         .into_iter()
         .filter(|l| l.sidecar.namespace == dir.namespace() && l.sidecar.target == dir.target())
-        .map(|l| Candidate {
-            time: l.sidecar.time(),
-            schedule: l.sidecar.schedule,
-            id: l.path,
+        .map(|l| {
+            stored_bytes.insert(l.path.clone(), l.sidecar.stored_bytes);
+            Candidate {
+                time: l.sidecar.time(),
+                schedule: l.sidecar.schedule,
+                id: l.path,
+            }
         })
         .collect();
     let plan = plan(policy, schedule, &candidates, tz);
+    let pruned_bytes = plan
+        .prune
+        .iter()
+        .filter_map(|p| stored_bytes.get(&p.id))
+        .fold(0u64, |sum, bytes| sum.saturating_add(*bytes));
     if !dry_run {
         for pruned in &plan.prune {
             for path in [pruned.id.clone(), with_suffix(&pruned.id, SIDECAR_SUFFIX)] {
@@ -294,6 +306,7 @@ pub fn apply(
     Ok(PruneOutcome {
         kept: plan.keep,
         pruned: plan.prune,
+        pruned_bytes,
         dry_run,
     })
 }

@@ -215,6 +215,23 @@ impl Metrics {
         }
     }
 
+    /// Remove the target's gauges (`stowage_backup_last_success_timestamp_seconds` and
+    /// `stowage_backup_artifact_bytes`): the target was deleted. Its run counters stay, as
+    /// counters do.
+    pub fn target_deleted(&self, namespace: &str, target: &str) {
+        let labels = TargetLabels {
+            namespace: namespace.to_owned(),
+            target: target.to_owned(),
+        };
+        self.last_success.remove(&labels);
+        self.artifact_bytes.remove(&labels);
+    }
+
+    /// Remove the schedule's next-tick gauge: the schedule was deleted.
+    pub fn schedule_deleted(&self, namespace: &str, schedule: &str) {
+        self.schedule_observed(namespace, schedule, None);
+    }
+
     /// Set the schedule's next-tick gauge; `None` (invalid or suspended) removes it.
     pub fn schedule_observed(
         &self,
@@ -285,5 +302,47 @@ mod tests {
         metrics.schedule_observed("shop", "nightly", None);
         let text = render(&registry).unwrap();
         assert!(!text.contains(r#"schedule="nightly""#), "{text}");
+    }
+
+    #[test]
+    fn deleting_a_target_or_schedule_removes_only_its_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::default().register(&mut registry);
+        let at = Some("2030-01-01T00:00:00Z".parse().unwrap());
+        for target in ["app-db", "other-db"] {
+            metrics.target_observed("shop", target, at, Some(4096));
+        }
+        for schedule in ["nightly", "hourly"] {
+            metrics.schedule_observed("shop", schedule, at);
+        }
+        let labels = |target: &str| TargetLabels {
+            namespace: "shop".into(),
+            target: target.into(),
+        };
+        let schedule = |schedule: &str| ScheduleLabels {
+            namespace: "shop".into(),
+            schedule: schedule.into(),
+        };
+
+        metrics.target_deleted("shop", "app-db");
+        metrics.schedule_deleted("shop", "nightly");
+        assert!(metrics.last_success.get(&labels("app-db")).is_none());
+        assert!(metrics.artifact_bytes.get(&labels("app-db")).is_none());
+        assert!(metrics.next_run.get(&schedule("nightly")).is_none());
+        assert!(metrics.last_success.get(&labels("other-db")).is_some());
+        assert!(metrics.artifact_bytes.get(&labels("other-db")).is_some());
+        assert!(metrics.next_run.get(&schedule("hourly")).is_some());
+        let text = render(&registry).unwrap();
+        assert!(!text.contains(r#"target="app-db""#), "{text}");
+        assert!(!text.contains(r#"schedule="nightly""#), "{text}");
+        assert!(
+            text.contains(
+                r#"stowage_backup_artifact_bytes{namespace="shop",target="other-db"} 4096"#
+            ),
+            "{text}"
+        );
+        // Deleting what has no series (or twice) is harmless.
+        metrics.target_deleted("shop", "app-db");
+        metrics.schedule_deleted("elsewhere", "nightly");
     }
 }

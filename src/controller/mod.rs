@@ -496,15 +496,43 @@ where
 type Running = BoxFuture<'static, ()>;
 type Ready = BoxFuture<'static, ()>;
 
-fn log_result<K: Resource, E: std::fmt::Display>(
+/// One item of a controller's `run` stream.
+type ReconcileOutcome<K> =
+    Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, watcher::Error>>;
+
+/// Handle what the controller stream yields for one reconcile request. kube-runtime does
+/// not call the reconciler for an object that is no longer in its store (deleted, with no
+/// finalizer); it yields `ObjectNotFound` instead, e.g. when a pending requeue or an owned
+/// Job's deletion wakes a deleted object. Then `forget` removes the object's metric series.
+fn handle_result<K: Resource>(
     controller: &'static str,
-) -> impl Fn(Result<(ObjectRef<K>, Action), E>) -> futures::future::Ready<()> {
+    ctx: Arc<Context>,
+    forget: fn(&Metrics, &str, &str),
+) -> impl Fn(ReconcileOutcome<K>) -> futures::future::Ready<()> {
     move |result| {
         if let Err(e) = result {
+            if let kube::runtime::controller::Error::ObjectNotFound(obj) = &e {
+                forget_deleted(&ctx.metrics, obj, forget);
+            }
             tracing::debug!(controller, error = %e, "reconcile stream error");
         }
         futures::future::ready(())
     }
+}
+
+/// Remove the metric series of a deleted object with `forget(metrics, namespace, name)`.
+fn forget_deleted(
+    metrics: &Metrics,
+    obj: &ObjectRef<kube::api::DynamicObject>,
+    forget: fn(&Metrics, &str, &str),
+) {
+    let namespace = obj.namespace.as_deref().unwrap_or_default();
+    forget(metrics, namespace, &obj.name);
+    tracing::debug!(
+        namespace,
+        name = obj.name,
+        "object is gone; its metrics are removed"
+    );
 }
 
 fn target_controller(
@@ -520,13 +548,18 @@ fn target_controller(
     let store = controller.store();
     let ready = store_ready(store).boxed();
     let ctx = ctx.clone();
+    let ctx_for_results = ctx.clone();
     let running = controller
         .run(
             target::reconcile,
             |obj, err, ctx| error_policy(obj, err, ctx, target::CONTROLLER),
             ctx,
         )
-        .for_each(log_result::<BackupTarget, _>(target::CONTROLLER))
+        .for_each(handle_result::<BackupTarget>(
+            target::CONTROLLER,
+            ctx_for_results,
+            Metrics::target_deleted,
+        ))
         .boxed();
     (running, ready)
 }
@@ -577,13 +610,18 @@ fn schedule_controller(
         .graceful_shutdown_on(stop);
     let ready = store_ready(store).boxed();
     let ctx = ctx.clone();
+    let ctx_for_results = ctx.clone();
     let running = controller
         .run(
             schedule::reconcile,
             |obj, err, ctx| error_policy(obj, err, ctx, schedule::CONTROLLER),
             ctx,
         )
-        .for_each(log_result::<BackupSchedule, _>(schedule::CONTROLLER))
+        .for_each(handle_result::<BackupSchedule>(
+            schedule::CONTROLLER,
+            ctx_for_results,
+            Metrics::schedule_deleted,
+        ))
         .boxed();
     (running, ready)
 }
@@ -591,6 +629,46 @@ fn schedule_controller(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_for_a_deleted_object_removes_its_series() {
+        let (ctx, _api, _clock, registry) = fixtures::context();
+        let at = Some(fixtures::now());
+        ctx.metrics
+            .target_observed("shop", "app-db", at, Some(4096));
+        ctx.metrics.target_observed("shop", "other-db", at, Some(1));
+        ctx.metrics.schedule_observed("shop", "nightly", at);
+        // What kube-runtime's Controller yields for a request whose object is gone.
+        let gone = |name: &str| {
+            Err(kube::runtime::controller::Error::ObjectNotFound(Box::new(
+                ObjectRef::<BackupTarget>::new(name).within("shop").erase(),
+            )))
+        };
+        let handle =
+            handle_result::<BackupTarget>(target::CONTROLLER, ctx.clone(), Metrics::target_deleted);
+        handle(gone("app-db")).await;
+        let text = metrics::render(&registry).unwrap();
+        assert!(!text.contains(r#"target="app-db""#), "{text}");
+        assert!(text.contains(r#"target="other-db""#), "{text}");
+        assert!(text.contains(r#"schedule="nightly""#), "{text}");
+
+        let handle = handle_result::<BackupSchedule>(
+            schedule::CONTROLLER,
+            ctx.clone(),
+            Metrics::schedule_deleted,
+        );
+        handle(Err(kube::runtime::controller::Error::ObjectNotFound(
+            Box::new(
+                ObjectRef::<BackupSchedule>::new("nightly")
+                    .within("shop")
+                    .erase(),
+            ),
+        )))
+        .await;
+        let text = metrics::render(&registry).unwrap();
+        assert!(!text.contains(r#"schedule="nightly""#), "{text}");
+        assert!(text.contains(r#"target="other-db""#), "{text}");
+    }
 
     #[test]
     fn the_error_backoff_grows_and_is_capped() {

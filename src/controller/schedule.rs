@@ -134,6 +134,18 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
             name: name.clone(),
         })?;
     let key = super::object_key(schedule.as_ref());
+    if schedule.metadata.deletion_timestamp.is_some() {
+        // Being deleted (another controller's finalizer holds it): start nothing, and drop
+        // its next-run gauge so the "schedule not ready" alert does not fire for it.
+        ctx.metrics.schedule_deleted(&namespace, &name);
+        tracing::debug!(
+            namespace,
+            name,
+            "schedule is being deleted; its metrics are removed"
+        );
+        ctx.succeeded(&key);
+        return Ok(Action::await_change());
+    }
     let action = reconcile_inner(&schedule, &ctx, &namespace, &name).await?;
     ctx.succeeded(&key);
     Ok(action)
@@ -608,6 +620,70 @@ mod tests {
         assert_eq!(action, Action::requeue(until_next));
         let metrics = crate::controller::metrics::render(&registry).unwrap();
         assert!(metrics.contains(r#"stowage_schedule_next_run_timestamp_seconds{namespace="shop",schedule="nightly"} 1898649000.0"#), "{metrics}");
+        api.expect_no_more().await;
+    }
+
+    fn next_run_gauge(ctx: &Context) -> Option<f64> {
+        ctx.metrics
+            .next_run
+            .get(&crate::controller::metrics::ScheduleLabels {
+                namespace: "shop".into(),
+                schedule: "nightly".into(),
+            })
+            .map(|g| g.get())
+    }
+
+    #[tokio::test]
+    async fn suspending_a_schedule_removes_its_next_run_gauge() {
+        let (ctx, mut api, _clock, registry) = fixtures::context();
+        ctx.metrics
+            .schedule_observed("shop", "nightly", Some(fixtures::now()));
+        assert!(next_run_gauge(&ctx).is_some());
+        let mut schedule = schedule("UTC");
+        schedule.spec.suspend = true;
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
+        api.expect(Method::GET, TARGETS).await.respond(
+            200,
+            list(
+                "BackupTargetList",
+                vec![serde_json::to_value(fixtures::target()).unwrap()],
+            ),
+        );
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![]));
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert_eq!(status["conditions"][0]["reason"], "Suspended");
+        reconciled.await.unwrap().unwrap();
+        assert_eq!(next_run_gauge(&ctx), None);
+        let metrics = crate::controller::metrics::render(&registry).unwrap();
+        assert!(
+            !metrics.contains("stowage_schedule_next_run_timestamp_seconds{"),
+            "{metrics}"
+        );
+        drop(ctx);
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_schedule_being_deleted_starts_nothing_and_loses_its_gauge() {
+        let (ctx, api, _clock, _registry) = fixtures::context();
+        ctx.metrics
+            .schedule_observed("shop", "nightly", Some(fixtures::now()));
+        let mut schedule = schedule("UTC");
+        // A due tick: without the deletion it would list targets and start Jobs.
+        schedule.metadata.deletion_timestamp = Some(status::time(fixtures::now()));
+        // Any API request would go unanswered: the reconcile must return without one.
+        let action = tokio::time::timeout(
+            Duration::from_secs(5),
+            reconcile(Arc::new(schedule), ctx.clone()),
+        )
+        .await
+        .expect("the reconcile made an API request")
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(next_run_gauge(&ctx), None);
+        drop(ctx);
         api.expect_no_more().await;
     }
 

@@ -499,8 +499,14 @@ pub fn derive_target_status(
                         summary.total_bytes = summary.total_bytes.saturating_add(bytes);
                     }
                     let pruned = run.result.as_ref().and_then(|r| r.pruned).unwrap_or(0);
+                    let pruned_bytes = run
+                        .result
+                        .as_ref()
+                        .and_then(|r| r.pruned_bytes)
+                        .unwrap_or(0);
                     if pruned > 0 {
                         summary.count = summary.count.saturating_sub(pruned);
+                        summary.total_bytes = summary.total_bytes.saturating_sub(pruned_bytes);
                         if summary.count == 0 {
                             summary.total_bytes = 0;
                         }
@@ -1158,6 +1164,78 @@ mod tests {
                 .map(|e| (e.reason, e.warning))
                 .collect::<Vec<_>>(),
             [("BackupFailed", true)]
+        );
+    }
+
+    #[test]
+    fn pruning_lowers_the_count_and_the_total_bytes() {
+        let mut status = BackupTargetStatus::default();
+        for (i, bytes) in [100u64, 200, 300].into_iter().enumerate() {
+            let res = result("ok", json!({"storedBytes": bytes}));
+            let at = format!("2030-01-01T00:0{i}:00Z");
+            status = derive_target_status(
+                &status,
+                &observe(vec![run(
+                    &format!("b{i}"),
+                    RunKind::Backup,
+                    true,
+                    &at,
+                    Some(res),
+                )]),
+            )
+            .status;
+        }
+        assert_eq!(
+            status.artifacts,
+            Some(ArtifactSummary {
+                count: 3,
+                total_bytes: 600
+            })
+        );
+        // A fourth backup of 400 bytes whose retention deleted the 100- and 200-byte ones.
+        let res = result(
+            "ok",
+            json!({"storedBytes": 400, "pruned": 2, "prunedBytes": 300}),
+        );
+        let s = derive_target_status(
+            &status,
+            &observe(vec![run(
+                "b3",
+                RunKind::Backup,
+                true,
+                "2030-01-01T00:03:00Z",
+                Some(res),
+            )]),
+        );
+        assert_eq!(
+            s.status.artifacts,
+            Some(ArtifactSummary {
+                count: 2,
+                total_bytes: 700
+            })
+        );
+        // More pruned bytes than observed (e.g. artifacts written before the status
+        // existed) saturate at zero instead of wrapping.
+        let res = result(
+            "ok",
+            json!({"storedBytes": 10, "pruned": 1, "prunedBytes": 10_000}),
+        );
+        let s = derive_target_status(
+            &s.status,
+            &observe(vec![run(
+                "b4",
+                RunKind::Backup,
+                true,
+                "2030-01-01T00:04:00Z",
+                Some(res),
+            )]),
+        );
+        assert_eq!(
+            s.status.artifacts,
+            Some(ArtifactSummary {
+                count: 2,
+                total_bytes: 0
+            })
         );
     }
 

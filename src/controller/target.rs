@@ -219,6 +219,18 @@ pub async fn reconcile(target: Arc<BackupTarget>, ctx: Arc<Context>) -> Result<A
         name: name.clone(),
     })?;
     let key = super::object_key(target.as_ref());
+    if target.metadata.deletion_timestamp.is_some() {
+        // Being deleted (another controller's finalizer holds it): start nothing, and drop
+        // its series so dashboards and alerts do not show a ghost.
+        ctx.metrics.target_deleted(&namespace, &name);
+        tracing::debug!(
+            namespace,
+            name,
+            "target is being deleted; its metrics are removed"
+        );
+        ctx.succeeded(&key);
+        return Ok(Action::await_change());
+    }
     let action = reconcile_inner(&target, &ctx, &namespace, &name).await?;
     ctx.succeeded(&key);
     Ok(action)
@@ -544,6 +556,36 @@ mod tests {
             format!("{action:?}").contains("requeue_after"),
             "{action:?}"
         );
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_target_being_deleted_starts_nothing_and_loses_its_gauges() {
+        let (ctx, api, _clock, registry) = fixtures::context();
+        ctx.metrics
+            .target_observed("shop", "app-db", Some(fixtures::now()), Some(4096));
+        ctx.metrics
+            .target_observed("shop", "other-db", Some(fixtures::now()), Some(1));
+        let mut target = fixtures::target();
+        // New: without the deletion it would list Jobs and start a probe.
+        target.metadata.deletion_timestamp = Some(crate::controller::status::time(fixtures::now()));
+        // Any API request would go unanswered: the reconcile must return without one.
+        let action = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            reconcile(Arc::new(target), ctx.clone()),
+        )
+        .await
+        .expect("the reconcile made an API request")
+        .unwrap();
+        assert_eq!(action, Action::await_change());
+        let metrics = crate::controller::metrics::render(&registry).unwrap();
+        assert!(!metrics.contains(r#"target="app-db""#), "{metrics}");
+        assert!(
+            metrics
+                .contains(r#"stowage_backup_artifact_bytes{namespace="shop",target="other-db"} 1"#),
+            "{metrics}"
+        );
+        drop(ctx);
         api.expect_no_more().await;
     }
 

@@ -80,6 +80,10 @@ pub struct RunResult {
     /// Artifacts deleted by the schedule's retention after this backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned: Option<u32>,
+    /// Stored bytes of the artifacts retention deleted (the sum of their sidecars'
+    /// `storedBytes`), set with `pruned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_bytes: Option<u64>,
     /// Why retention failed, when it did (the backup itself still succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_error: Option<String>,
@@ -116,6 +120,7 @@ impl RunResult {
             end_time,
             duration_seconds,
             pruned: None,
+            pruned_bytes: None,
             prune_error: None,
             error_kind: None,
             message: None,

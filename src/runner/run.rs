@@ -309,17 +309,23 @@ async fn backup_inner(
                     schedule = %schedule,
                     kept = outcome.kept.len(),
                     pruned = outcome.pruned.len(),
+                    pruned_bytes = outcome.pruned_bytes,
                     dry_run = outcome.dry_run,
                     "retention applied"
                 );
                 for p in &outcome.pruned {
                     tracing::info!(artifact = %p.id.display(), dry_run = outcome.dry_run, reason = %p.reason, "pruned");
                 }
-                result.pruned = Some(if outcome.dry_run {
-                    0
+                let (pruned, pruned_bytes) = if outcome.dry_run {
+                    (0, 0)
                 } else {
-                    outcome.pruned.len() as u32
-                });
+                    (
+                        u32::try_from(outcome.pruned.len()).unwrap_or(u32::MAX),
+                        outcome.pruned_bytes,
+                    )
+                };
+                result.pruned = Some(pruned);
+                result.pruned_bytes = Some(pruned_bytes);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "retention failed; the backup itself succeeded");

@@ -296,13 +296,18 @@ async fn retention_runs_after_a_scheduled_backup_and_spares_on_demand_ones() {
         ..Default::default()
     });
     let mut pruned = Vec::new();
-    for day in 1..=4 {
+    let mut stored = Vec::new();
+    for day in 1..=4u64 {
         spec.scheduled_time = Some(format!("2026-11-0{day}T02:30:00Z").parse().unwrap());
-        let result = backup(&plugin(10, None), &spec, secrets()).await;
+        // A different size each day, so the pruned bytes tell which artifact went.
+        let result = backup(&plugin(10 * day, None), &spec, secrets()).await;
         assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
-        pruned.push(result.pruned.unwrap());
+        pruned.push((result.pruned.unwrap(), result.pruned_bytes.unwrap()));
+        stored.push(result.stored_bytes.unwrap());
     }
-    assert_eq!(pruned, vec![0, 0, 1, 1]);
+    // Day 3's backup prunes day 1's artifact, day 4's prunes day 2's: their stored bytes.
+    assert_eq!(pruned, vec![(0, 0), (0, 0), (1, stored[0]), (1, stored[1])]);
+    assert_ne!(stored[0], stored[1]);
     let found = catalog::scan(dir.path()).unwrap();
     let mut names: Vec<String> = found
         .artifacts
@@ -326,6 +331,7 @@ async fn retention_runs_after_a_scheduled_backup_and_spares_on_demand_ones() {
     spec.scheduled_time = Some("2026-11-05T02:30:00Z".parse().unwrap());
     let result = backup(&plugin(10, None), &spec, secrets()).await;
     assert_eq!(result.pruned, Some(0));
+    assert_eq!(result.pruned_bytes, Some(0));
     assert_eq!(walk(dir.path()).len(), 8);
 }
 

@@ -31,7 +31,9 @@ pub(crate) fn classify_failure(
     exit: Option<i32>,
 ) -> PluginError {
     let stderr = redactor.redact(stderr);
-    let said = excerpt(&stderr);
+    // Every message below names the tool itself (`({tool}: …)`), so the tool's own `tool: `
+    // line prefix is dropped from the excerpt rather than shown twice.
+    let said = excerpt(&without_tool_prefix(&stderr, tool));
     let lower = stderr.to_lowercase();
     let address = &endpoint.address;
     let user = &endpoint.username;
@@ -121,6 +123,21 @@ pub(crate) fn classify_failure(
     } else {
         format!("{tool} {code}: {said}")
     })
+}
+
+/// `stderr` with the `tool: ` prefix the PostgreSQL tools put on their lines removed (e.g.
+/// `psql: error: …` becomes `error: …`). Other lines, such as psql's located
+/// `psql:<stdin>:12: ERROR: …` or libpq's indented hints, are left as they are.
+fn without_tool_prefix(stderr: &str, tool: &str) -> String {
+    stderr
+        .lines()
+        .map(|line| {
+            line.strip_prefix(tool)
+                .and_then(|rest| rest.strip_prefix(": "))
+                .unwrap_or(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The text between `prefix` and `suffix` on the first line that has both.
@@ -232,6 +249,51 @@ mod tests {
         let text = classify(cases[2].0).to_string();
         assert!(
             text.starts_with("database \"nope\" does not exist"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_tool_is_named_once_in_the_message() {
+        let refused = "psql: error: connection to server at \"127.0.0.1\", port 1 failed: \
+                       Connection refused\n\tIs the server running on that host and accepting \
+                       TCP/IP connections?\n";
+        let err = classify_failure(
+            "psql",
+            &endpoint(),
+            refused,
+            &Redactor::new(Vec::<String>::new()),
+            Some(2),
+        );
+        assert_eq!(err.kind(), ErrorKind::Unreachable);
+        let text = err.to_string();
+        assert!(!text.contains("psql: psql:"), "{text}");
+        assert!(
+            text.contains("(psql: error: connection to server at \"127.0.0.1\", port 1 failed: Connection refused | Is the server running"),
+            "{text}"
+        );
+
+        // The unclassified form names the tool once too; psql's located lines (a file and
+        // line number after the tool's name) keep their location.
+        let err = classify_failure(
+            "psql",
+            &endpoint(),
+            "psql:<stdin>:12: ERROR:  syntax error at or near \"CREAT\"\npsql: warning: done\n",
+            &Redactor::new(Vec::<String>::new()),
+            Some(3),
+        );
+        assert_eq!(err.kind(), ErrorKind::ToolFailed);
+        assert_eq!(
+            err.to_string(),
+            "psql exited with code 3: psql:<stdin>:12: ERROR:  syntax error at or near \"CREAT\" | warning: done"
+        );
+
+        // Another tool's prefix (a wrapper's, say) is not the tool's own: it stays.
+        let text = classify("psql: error: could not read input file: end of file").to_string();
+        assert!(
+            text.ends_with(
+                "pg_dump exited with code 1: psql: error: could not read input file: end of file"
+            ),
             "{text}"
         );
     }
