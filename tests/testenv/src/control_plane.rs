@@ -190,6 +190,20 @@ pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvErro
     ];
     args.extend(names.iter().map(String::as_str));
     cluster.kubectl_output(&args)?;
+    // Established is not the end: the API server publishes a new CRD's OpenAPI schema a
+    // moment later, and until then `kubectl explain` (and strict field validation) cannot
+    // find it. Wait until every CRD is explainable.
+    for name in &names {
+        let resource = name.rsplit('/').next().unwrap_or(name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match cluster.kubectl_output(&["explain", resource]) {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
+        }
+    }
     Ok(())
 }
 
