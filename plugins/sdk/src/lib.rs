@@ -37,7 +37,6 @@ pub use stream::{ArtifactSink, ArtifactSource};
 /// Re-exports used by [`plugin_registry!`]; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use schemars;
     pub use serde_json;
 }
 
