@@ -325,7 +325,7 @@ fn bad_inputs_still_produce_a_result() {
 }
 
 #[test]
-fn a_run_killed_midway_leaves_only_a_partial_which_the_next_run_removes() {
+fn a_run_killed_midway_leaves_only_a_partial_which_only_its_retry_removes() {
     let slow = serve(Body::Slow);
     let run = Run::new();
     let mut child = run
@@ -409,16 +409,31 @@ fn a_run_killed_midway_leaves_only_a_partial_which_the_next_run_removes() {
         .starts_with(b"[]")
     );
 
-    // The next run (same target, another tick) succeeds and removes the stale partial.
+    // The next run of another tick succeeds and leaves the killed run's partial file
+    // alone: nothing proves that run is over (it could be live on another node).
     drop(slow);
     let fast = serve(Body::Fast(1000));
     let output = run
         .command(
             fast.addr,
-            &[("STOWAGE_SCHEDULED_TIME", "2026-11-22T02:30:00Z")],
+            &[
+                ("STOWAGE_SCHEDULED_TIME", "2026-11-22T02:30:00Z"),
+                ("STOWAGE_RUN_ID", "run-43"),
+            ],
         )
         .output()
         .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        partial.exists(),
+        "another run removed a partial file it cannot know is over"
+    );
+    // The retried pod of the killed run (same run id) knows: it removes it and succeeds.
+    let output = run.command(fast.addr, &[]).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -430,7 +445,11 @@ fn a_run_killed_midway_leaves_only_a_partial_which_the_next_run_removes() {
         partial.display()
     );
     let files = files_under(&run.store());
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(
+        files.len(),
+        4,
+        "two artifacts and their sidecars: {files:?}"
+    );
     assert!(
         files
             .iter()

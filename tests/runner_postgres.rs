@@ -686,11 +686,12 @@ fn a_large_dump_survives_a_killed_run_with_flat_memory() {
         left[0].display()
     );
 
-    // 2. The next run (zstd) removes the .partial and succeeds; memory stays flat.
+    // 2. The retried pod of the same run (zstd this time) removes its own .partial and
+    // succeeds; memory stays flat.
     let compressed = target("big-db", config, "zstd");
     let termination = scratch.path().join("termination-log");
     let child = command(
-        &job_invocation(&compressed, RunRequest::backup_now("k-2"), &root, &secrets),
+        &job_invocation(&compressed, RunRequest::backup_now("k-1"), &root, &secrets),
         &termination,
         &[],
     )

@@ -63,12 +63,61 @@ pub enum ProblemKind {
     NoSidecar,
     /// Reading the artifact failed.
     Unreadable(String),
+    /// The sidecar exists and the run's partial file is still there: the run was stopped
+    /// between writing the sidecar and publishing the file.
+    Uncommitted {
+        /// The partial file that holds the artifact's bytes.
+        partial: PathBuf,
+    },
+    /// A partial file nobody has written to for a day: left by a run that was killed.
+    StalePartial,
+}
+
+impl Problem {
+    /// What to do about it, with the command when there is one.
+    pub fn fix(&self) -> String {
+        let dir = self
+            .path
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| ".".into());
+        match &self.kind {
+            ProblemKind::Missing => format!(
+                "if it was deleted on purpose, `stowage artifacts repair {dir}` removes its sidecar"
+            ),
+            ProblemKind::Uncommitted { .. } => format!(
+                "`stowage artifacts repair {dir}` publishes it if the file matches its sidecar and removes both otherwise (the target's next backup does the same)"
+            ),
+            ProblemKind::StalePartial => format!(
+                "`stowage artifacts repair {dir}` removes it (the target's next backup does the same)"
+            ),
+            ProblemKind::SizeMismatch { .. } | ProblemKind::HashMismatch { .. } => {
+                "the file is damaged: do not restore from it; delete it and its sidecar, and restore from another artifact".into()
+            }
+            ProblemKind::BadSidecar(_) => {
+                "restore the sidecar from a copy, or delete the sidecar and its artifact".into()
+            }
+            ProblemKind::NoSidecar => {
+                "not a complete stowage artifact: move it out of the store or delete it".into()
+            }
+            ProblemKind::Unreadable(_) => "check the volume and the file's permissions".into(),
+        }
+    }
 }
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let path = self.path.display();
         match &self.kind {
+            ProblemKind::Uncommitted { partial } => write!(
+                f,
+                "{path}: interrupted commit: its sidecar exists, its bytes are still in {}",
+                partial.display()
+            ),
+            ProblemKind::StalePartial => write!(
+                f,
+                "{path}: partial file of a run that was stopped (not written to for a day)"
+            ),
             ProblemKind::Missing => write!(f, "{path}: missing (its sidecar exists)"),
             ProblemKind::SizeMismatch { expected, actual } => write!(
                 f,
@@ -102,8 +151,9 @@ pub fn scan(path: &Path) -> Result<Catalog, StoreError> {
     let meta = std::fs::metadata(path).map_err(|e| StoreError::io("read", path, e))?;
     let mut sidecars = Vec::new();
     let mut artifacts = Vec::new();
+    let mut partials = Vec::new();
     if meta.is_dir() {
-        walk(path, &mut sidecars, &mut artifacts)?;
+        walk(path, &mut sidecars, &mut artifacts, &mut partials)?;
     } else if file_name(path).ends_with(SIDECAR_SUFFIX) {
         sidecars.push(path.to_owned());
     } else {
@@ -120,6 +170,20 @@ pub fn scan(path: &Path) -> Result<Catalog, StoreError> {
             continue;
         };
         match Sidecar::read(sidecar_path) {
+            Ok(sidecar) if !artifact.exists() => {
+                // Never listed: retention and restores must not count a file that is not
+                // there. Which leftover it is decides the fix.
+                let partial = super::layout::partial_name(&artifact, &sidecar.run_id);
+                let kind = if partial.exists() {
+                    ProblemKind::Uncommitted { partial }
+                } else {
+                    ProblemKind::Missing
+                };
+                catalog.problems.push(Problem {
+                    path: artifact,
+                    kind,
+                });
+            }
             Ok(sidecar) => catalog.artifacts.push(Listed {
                 path: artifact,
                 sidecar,
@@ -141,6 +205,24 @@ pub fn scan(path: &Path) -> Result<Catalog, StoreError> {
             });
         }
     }
+    let day_ago = std::time::SystemTime::now()
+        .checked_sub(STALE_PARTIAL_AGE)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    for partial in partials {
+        let old = std::fs::metadata(&partial)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified < day_ago);
+        let committing = catalog
+            .problems
+            .iter()
+            .any(|p| matches!(&p.kind, ProblemKind::Uncommitted { partial: p } if *p == partial));
+        if old && !committing {
+            catalog.problems.push(Problem {
+                path: partial,
+                kind: ProblemKind::StalePartial,
+            });
+        }
+    }
     catalog.artifacts.sort_by(|a, b| {
         a.sidecar
             .time()
@@ -151,10 +233,14 @@ pub fn scan(path: &Path) -> Result<Catalog, StoreError> {
     Ok(catalog)
 }
 
+/// A partial file not written to for this long is reported by `verify` as a leftover.
+pub const STALE_PARTIAL_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 fn walk(
     dir: &Path,
     sidecars: &mut Vec<PathBuf>,
     artifacts: &mut Vec<PathBuf>,
+    partials: &mut Vec<PathBuf>,
 ) -> Result<(), StoreError> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| StoreError::io("list", dir, e))?
@@ -167,10 +253,12 @@ fn walk(
             .file_type()
             .map_err(|e| StoreError::io("stat", &path, e))?;
         if kind.is_dir() {
-            walk(&path, sidecars, artifacts)?;
+            walk(&path, sidecars, artifacts, partials)?;
         } else if kind.is_file() {
             let name = file_name(&path);
-            if name.ends_with(PARTIAL_SUFFIX) || name.starts_with('.') {
+            if name.ends_with(PARTIAL_SUFFIX) {
+                partials.push(path);
+            } else if name.starts_with('.') {
                 continue;
             } else if name.ends_with(SIDECAR_SUFFIX) {
                 sidecars.push(path);

@@ -38,6 +38,7 @@ impl VerifyArgs {
         }
         for problem in &report.problems {
             println!("PROBLEM  {problem}");
+            println!("         fix: {}", problem.fix());
         }
         eprintln!(
             "{} artifacts verified, {} problems",
@@ -59,6 +60,65 @@ pub enum ArtifactsCommand {
     List(ListArgs),
     /// Apply a retention policy to one target's artifacts of one schedule.
     Prune(PruneArgs),
+    /// Finish or undo what killed runs left: publish an artifact whose commit was
+    /// interrupted (when its file matches its sidecar), remove sidecars whose artifact is
+    /// gone, and remove partial files nobody has written to for `--stale-after`.
+    Repair(RepairArgs),
+}
+
+/// Arguments of `stowage artifacts repair`.
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    /// A store root or any directory below it.
+    #[arg(default_value = "/backups")]
+    pub path: PathBuf,
+    /// A partial file not written to for this many seconds belongs to a run that is over
+    /// (keep it above the longest Job deadline, so a live run's file is never removed).
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub stale_after_seconds: u64,
+}
+
+impl RepairArgs {
+    fn execute(self) -> anyhow::Result<ExitCode> {
+        let mut dirs = Vec::new();
+        collect_dirs(&self.path, &mut dirs)
+            .with_context(|| format!("cannot list {}", self.path.display()))?;
+        let recovery = super::writer::recover_dirs(
+            &dirs,
+            None,
+            std::time::Duration::from_secs(self.stale_after_seconds),
+        )?;
+        for path in &recovery.completed {
+            println!("published  {}", path.display());
+        }
+        for path in &recovery.removed {
+            println!("removed    {}", path.display());
+        }
+        for path in &recovery.kept_live {
+            println!(
+                "kept       {} (written to recently: a run may be live)",
+                path.display()
+            );
+        }
+        eprintln!(
+            "{} commits completed, {} files removed, {} recent partial files kept",
+            recovery.completed.len(),
+            recovery.removed.len(),
+            recovery.kept_live.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn collect_dirs(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    out.push(dir.to_owned());
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            collect_dirs(&entry.path(), out)?;
+        }
+    }
+    Ok(())
 }
 
 impl ArtifactsCommand {
@@ -67,6 +127,7 @@ impl ArtifactsCommand {
         match self {
             ArtifactsCommand::List(args) => args.execute(),
             ArtifactsCommand::Prune(args) => args.execute(),
+            ArtifactsCommand::Repair(args) => args.execute(),
         }
     }
 }

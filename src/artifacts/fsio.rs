@@ -38,6 +38,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Write `bytes` to `path`, which must not exist yet, so that a reader sees either nothing
+/// or the whole file: a temporary file, fsynced, published without replacing, directory
+/// fsynced. Fails with [`StoreError::Exists`] when `path` exists.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let partial = with_suffix(path, PARTIAL_SUFFIX);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(StoreError::io("write", path, source));
+    }
+    if let Err(e) = publish_no_replace(&partial, path) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Move `from` to `to` without ever replacing an existing `to`.
 ///
 /// Uses a hard link (which fails when `to` exists) and then removes `from`; on filesystems

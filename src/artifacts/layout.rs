@@ -11,8 +11,12 @@ use jiff::tz::TimeZone;
 
 use crate::api::Compression;
 
-/// Suffix of a file being written; such a file is never an artifact.
+/// Suffix of a file being written; such a file is never an artifact. An artifact being
+/// written is `<final name>.<run>.partial` ([`partial_name`]), so a run can tell its own
+/// leftovers from another run's live file.
 pub const PARTIAL_SUFFIX: &str = ".partial";
+/// The longest schedule part of an artifact's file name ([`ArtifactName::relative_path`]).
+pub const MAX_SCHEDULE_PART_LEN: usize = 40;
 /// Suffix of an artifact's sidecar (appended to the artifact's file name).
 pub const SIDECAR_SUFFIX: &str = ".meta.json";
 
@@ -175,6 +179,9 @@ pub struct ArtifactName {
     pub compression: Compression,
     /// The time that names the file (the schedule tick, or the run's start).
     pub time: Timestamp,
+    /// The schedule that made the run, if any: part of the file name, so two schedules
+    /// firing at the same tick on one target never pick the same name.
+    pub schedule: Option<String>,
 }
 
 impl ArtifactName {
@@ -194,11 +201,21 @@ impl ArtifactName {
             extension: extension.to_owned(),
             compression,
             time,
+            schedule: None,
         })
     }
 
-    /// The path relative to the root for the `n`-th candidate name: `n == 0` is the plain
-    /// name, later ones get `-1`, `-2`... before the extension (two runs in the same second).
+    /// The same name for a run of `schedule` (see [`ArtifactName::schedule`]).
+    pub fn for_schedule(mut self, schedule: Option<&str>) -> Self {
+        self.schedule = schedule.map(str::to_owned);
+        self
+    }
+
+    /// The path relative to the root for the `n`-th candidate name:
+    /// `<plugin>-<stamp>[-<schedule>][-<n>].<ext>[.gz|.zst]`. `n == 0` is the plain name,
+    /// later ones get `-1`, `-2`... (two runs in the same second). The schedule part is the
+    /// schedule's name with `.` turned into `-`, shortened with a hash past
+    /// [`MAX_SCHEDULE_PART_LEN`] characters.
     pub fn relative_path(&self, n: u32) -> PathBuf {
         let utc = self.time.to_zoned(TimeZone::UTC);
         let day = utc.strftime("%Y-%m-%d").to_string();
@@ -208,14 +225,86 @@ impl ArtifactName {
         } else {
             format!("-{n}")
         };
+        let schedule = self
+            .schedule
+            .as_deref()
+            .map(|s| format!("-{}", schedule_part(s)))
+            .unwrap_or_default();
         let file = format!(
-            "{}-{stamp}{counter}.{}{}",
+            "{}-{stamp}{schedule}{counter}.{}{}",
             self.plugin,
             self.extension,
             compression_suffix(self.compression)
         );
         self.dir.relative().join(day).join(file)
     }
+}
+
+/// A schedule name as a file-name part: lowercase letters, digits and `-`, at most
+/// [`MAX_SCHEDULE_PART_LEN`] characters (a longer name keeps its start and a hash of the
+/// whole).
+pub fn schedule_part(schedule: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let cleaned: String = schedule
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    if !cleaned.is_empty() && cleaned.len() <= MAX_SCHEDULE_PART_LEN && cleaned == schedule {
+        return cleaned.to_owned();
+    }
+    let digest = Sha256::digest(schedule.as_bytes());
+    let hash: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_SCHEDULE_PART_LEN - hash.len() - 1;
+    let prefix: String = cleaned.chars().take(keep).collect();
+    let prefix = prefix.trim_matches('-');
+    if prefix.is_empty() {
+        hash
+    } else {
+        format!("{prefix}-{hash}")
+    }
+}
+
+/// A run id as a file-name part: lowercase letters, digits, `-` and `_`, at most 63
+/// characters; `run` when nothing is left.
+pub fn run_part(run_id: &str) -> String {
+    let cleaned: String = run_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .map(|c| c.to_ascii_lowercase())
+        .take(63)
+        .collect();
+    if cleaned.is_empty() {
+        "run".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// The file an artifact is written to before it is published: `<final>.<run>.partial`.
+pub fn partial_name(final_path: &Path, run_id: &str) -> PathBuf {
+    with_suffix(
+        final_path,
+        &format!(".{}{PARTIAL_SUFFIX}", run_part(run_id)),
+    )
+}
+
+/// A partial file's final name and run, from its path; `None` for a file that is not a
+/// partial, or one without a run part (written by stowage 0.1).
+pub fn parse_partial(path: &Path) -> Option<(PathBuf, String)> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(PARTIAL_SUFFIX)?;
+    let (final_name, run) = stem.rsplit_once('.')?;
+    if final_name.is_empty() || run.is_empty() || run_part(run) != run {
+        return None;
+    }
+    Some((path.with_file_name(final_name), run.to_owned()))
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -258,6 +347,46 @@ mod tests {
             ..name
         };
         assert!(gz.relative_path(0).to_str().unwrap().ends_with(".dump.gz"));
+    }
+
+    #[test]
+    fn two_schedules_at_one_tick_get_distinct_names() {
+        let dir = TargetDir::new("shop", "app-db").unwrap();
+        let name = ArtifactName::new(dir, "postgres", "dump", Compression::Zstd, time()).unwrap();
+        let nightly = name.clone().for_schedule(Some("nightly"));
+        let hourly = name.clone().for_schedule(Some("hourly"));
+        assert_eq!(
+            nightly.relative_path(0),
+            Path::new("shop/app-db/2026-11-21/postgres-20261121T023000Z-nightly.dump.zst")
+        );
+        assert_ne!(nightly.relative_path(0), hourly.relative_path(0));
+        assert_eq!(
+            nightly.relative_path(1),
+            Path::new("shop/app-db/2026-11-21/postgres-20261121T023000Z-nightly-1.dump.zst")
+        );
+        // Dots and long names stay one file-name part, distinct from a look-alike.
+        assert_ne!(schedule_part("a.b"), schedule_part("a-b"));
+        assert!(!schedule_part("a.b").contains('.'));
+        let long = "x".repeat(200);
+        assert!(schedule_part(&long).len() <= MAX_SCHEDULE_PART_LEN);
+        assert_ne!(schedule_part(&long), schedule_part(&"x".repeat(199)));
+    }
+
+    #[test]
+    fn a_partial_name_carries_its_run() {
+        let final_path = Path::new("/b/shop/db/2026-11-21/pg-20261121T023000Z.dump.zst");
+        let partial = partial_name(final_path, "3fa9c01b2e");
+        assert_eq!(
+            partial,
+            Path::new("/b/shop/db/2026-11-21/pg-20261121T023000Z.dump.zst.3fa9c01b2e.partial")
+        );
+        assert_eq!(
+            parse_partial(&partial),
+            Some((final_path.to_owned(), "3fa9c01b2e".to_owned()))
+        );
+        assert_eq!(run_part("Manual/Run 1"), "manualrun1");
+        assert_eq!(run_part("//"), "run");
+        assert_eq!(parse_partial(Path::new("/b/x.dump")), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The artifact store: where backups are written, how, and how they are found again.
 //!
 //! Layout (see `docs/artifacts.md`):
-//! `<root>/<namespace>/<target>/<YYYY-MM-DD>/<plugin>-<YYYYMMDDTHHMMSSZ>.<ext>[.gz|.zst]`
-//! plus `<artifact>.meta.json`, the [`Sidecar`]. Artifacts are written through
+//! `<root>/<namespace>/<target>/<YYYY-MM-DD>/<plugin>-<YYYYMMDDTHHMMSSZ>[-<schedule>].<ext>[.gz|.zst]`
+//! plus `<artifact>.meta.json`, the [`Sidecar`], written before the artifact takes its name. Artifacts are written through
 //! [`ArtifactStore::create`] → [`PendingArtifact::start`] → [`PendingArtifact::commit`], so
 //! a reader never sees a partial file under a final name. [`catalog`] lists and verifies
 //! them from sidecars alone.
@@ -18,10 +18,12 @@ pub mod writer;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use cli::{ArtifactsCommand, ListArgs, PruneArgs, VerifyArgs, human_bytes};
+pub use cli::{ArtifactsCommand, ListArgs, PruneArgs, RepairArgs, VerifyArgs, human_bytes};
 pub use layout::{ArtifactName, InvalidName, TargetDir};
 pub use sidecar::Sidecar;
-pub use writer::{ArtifactStore, Counters, Encoded, PendingArtifact, WrittenArtifact};
+pub use writer::{
+    ArtifactStore, CommitStep, Counters, Encoded, PendingArtifact, Recovery, WrittenArtifact,
+};
 
 /// An error of the artifact store. Messages name the file and the operation.
 #[derive(Debug, thiserror::Error)]

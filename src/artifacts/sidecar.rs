@@ -85,12 +85,22 @@ impl Sidecar {
 
     /// Write the sidecar atomically (a `.partial` file, fsynced, renamed, directory fsynced).
     pub fn write(&self, path: &Path) -> Result<(), StoreError> {
+        fsio::write_atomic(path, &self.to_json(path)?)
+    }
+
+    /// Write the sidecar atomically to `path`, which must not exist: never replaces the
+    /// sidecar of another artifact.
+    pub fn write_new(&self, path: &Path) -> Result<(), StoreError> {
+        fsio::write_new(path, &self.to_json(path)?)
+    }
+
+    fn to_json(&self, path: &Path) -> Result<Vec<u8>, StoreError> {
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| StoreError::BadSidecar {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
         json.push(b'\n');
-        fsio::write_atomic(path, &json)
+        Ok(json)
     }
 }
 

@@ -46,6 +46,8 @@ fn sidecar_for(encoded: &Encoded, compression: Compression) -> Sidecar {
     }
 }
 
+const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 fn payload(len: usize) -> Vec<u8> {
     // Compressible but not trivial.
     (0..len)
@@ -54,7 +56,7 @@ fn payload(len: usize) -> Vec<u8> {
 }
 
 async fn write(store: &ArtifactStore, compression: Compression, data: &[u8]) -> WrittenArtifact {
-    let mut pending = store.create(&name(compression)).unwrap();
+    let mut pending = store.create(&name(compression), "r").unwrap();
     let (writer, pipeline) = pending.start().unwrap();
     let producer = async move {
         let mut sink = stowage_plugin_sdk::ArtifactSink::new(writer);
@@ -130,7 +132,7 @@ async fn a_failure_midway_leaves_no_final_file_and_the_next_run_removes_the_part
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::new(dir.path());
     let target = TargetDir::new("shop", "app-db").unwrap();
-    let mut pending = store.create(&name(Compression::Zstd)).unwrap();
+    let mut pending = store.create(&name(Compression::Zstd), "killed").unwrap();
     let partial = pending.partial_path().to_owned();
     let final_path = dir.path().join(pending.relative());
     let (writer, pipeline) = pending.start().unwrap();
@@ -147,12 +149,16 @@ async fn a_failure_midway_leaves_no_final_file_and_the_next_run_removes_the_part
     assert!(!final_path.exists());
     assert!(catalog::scan(dir.path()).unwrap().artifacts.is_empty());
 
-    let removed = store.remove_stale_partials(&target).unwrap();
-    assert_eq!(removed, vec![partial.clone()]);
+    // Another run leaves it alone while it may be live; the same run's retry removes it.
+    let recovery = store.recover(&target, "other", DAY).unwrap();
+    assert_eq!(recovery.kept_live, vec![partial.clone()]);
+    assert!(partial.exists());
+    let recovery = store.recover(&target, "killed", DAY).unwrap();
+    assert_eq!(recovery.removed, vec![partial.clone()]);
     assert!(!partial.exists());
 
     // A failure reported normally aborts and removes the partial right away.
-    let pending = store.create(&name(Compression::Gzip)).unwrap();
+    let pending = store.create(&name(Compression::Gzip), "r").unwrap();
     let partial = pending.partial_path().to_owned();
     pending.abort();
     assert!(!partial.exists());
@@ -221,7 +227,7 @@ async fn the_encoder_applies_backpressure_so_memory_stays_bounded() {
     // check that while the pipeline is not driven, writes stop being accepted.
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::new(dir.path());
-    let mut pending = store.create(&name(Compression::None)).unwrap();
+    let mut pending = store.create(&name(Compression::None), "r").unwrap();
     let (mut writer, pipeline) = pending.start().unwrap();
     let chunk = vec![7u8; 64 * 1024];
     let mut accepted = 0usize;
@@ -245,4 +251,230 @@ async fn the_encoder_applies_backpressure_so_memory_stays_bounded() {
     let encoded = pipeline.await.unwrap();
     assert!(encoded.raw_bytes <= writer::CHUNK_SIZE as u64 * 2);
     pending.abort();
+}
+
+/// Write `data` as run `run` of `schedule` up to (not including) the commit.
+async fn encode_pending(
+    store: &ArtifactStore,
+    schedule: Option<&str>,
+    run: &str,
+    data: Vec<u8>,
+) -> (PendingArtifact, Sidecar) {
+    let mut pending = store
+        .create(&name(Compression::Zstd).for_schedule(schedule), run)
+        .unwrap();
+    let (writer, pipeline) = pending.start().unwrap();
+    let producer = async move {
+        let mut sink = stowage_plugin_sdk::ArtifactSink::new(writer);
+        sink.write_all(&data).await.unwrap();
+        sink.shutdown().await.unwrap();
+    };
+    let ((), encoded) = tokio::join!(producer, pipeline);
+    let mut sidecar = sidecar_for(&encoded.unwrap(), Compression::Zstd);
+    sidecar.run_id = run.into();
+    sidecar.schedule = schedule.map(str::to_owned);
+    (pending, sidecar)
+}
+
+fn make_old(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - 2 * DAY;
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_never_removes_or_takes_a_live_runs_file() {
+    // The reported race: run A is writing; run B of the same target starts, and today
+    // B's start removed A's partial file and both aimed at one final name.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let target = TargetDir::new("shop", "app-db").unwrap();
+    let mut a = store.create(&name(Compression::None), "run-a").unwrap();
+    let (mut a_writer, a_pipeline) = a.start().unwrap();
+    let a_pipeline = tokio::spawn(a_pipeline);
+    a_writer.write_all(b"first half of A, ").await.unwrap();
+
+    let recovery = store.recover(&target, "run-b", DAY).unwrap();
+    assert!(recovery.removed.is_empty(), "{:?}", recovery.removed);
+    assert!(a.partial_path().exists(), "B removed A's live file");
+    let mut b = store.create(&name(Compression::None), "run-b").unwrap();
+    assert_ne!(a.relative(), b.relative(), "A and B aim at one final name");
+    let (mut b_writer, b_pipeline) = b.start().unwrap();
+    b_writer.write_all(b"all of B").await.unwrap();
+    drop(b_writer);
+    let b_encoded = b_pipeline.await.unwrap();
+
+    a_writer.write_all(b"second half of A").await.unwrap();
+    drop(a_writer);
+    let a_encoded = a_pipeline.await.unwrap().unwrap();
+    let a_written = a
+        .commit(sidecar_for(&a_encoded, Compression::None))
+        .unwrap();
+    let b_written = b
+        .commit(sidecar_for(&b_encoded, Compression::None))
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&a_written.path).unwrap(),
+        b"first half of A, second half of A"
+    );
+    assert_eq!(std::fs::read(&b_written.path).unwrap(), b"all of B");
+    let report = catalog::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.ok.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedules_at_one_tick_write_two_named_artifacts_without_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let (nightly, nightly_sidecar) =
+        encode_pending(&store, Some("nightly"), "run-n", payload(10_000)).await;
+    let (hourly, hourly_sidecar) =
+        encode_pending(&store, Some("hourly"), "run-h", payload(20_000)).await;
+    let nightly = nightly.commit(nightly_sidecar).unwrap();
+    let hourly = hourly.commit(hourly_sidecar).unwrap();
+    assert!(
+        nightly
+            .relative
+            .ends_with("test-20261121T023000Z-nightly.bin.zst")
+    );
+    assert!(
+        hourly
+            .relative
+            .ends_with("test-20261121T023000Z-hourly.bin.zst")
+    );
+    assert!(catalog::verify(dir.path()).unwrap().problems.is_empty());
+}
+
+fn final_artifacts_without_sidecar(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    catalog::scan(root)
+        .unwrap()
+        .problems
+        .into_iter()
+        .filter(|p| p.kind == ProblemKind::NoSidecar)
+        .map(|p| p.path)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_step_of_a_commit_shows_a_final_artifact_without_its_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let (pending, sidecar) =
+        encode_pending(&store, Some("nightly"), "run-1", payload(50_000)).await;
+    let root = dir.path().to_owned();
+    let mut steps = Vec::new();
+    pending
+        .commit_observed(sidecar, &mut |step| {
+            assert_eq!(
+                final_artifacts_without_sidecar(&root),
+                Vec::<std::path::PathBuf>::new(),
+                "after {step:?}"
+            );
+            steps.push(step);
+        })
+        .unwrap();
+    assert_eq!(
+        steps,
+        [
+            CommitStep::SidecarWritten,
+            CommitStep::Published,
+            CommitStep::Synced
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_commit_is_named_by_verify_and_completed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let target = TargetDir::new("shop", "app-db").unwrap();
+    let data = payload(80_000);
+    let (pending, sidecar) = encode_pending(&store, Some("nightly"), "run-1", data.clone()).await;
+    let final_path = dir.path().join(pending.relative());
+    // The run dies right after the sidecar is written.
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pending.commit_observed(sidecar, &mut |step| {
+            if step == CommitStep::SidecarWritten {
+                panic!("killed");
+            }
+        })
+    }));
+    assert!(died.is_err());
+    assert!(!final_path.exists());
+    let report = catalog::verify(dir.path()).unwrap();
+    assert!(report.ok.is_empty());
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let problem = &report.problems[0];
+    assert!(
+        matches!(problem.kind, ProblemKind::Uncommitted { .. }),
+        "{problem}"
+    );
+    assert!(
+        problem.fix().contains("stowage artifacts repair"),
+        "{}",
+        problem.fix()
+    );
+    // Not listed: retention never counts it.
+    assert!(catalog::scan(dir.path()).unwrap().artifacts.is_empty());
+
+    let recovery = store.recover(&target, "run-2", DAY).unwrap();
+    assert_eq!(recovery.completed, vec![final_path.clone()]);
+    let report = catalog::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let mut back = Vec::new();
+    Decoded::open(&final_path, Compression::Zstd)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_runs_that_are_over_are_removed_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let target = TargetDir::new("shop", "app-db").unwrap();
+    // A sidecar whose file does not match it (the run died mid-way and something wrote
+    // over its partial file), left for two days: both go.
+    let (pending, mut sidecar) = encode_pending(&store, Some("a"), "run-a", payload(1000)).await;
+    sidecar.sha256 = "0".repeat(64);
+    let bad_final = dir.path().join(pending.relative());
+    let bad_partial = pending.partial_path().to_owned();
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pending.commit_observed(sidecar, &mut |_| panic!("killed"))
+    }));
+    make_old(&bad_partial);
+    // A sidecar whose artifact was pruned (artifact first, sidecar second).
+    let (pending, sidecar) = encode_pending(&store, Some("b"), "run-b", payload(1000)).await;
+    let pruned = pending.commit(sidecar).unwrap();
+    std::fs::remove_file(&pruned.path).unwrap();
+    // A stale partial of another run, and a fresh one.
+    let (stale, _) = encode_pending(&store, Some("c"), "run-c", payload(10)).await;
+    let stale_path = stale.partial_path().to_owned();
+    std::mem::forget(stale);
+    make_old(&stale_path);
+    let (live, _) = encode_pending(&store, Some("d"), "run-d", payload(10)).await;
+    let live_path = live.partial_path().to_owned();
+
+    let report = catalog::verify(dir.path()).unwrap();
+    let kinds: Vec<_> = report.problems.iter().map(|p| &p.kind).collect();
+    assert_eq!(report.problems.len(), 3, "{kinds:?}");
+    assert!(kinds.contains(&&ProblemKind::StalePartial), "{kinds:?}");
+    assert!(kinds.contains(&&ProblemKind::Missing), "{kinds:?}");
+
+    let recovery = store.recover(&target, "run-e", DAY).unwrap();
+    assert!(!bad_final.exists() && !bad_partial.exists());
+    assert!(!layout::with_suffix(&bad_final, layout::SIDECAR_SUFFIX).exists());
+    assert!(!layout::with_suffix(&pruned.path, layout::SIDECAR_SUFFIX).exists());
+    assert!(!stale_path.exists());
+    assert!(live_path.exists(), "a live run's file was removed");
+    assert_eq!(recovery.kept_live, vec![live_path]);
+    let report = catalog::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    live.abort();
 }

@@ -10,6 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, DuplexStream};
@@ -17,7 +18,10 @@ use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::fsio;
-use super::layout::{ArtifactName, PARTIAL_SUFFIX, SIDECAR_SUFFIX, TargetDir, with_suffix};
+use super::layout::{
+    ArtifactName, PARTIAL_SUFFIX, SIDECAR_SUFFIX, TargetDir, parse_partial, partial_name, run_part,
+    with_suffix,
+};
 use super::sidecar::Sidecar;
 use crate::api::Compression;
 
@@ -74,49 +78,33 @@ impl ArtifactStore {
         self.root.join(dir.relative())
     }
 
-    /// Remove every `.partial` file a killed run left in a target's directory (and its date
-    /// directories). Returns the removed paths.
-    pub fn remove_stale_partials(&self, dir: &TargetDir) -> Result<Vec<PathBuf>, StoreError> {
-        let base = self.target_path(dir);
-        let mut removed = Vec::new();
-        let mut dirs = vec![base.clone()];
-        while let Some(current) = dirs.pop() {
-            let entries = match std::fs::read_dir(&current) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io("list", &current, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| StoreError::io("list", &current, e))?;
-                let path = entry.path();
-                let kind = entry
-                    .file_type()
-                    .map_err(|e| StoreError::io("stat", &path, e))?;
-                // Date directories sit directly under the target directory.
-                if kind.is_dir() && current == base {
-                    dirs.push(path);
-                } else if kind.is_file()
-                    && path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(PARTIAL_SUFFIX))
-                {
-                    std::fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
-                    tracing::info!(path = %path.display(), "removed a partial file left by an interrupted run");
-                    removed.push(path);
-                }
-            }
-        }
-        Ok(removed)
+    /// Make a target's directory ready for run `run_id`, before it creates its artifact:
+    /// finish or undo commits that a killed run interrupted, and remove the partial files
+    /// of runs that are provably over: this run's own (a retried pod of the same run), and
+    /// any not written to for `stale_after` (longer than any run may last). A partial file
+    /// of another run that may still be live is never touched.
+    pub fn recover(
+        &self,
+        dir: &TargetDir,
+        run_id: &str,
+        stale_after: Duration,
+    ) -> Result<Recovery, StoreError> {
+        recover_dirs(
+            &subdirectories(&self.target_path(dir))?,
+            Some(run_id),
+            stale_after,
+        )
     }
 
-    /// Reserve a new artifact: create its directory and its `.partial` file under a name
-    /// no other artifact has (adding `-1`, `-2`... when one with the same second exists).
-    pub fn create(&self, name: &ArtifactName) -> Result<PendingArtifact, StoreError> {
+    /// Reserve a new artifact for run `run_id`: create its directory and its partial file
+    /// (`<final>.<run>.partial`) under a final name that no artifact, sidecar or other
+    /// run's partial file has (adding `-1`, `-2`... when one exists). Every directory from
+    /// the new one up to the store's root is fsynced.
+    pub fn create(&self, name: &ArtifactName, run_id: &str) -> Result<PendingArtifact, StoreError> {
         for n in 0..1000 {
             let relative = name.relative_path(n);
             let final_path = self.root.join(&relative);
-            let partial_path = with_suffix(&final_path, PARTIAL_SUFFIX);
+            let partial_path = partial_name(&final_path, run_id);
             if final_path.exists() || with_suffix(&final_path, SIDECAR_SUFFIX).exists() {
                 continue;
             }
@@ -125,15 +113,21 @@ impl ArtifactStore {
             })?;
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::io("create directory", parent, e))?;
+            if other_partial_exists(parent, &final_path, &partial_path)? {
+                continue;
+            }
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&partial_path)
             {
                 Ok(file) => {
-                    // Make the new date directory (and its parents) durable.
-                    for dir in parent.ancestors().take(3) {
+                    // Make the new entries durable, from the date directory to the root.
+                    for dir in parent.ancestors() {
                         fsio::sync_dir(dir)?;
+                        if dir == self.root {
+                            break;
+                        }
                     }
                     return Ok(PendingArtifact {
                         relative,
@@ -150,6 +144,185 @@ impl ArtifactStore {
         }
         Err(StoreError::Exists(self.root.join(name.relative_path(0))))
     }
+}
+
+/// [`ArtifactStore::recover`] over the given directories (each holding artifacts,
+/// sidecars and partial files): `own_run`'s partial files count as over. Also the engine
+/// of `stowage artifacts repair`, which passes no run.
+pub fn recover_dirs(
+    dirs: &[PathBuf],
+    own_run: Option<&str>,
+    stale_after: Duration,
+) -> Result<Recovery, StoreError> {
+    let mut recovery = Recovery::default();
+    let own = own_run.map(run_part);
+    let now = SystemTime::now();
+    let is_over = |path: &Path, run: Option<&str>| -> bool {
+        if run.is_some() && run == own.as_deref() {
+            return true;
+        }
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| now.duration_since(modified).ok())
+            .is_some_and(|age| age >= stale_after)
+    };
+    for date_dir in dirs {
+        let date_dir = date_dir.as_path();
+        let files = files_in(date_dir)?;
+        // Interrupted commits first: a sidecar whose artifact is not there yet.
+        for sidecar_path in files.iter().filter(|f| is_sidecar(f)) {
+            let Some(artifact) = super::catalog::artifact_of_sidecar(sidecar_path) else {
+                continue;
+            };
+            if artifact.exists() {
+                continue;
+            }
+            let sidecar = match Sidecar::read(sidecar_path) {
+                Ok(sidecar) => sidecar,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leaves an unreadable sidecar alone; `stowage verify` reports it");
+                    continue;
+                }
+            };
+            let partial = partial_name(&artifact, &sidecar.run_id);
+            match super::catalog::hash_file(&partial) {
+                Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
+                    fsio::publish_no_replace(&partial, &artifact)?;
+                    fsio::sync_dir(date_dir)?;
+                    tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
+                    recovery.completed.push(artifact);
+                }
+                Ok(_) if !is_over(&partial, Some(&run_part(&sidecar.run_id))) => {}
+                Ok(_) => {
+                    remove(&partial)?;
+                    remove(sidecar_path)?;
+                    fsio::sync_dir(date_dir)?;
+                    tracing::warn!(sidecar = %sidecar_path.display(), "removed the sidecar and partial file of an interrupted run whose file does not match its sidecar");
+                    recovery.removed.push(sidecar_path.clone());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // No file to publish: the artifact was pruned (artifact first,
+                    // sidecar second) or deleted; the sidecar describes nothing.
+                    remove(sidecar_path)?;
+                    fsio::sync_dir(date_dir)?;
+                    tracing::warn!(sidecar = %sidecar_path.display(), "removed a sidecar whose artifact is gone");
+                    recovery.removed.push(sidecar_path.clone());
+                }
+                Err(e) => return Err(StoreError::io("read", &partial, e)),
+            }
+        }
+        for path in files.iter().filter(|f| is_partial(f)) {
+            if !path.exists() {
+                continue; // Published above.
+            }
+            let run = parse_partial(path).map(|(_, run)| run);
+            if is_over(path, run.as_deref()) {
+                remove(path)?;
+                tracing::info!(path = %path.display(), "removed a partial file left by a run that is over");
+                recovery.removed.push(path.clone());
+            } else {
+                tracing::info!(path = %path.display(), run = run.as_deref().unwrap_or("?"), "leaves the partial file of another run alone: it may still be writing");
+                recovery.kept_live.push(path.clone());
+            }
+        }
+    }
+    Ok(recovery)
+}
+
+/// What [`ArtifactStore::recover`] did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Artifacts whose interrupted commit was completed (their file matched the sidecar).
+    pub completed: Vec<PathBuf>,
+    /// Partial files and orphan sidecars removed.
+    pub removed: Vec<PathBuf>,
+    /// Partial files of other runs left alone because they may still be written.
+    pub kept_live: Vec<PathBuf>,
+}
+
+fn is_sidecar(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(SIDECAR_SUFFIX))
+}
+
+fn is_partial(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(PARTIAL_SUFFIX))
+}
+
+fn remove(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove", path, e)),
+    }
+}
+
+fn subdirectories(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Whether a partial file of another run is headed for `final_path`.
+fn other_partial_exists(dir: &Path, final_path: &Path, mine: &Path) -> Result<bool, StoreError> {
+    for path in files_in(dir)? {
+        if path != mine && parse_partial(&path).is_some_and(|(target, _)| target == final_path) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The durable steps of [`PendingArtifact::commit`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitStep {
+    /// The sidecar is under its final name; the artifact is still the partial file.
+    SidecarWritten,
+    /// The artifact is under its final name.
+    Published,
+    /// The directory entry is fsynced.
+    Synced,
+}
+
+/// A fault-injection point for the fault suite: in a debug build (the one tests run) with
+/// `STOWAGE_FAULT=<name>[,<name>...]` in its environment, the process stops dead here
+/// (`abort`: no destructor, no cleanup, like a SIGKILL). Compiled to nothing in release
+/// builds.
+pub fn fault_point(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("STOWAGE_FAULT").is_ok_and(|v| v.split(',').any(|p| p == name)) {
+        eprintln!("fault injection: stopping dead at {name}");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// An artifact being written: its `.partial` file exists, its final name does not.
@@ -238,18 +411,35 @@ impl PendingArtifact {
         Ok((writer, pipeline))
     }
 
-    /// Publish the artifact under its final name (never replacing a file), then write its
-    /// sidecar the same atomic way. On failure nothing is left under a final name.
+    /// Publish the artifact: write its sidecar under its final name first, then move the
+    /// fsynced file to its final name (never replacing anything), then fsync the directory.
+    /// So a final-named artifact always has its sidecar; a crash between the two steps
+    /// leaves a sidecar and this run's partial file, which [`ArtifactStore::recover`]
+    /// (the target's next run, or `stowage artifacts repair`) completes or removes.
     pub fn commit(self, sidecar: Sidecar) -> Result<WrittenArtifact, StoreError> {
+        self.commit_observed(sidecar, &mut |_| {})
+    }
+
+    /// [`PendingArtifact::commit`], calling `observe` after each durable step (tests check
+    /// the invariants there, and the fault suite stops the process there).
+    pub fn commit_observed(
+        self,
+        sidecar: Sidecar,
+        observe: &mut dyn FnMut(CommitStep),
+    ) -> Result<WrittenArtifact, StoreError> {
         drop(self.file);
-        fsio::publish_no_replace(&self.partial_path, &self.final_path)?;
-        let parent = self.final_path.parent().unwrap_or(Path::new("."));
-        fsio::sync_dir(parent)?;
         let sidecar_path = with_suffix(&self.final_path, SIDECAR_SUFFIX);
-        if let Err(e) = sidecar.write(&sidecar_path) {
-            let _ = std::fs::remove_file(&self.final_path);
+        sidecar.write_new(&sidecar_path)?;
+        observe(CommitStep::SidecarWritten);
+        fault_point("commit-after-sidecar");
+        if let Err(e) = fsio::publish_no_replace(&self.partial_path, &self.final_path) {
+            let _ = std::fs::remove_file(&sidecar_path);
             return Err(e);
         }
+        observe(CommitStep::Published);
+        let parent = self.final_path.parent().unwrap_or(Path::new("."));
+        fsio::sync_dir(parent)?;
+        observe(CommitStep::Synced);
         Ok(WrittenArtifact {
             relative: self.relative,
             path: self.final_path,
@@ -257,7 +447,7 @@ impl PendingArtifact {
         })
     }
 
-    /// Give up: remove the `.partial` file.
+    /// Give up: remove the partial file.
     pub fn abort(self) {
         drop(self.file);
         if let Err(e) = std::fs::remove_file(&self.partial_path) {

@@ -98,7 +98,21 @@ impl RunError {
     }
 }
 
+/// A partial file of another run not written to for this long is over, whatever the
+/// run's own deadline says (see [`RunSpec::stale_partial_age`]).
+pub const MIN_STALE_PARTIAL_AGE: Duration = Duration::from_secs(24 * 3600);
+
 impl RunSpec {
+    /// How long another run's partial file must have gone unwritten before this run may
+    /// remove it: twice this run's timeout (which the Job's deadline bounds), and at least
+    /// [`MIN_STALE_PARTIAL_AGE`], so a live run's file is never removed.
+    pub fn stale_partial_age(&self) -> Duration {
+        self.timeout
+            .map(|t| t.saturating_mul(2))
+            .unwrap_or(MIN_STALE_PARTIAL_AGE)
+            .max(MIN_STALE_PARTIAL_AGE)
+    }
+
     fn context(&self, secrets: Secrets) -> RunContext {
         RunContext {
             namespace: self.namespace.clone(),
@@ -209,15 +223,25 @@ async fn backup_inner(
     check_capability(plugin, Operation::Backup)?;
     let info = plugin.info();
     let store = ArtifactStore::new(&spec.root);
-    store.remove_stale_partials(&dir)?;
+    let recovery = store.recover(&dir, &spec.run_id, spec.stale_partial_age())?;
+    if !recovery.completed.is_empty() || !recovery.removed.is_empty() {
+        tracing::info!(
+            completed = recovery.completed.len(),
+            removed = recovery.removed.len(),
+            kept_live = recovery.kept_live.len(),
+            "repaired what interrupted runs left in the target's directory"
+        );
+    }
     let name = ArtifactName::new(
         dir.clone(),
         info.key,
         &plugin.artifact_extension(),
         spec.compression,
         spec.scheduled_time.unwrap_or(start),
-    )?;
-    let mut pending = store.create(&name)?;
+    )?
+    .for_schedule(spec.schedule.as_deref());
+    let mut pending = store.create(&name, &spec.run_id)?;
+    crate::artifacts::writer::fault_point("backup-after-create");
     tracing::info!(
         namespace = %spec.namespace,
         target = %spec.target,
@@ -240,6 +264,7 @@ async fn backup_inner(
         (report, closed)
     };
     let ((report, closed), encoded) = tokio::join!(produce, pipeline);
+    crate::artifacts::writer::fault_point("backup-before-commit");
     let report = match (report, encoded) {
         (_, Err(store_error)) => {
             pending.abort();
@@ -282,6 +307,7 @@ async fn backup_inner(
         facts: report.facts.clone(),
     };
     let written = pending.commit(sidecar)?;
+    crate::artifacts::writer::fault_point("backup-after-commit");
     tracing::info!(
         artifact = %written.relative.display(),
         raw_bytes = encoded.raw_bytes,

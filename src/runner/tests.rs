@@ -151,7 +151,7 @@ async fn backup_writes_artifact_and_sidecar_then_restore_reads_it_back() {
     let artifact = result.artifact.clone().unwrap();
     assert_eq!(
         artifact,
-        "shop/app-db/2026-11-21/pattern-20261121T023000Z.bin.zst"
+        "shop/app-db/2026-11-21/pattern-20261121T023000Z-nightly.bin.zst"
     );
     let stored = std::fs::read(dir.path().join(&artifact)).unwrap();
     assert_eq!(
@@ -316,8 +316,8 @@ async fn retention_runs_after_a_scheduled_backup_and_spares_on_demand_ones() {
         .collect();
     names.sort();
     assert_eq!(names.len(), 3, "{names:?}");
-    assert!(names.contains(&"pattern-20261103T023000Z.bin".to_owned()));
-    assert!(names.contains(&"pattern-20261104T023000Z.bin".to_owned()));
+    assert!(names.contains(&"pattern-20261103T023000Z-nightly.bin".to_owned()));
+    assert!(names.contains(&"pattern-20261104T023000Z-nightly.bin".to_owned()));
     assert!(found.artifacts.iter().any(|l| l.sidecar.schedule.is_none()));
     // Sidecars of pruned artifacts are gone too.
     assert_eq!(walk(dir.path()).len(), 6);
