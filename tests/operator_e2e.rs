@@ -589,6 +589,250 @@ async fn two_targets_on_one_read_write_once_claim_never_run_at_once() {
     assert_eq!(schedule["status"]["lastScheduleTime"], tick);
 }
 
+/// The start and end of every pod of `jobs`, sorted by start.
+async fn run_intervals(
+    env: &Env,
+    jobs: &[k8s_openapi::api::batch::v1::Job],
+) -> Vec<(String, (jiff::Timestamp, jiff::Timestamp))> {
+    let mut intervals = Vec::new();
+    for job in jobs {
+        let pods = env.pods_of(&job_name(job)).await;
+        assert_eq!(
+            pods.len(),
+            1,
+            "Job {} needed {} pods: a run failed and was retried",
+            job_name(job),
+            pods.len()
+        );
+        let phase = pods[0].status.as_ref().and_then(|s| s.phase.clone());
+        assert_eq!(phase.as_deref(), Some("Succeeded"), "Job {}", job_name(job));
+        intervals.push((job_name(job), run_interval(&pods[0])));
+    }
+    intervals.sort_by_key(|(_, (start, _))| *start);
+    intervals
+}
+
+/// The reported race, as a user set it up: two schedules firing every minute and
+/// `backup-now`, all on one target whose claim is ReadWriteMany, for several ticks
+/// (`STOWAGE_E2E_TICKS`, default 3). The runs take turns (one writer per target), none
+/// fails or retries, every artifact has its own name and verifies, and every record in the
+/// status matches a file on the claim.
+#[tokio::test]
+async fn two_schedules_and_backup_now_on_a_shared_claim_take_turns_and_all_verify() {
+    let ticks: u32 = std::env::var("STOWAGE_E2E_TICKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut env = Env::with_claim_mode("e2e-turns", PG_PASSWORD, "ReadWriteMany").await;
+    // Enough data that a dump takes a moment: overlapping runs would collide.
+    env.pg.psql(
+        &env.db,
+        "insert into orders select g, repeat(md5(g::text), 16) from generate_series(501, 60000) g;",
+    );
+    env.create_target("app-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T00:29:30Z"));
+    env.start_operator();
+    for name in ["every-a", "every-b"] {
+        env.create_schedule(
+            name,
+            json!({"schedule": "* * * * *", "targets": {"matchLabels": {"tier": "db"}},
+                   "retention": {"keepLast": 100}}),
+        );
+    }
+    for i in 0..ticks {
+        let tick = at(&format!("06-11T00:{:02}:00Z", 30 + i));
+        for name in ["every-a", "every-b"] {
+            wait_scheduled(&env, name, &tick).await;
+        }
+        env.set_time(&at(&format!("06-11T00:{:02}:05Z", 30 + i)));
+        let token = format!("turn-{i}");
+        env.kubectl(&[
+            "annotate",
+            "backuptarget",
+            "app-db",
+            &format!("stowage.dev/backup-now={token}"),
+            "--overwrite",
+        ]);
+        let expected = 3 * (i as usize + 1);
+        let tick_ref = &tick;
+        let env_ref = &env;
+        eventually(
+            &format!("tick {tick}: both schedules and backup-now {token} done"),
+            support::RUN_TIMEOUT,
+            || async move {
+                for name in ["every-a", "every-b"] {
+                    let s = env_ref.schedule(name).await;
+                    if s["status"]["lastScheduleTime"] != *tick_ref {
+                        return Err(format!("{name}: {}", s["status"]));
+                    }
+                }
+                let active: Vec<String> = env_ref
+                    .jobs("stowage.dev/kind=backup")
+                    .await
+                    .iter()
+                    .filter(|j| {
+                        j.status
+                            .as_ref()
+                            .and_then(|s| s.completion_time.as_ref())
+                            .is_none()
+                    })
+                    .map(job_name)
+                    .collect();
+                let sidecars = env_ref.sidecars("app-db").len();
+                if active.is_empty() && sidecars >= expected {
+                    Ok(())
+                } else {
+                    Err(format!("{sidecars} artifacts, active Jobs {active:?}"))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let sidecars = env.sidecars("app-db");
+    assert_eq!(
+        sidecars.len(),
+        3 * ticks as usize,
+        "one artifact per run: {sidecars:?}"
+    );
+    let verified = env
+        .verify("app-db")
+        .unwrap_or_else(|e| panic!("stowage verify: {e}"));
+    println!("{verified}");
+    // Both schedules' runs of one tick have their own names.
+    for i in 0..ticks {
+        let stamp = format!("0611T00{:02}00Z", 30 + i);
+        for schedule in ["every-a", "every-b"] {
+            assert!(
+                sidecars.iter().any(|(p, _)| p
+                    .to_string_lossy()
+                    .ends_with(&format!("{stamp}-{schedule}.dump.zst.meta.json"))),
+                "no artifact of {schedule} at {stamp}: {sidecars:?}"
+            );
+        }
+    }
+    // Never two runs of the target at once, and none needed a retry.
+    let jobs = env.jobs("stowage.dev/kind=backup").await;
+    let intervals = run_intervals(&env, &jobs).await;
+    for pair in intervals.windows(2) {
+        let (a, (_, a_end)) = &pair[0];
+        let (b, (b_start, _)) = &pair[1];
+        assert!(
+            a_end <= b_start,
+            "{a} ran until {a_end}, {b} started at {b_start}"
+        );
+    }
+    // Every record in the status is a file on the claim with that checksum.
+    let target = env.target("app-db").await.expect("the target");
+    let records = target["status"]["recentBackups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!records.is_empty());
+    for record in &records {
+        assert_eq!(record["outcome"], "Succeeded", "{record}");
+        let artifact = record["artifact"].as_str().expect("artifact");
+        let (path, sidecar) = sidecars
+            .iter()
+            .find(|(p, _)| {
+                p.to_string_lossy()
+                    .ends_with(&format!("{artifact}.meta.json"))
+            })
+            .unwrap_or_else(|| panic!("no file for {artifact}"));
+        assert_eq!(sidecar["sha256"], record["sha256"], "{}", path.display());
+    }
+    println!(
+        "turns: {} ticks, {} runs, {} artifacts verified, 0 overlaps, 0 retries",
+        ticks,
+        intervals.len(),
+        sidecars.len()
+    );
+}
+
+/// A tick never stalls: a Job the API server refuses (here: the namespace's Job quota is
+/// full) is named on its target, and the other target of the tick still runs.
+#[tokio::test]
+async fn a_refused_job_is_named_on_its_target_and_the_tick_goes_on() {
+    let mut env = Env::new("e2e-refused", PG_PASSWORD).await;
+    env.create_target("a-db", json!({"tier": "db"}));
+    env.create_target("b-db", json!({"tier": "db"}));
+    env.set_time(&at("06-11T00:29:00Z"));
+    env.start_operator();
+    for name in ["a-db", "b-db"] {
+        env.wait_target(&format!("{name} is probed"), name, |t| {
+            match condition(t, "Reachable").map(|c| c["status"].clone()) {
+                Some(s) if s == "True" => Ok(()),
+                _ => Err(condition_summary(t, "Reachable")),
+            }
+        })
+        .await;
+    }
+    // Room for exactly one more Job.
+    let existing = env.jobs("app.kubernetes.io/managed-by=stowage").await.len();
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "jobs"},
+        "spec": {"hard": {"count/jobs.batch": (existing + 1).to_string()}}
+    }));
+    eventually("the quota is counted", Duration::from_secs(60), || async {
+        let out = env.kubectl(&[
+            "get",
+            "resourcequota",
+            "jobs",
+            "-o",
+            "jsonpath={.status.used}",
+        ]);
+        if out.contains("count/jobs.batch") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+    env.set_time(&at("06-11T00:30:05Z"));
+    let a = env
+        .wait_target("a-db's backup finishes", "a-db", last_backup_done(None))
+        .await;
+    assert_backup_matches_claim(&env, &a, "a-db");
+    let b = env
+        .wait_target(
+            "b-db is told its Job was refused",
+            "b-db",
+            |t| match condition(t, "JobsAccepted") {
+                Some(c) if c["status"] == "False" => Ok(()),
+                _ => Err(condition_summary(t, "JobsAccepted")),
+            },
+        )
+        .await;
+    let refused = condition(&b, "JobsAccepted").unwrap();
+    assert_eq!(refused["reason"], "JobRejected");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("exceeded quota"), "{message}");
+    let schedule = env.schedule("nightly").await;
+    assert_eq!(
+        schedule["status"]["lastScheduleTime"], tick,
+        "the tick is not stalled"
+    );
+    let events: Value =
+        serde_json::from_str(&env.kubectl(&["get", "events", "-o", "json"])).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["reason"] == "JobRejected" && e["involvedObject"]["name"] == "b-db"),
+        "no JobRejected event on b-db"
+    );
+}
+
 /// A process killed when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 

@@ -39,4 +39,8 @@ pub mod conditions {
     pub const READY: &str = "Ready";
     /// The most recent finished backup succeeded.
     pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+    /// The API server accepted the Job of the target's latest scheduled run; `False` names
+    /// the API error (an invalid `spec.job` field, a full quota, an admission webhook).
+    /// Written by the schedules, so it appears once a schedule has started a run.
+    pub const JOBS_ACCEPTED: &str = "JobsAccepted";
 }

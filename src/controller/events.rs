@@ -23,6 +23,12 @@ pub mod reasons {
     pub const WAITING_FOR_CLAIM: &str = "WaitingForClaim";
     /// A run was not started (concurrency policy, suspended or invalid target).
     pub const BACKUP_SKIPPED: &str = "BackupSkipped";
+    /// A run waits for another run of the same target (one writer per target).
+    pub const WAITING_FOR_RUN: &str = "WaitingForRun";
+    /// The API server refused a run's Job (invalid field, quota, admission webhook).
+    pub const JOB_REJECTED: &str = "JobRejected";
+    /// A run's pod cannot start (missing Secret, image pull failure, unschedulable).
+    pub const RUN_CANNOT_START: &str = "RunCannotStart";
 }
 
 /// An event to publish: type, reason and note.
@@ -57,9 +63,12 @@ impl PlannedEvent {
 
     fn action(&self) -> &'static str {
         match self.reason {
-            reasons::BACKUP_STARTED | reasons::BACKUP_SKIPPED | reasons::WAITING_FOR_CLAIM => {
-                "StartBackup"
-            }
+            reasons::BACKUP_STARTED
+            | reasons::BACKUP_SKIPPED
+            | reasons::WAITING_FOR_CLAIM
+            | reasons::WAITING_FOR_RUN
+            | reasons::JOB_REJECTED
+            | reasons::RUN_CANNOT_START => "StartBackup",
             reasons::BACKUP_SUCCEEDED | reasons::BACKUP_FAILED => "RecordBackup",
             reasons::PROBE_FAILED => "RecordProbe",
             reasons::ARTIFACTS_PRUNED => "ApplyRetention",

@@ -4,6 +4,8 @@
 //!   backups, status from finished Jobs).
 //! - [`schedule`]: the BackupSchedule reconciler (ticks, concurrency, claim queueing,
 //!   history limits).
+//! - [`runs`]: whether a run may start now (one writer per target, concurrency policy,
+//!   ReadWriteOnce claims), pure.
 //! - [`status`]: pure status derivation; [`events`], [`metrics`]: what users observe.
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`; [`leader`]: Lease-based election.
 //! - [`config`]: flags and the clock.
@@ -14,6 +16,7 @@ pub mod config;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod runs;
 pub mod schedule;
 pub mod server;
 pub mod status;
@@ -30,7 +33,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -118,6 +121,15 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The schedule controllers' caches, to tell whether a schedule still exists.
+    schedules: ScheduleIndex,
+}
+
+/// The BackupSchedules the schedule controllers hold in their caches, once synced.
+#[derive(Default)]
+pub struct ScheduleIndex {
+    stores: Mutex<Vec<kube::runtime::reflector::Store<BackupSchedule>>>,
+    synced: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -137,7 +149,30 @@ impl Context {
             metrics,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            schedules: ScheduleIndex::default(),
         }
+    }
+
+    /// Whether BackupSchedule `namespace/name` exists; `None` until the schedule caches
+    /// are synced (or when there are none, as in unit tests): callers then do nothing.
+    pub fn schedule_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        if !self
+            .schedules
+            .synced
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
+        let stores = self
+            .schedules
+            .stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if stores.is_empty() {
+            return None;
+        }
+        let key = ObjectRef::new(name).within(namespace);
+        Some(stores.iter().any(|store| store.get(&key).is_some()))
     }
 
     /// Cap a requeue delay by the clock's limit (a test clock that jumps needs short ones).
@@ -207,29 +242,6 @@ where
     Action::requeue(delay)
 }
 
-/// The first active stowage backup Job other than `except` that mounts `claim`, when the
-/// claim is ReadWriteOnce (or ReadWriteOncePod). `None`: the run may start.
-pub async fn claim_holder(
-    ctx: &Context,
-    namespace: &str,
-    claim: &str,
-    except: &[String],
-) -> Result<Option<String>, Error> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(pvc) = pvcs.get_opt(claim).await? else {
-        // The Job's pod will wait for the claim; nothing to serialize against.
-        return Ok(None);
-    };
-    if !is_single_node_claim(&pvc) {
-        return Ok(None);
-    }
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let backups = jobs
-        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
-        .await?;
-    Ok(active_job_using_claim(&backups.items, claim, except))
-}
-
 /// Whether a claim can be mounted by one node only.
 pub fn is_single_node_claim(pvc: &PersistentVolumeClaim) -> bool {
     let modes = pvc
@@ -242,28 +254,6 @@ pub fn is_single_node_claim(pvc: &PersistentVolumeClaim) -> bool {
         || modes
             .iter()
             .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
-}
-
-/// The first active Job in `jobs`, other than those in `except`, whose pod mounts `claim`.
-pub fn active_job_using_claim(jobs: &[Job], claim: &str, except: &[String]) -> Option<String> {
-    jobs.iter()
-        .filter(|job| status::job_state(job) == status::JobState::Active)
-        .filter(|job| job.metadata.deletion_timestamp.is_none())
-        .filter(|job| !except.iter().any(|e| Some(e) == job.metadata.name.as_ref()))
-        .find(|job| {
-            job.spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| p.volumes.as_ref())
-                .is_some_and(|vols| {
-                    vols.iter().any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == claim)
-                    })
-                })
-        })
-        .and_then(|job| job.metadata.name.clone())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -412,11 +402,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
     {
         let health = health.clone();
+        let ctx_ready = ctx.clone();
         tokio::spawn(async move {
             for ready in readiness {
                 ready.await;
             }
             tracing::info!("controllers synced; ready");
+            ctx_ready
+                .schedules
+                .synced
+                .store(true, std::sync::atomic::Ordering::Release);
             health.set_leader_ready();
         });
     }
@@ -542,8 +537,26 @@ fn target_controller(
 ) -> (Running, Ready) {
     let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
     let jobs: Api<Job> = api_in(&ctx.client, namespace);
+    let pods: Api<Pod> = api_in(&ctx.client, namespace);
     let controller = Controller::new(targets, watcher::Config::default().any_semantic())
         .owns(jobs, watcher::Config::default().labels(LABEL_TARGET))
+        // A run's pod that cannot start (missing Secret, image pull failure) shows in its
+        // target's conditions as soon as the kubelet or scheduler says so.
+        .watches(
+            pods,
+            watcher::Config::default().labels(LABEL_TARGET),
+            |pod: Pod| {
+                let target = pod
+                    .annotations()
+                    .get(crate::jobs::annotations::TARGET)
+                    .cloned();
+                let namespace = pod.namespace();
+                target.into_iter().map(move |name| match &namespace {
+                    Some(ns) => ObjectRef::new(&name).within(ns),
+                    None => ObjectRef::new(&name),
+                })
+            },
+        )
         .graceful_shutdown_on(stop);
     let store = controller.store();
     let ready = store_ready(store).boxed();
@@ -574,6 +587,11 @@ fn schedule_controller(
     let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
     let controller = Controller::new(schedules, watcher::Config::default().any_semantic());
     let store = controller.store();
+    ctx.schedules
+        .stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(store.clone());
     let by_namespace = store.clone();
     let controller = controller
         .watches(
@@ -677,40 +695,6 @@ mod tests {
         assert_eq!(error_backoff(4), Duration::from_secs(40));
         assert_eq!(error_backoff(7), Duration::from_secs(300));
         assert_eq!(error_backoff(u32::MAX), Duration::from_secs(300));
-    }
-
-    fn job_with_claim(name: &str, claim: &str, finished: bool) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {LABEL_KIND: "backup"}},
-            "spec": {"template": {"spec": {
-                "containers": [{"name": "runner"}],
-                "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": claim}}]
-            }}},
-            "status": if finished {
-                serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]})
-            } else {
-                serde_json::json!({"active": 1})
-            }
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn an_active_job_on_the_same_claim_holds_it() {
-        let jobs = vec![
-            job_with_claim("done", "backups", true),
-            job_with_claim("other-claim", "elsewhere", false),
-            job_with_claim("running", "backups", false),
-        ];
-        assert_eq!(
-            active_job_using_claim(&jobs, "backups", &[]),
-            Some("running".into())
-        );
-        assert_eq!(
-            active_job_using_claim(&jobs, "backups", &["running".into()]),
-            None
-        );
-        assert_eq!(active_job_using_claim(&jobs, "nothing", &[]), None);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The BackupSchedule reconciler: at each tick, one backup Job per selected target.
 //!
-//! Steps: parse the cron expression and time zone → select targets → list this schedule's
-//! Jobs → [`decide`] what the tick calls for → create Jobs (concurrency policy,
-//! ReadWriteOnce claim queueing) → apply the Job history limits → write the status if it
-//! changed → requeue at the next tick.
+//! Observe → plan → apply → record: parse the cron expression and time zone; observe the
+//! selected targets and the namespace's backup Jobs; [`decide`] what the tick calls for and
+//! [`plan_tick`] each target's run with [`runs::plan_start`] (one writer per target,
+//! concurrency policy, ReadWriteOnce claims); apply each target's step on its own (a
+//! rejected Job is recorded on its target and never stops the others); apply the Job
+//! history limits; write the status if it changed; requeue at the next tick.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,28 +13,31 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{
-    BackupSchedule, BackupScheduleStatus, BackupTarget, ConcurrencyPolicy, conditions,
-};
+use crate::api::{BackupSchedule, BackupScheduleStatus, BackupTarget, conditions};
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::schedule::{
     CronSchedule, DEFAULT_STARTING_DEADLINE, TickDecision, decide, requeue_after,
 };
 
 use super::events::{self, PlannedEvent, reasons};
+use super::runs::{self, StartDecision, StartRequest, StartTrigger, WaitReason};
 use super::status::{self, JobState, job_state, upsert_condition};
-use super::{Context, Error, LABEL_SCHEDULE, LABEL_TARGET};
+use super::{Context, Error, LABEL_KIND, LABEL_TARGET};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupschedule";
 /// How long a run waiting for a ReadWriteOnce claim waits before looking again.
 pub const CLAIM_RETRY: Duration = Duration::from_secs(15);
+/// The smallest starting deadline the controller uses: a smaller
+/// `startingDeadlineSeconds` would let a tick be missed by a reconcile that merely ran a
+/// few seconds late.
+pub const MIN_STARTING_DEADLINE_SECONDS: i64 = 10;
 /// Default of `successfulJobsHistoryLimit` and `failedJobsHistoryLimit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 3;
 
@@ -111,7 +116,7 @@ pub fn history_to_delete<'a>(
             of_state.sort_by_key(|j| std::cmp::Reverse(job_time(j)));
             out.extend(of_state.into_iter().skip(limit).filter(|job| {
                 known.is_none_or(|t| {
-                    !super::target::may_be_unrecorded(&t.status.clone().unwrap_or_default(), job)
+                    !super::status::may_be_unrecorded(&t.status.clone().unwrap_or_default(), job)
                 })
             }));
         }
@@ -202,6 +207,15 @@ fn invalid_status(
     status
 }
 
+/// What a schedule reconcile reads from the cluster.
+struct Observed {
+    /// The selected targets, by name.
+    targets: Vec<BackupTarget>,
+    /// Every stowage backup Job of the namespace (the runs of other schedules and
+    /// on-demand runs decide whether a target is busy).
+    jobs: Vec<Job>,
+}
+
 #[tracing::instrument(skip(schedule, ctx))]
 async fn reconcile_inner(
     schedule: &BackupSchedule,
@@ -234,6 +248,7 @@ async fn reconcile_inner(
         }
     };
 
+    // Observe.
     let targets_api: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let mut targets = targets_api
@@ -242,17 +257,26 @@ async fn reconcile_inner(
         .items;
     targets.sort_by_key(|t| t.name_any());
     let jobs = jobs_api
-        .list(&ListParams::default().labels(&format!(
-            "{LABEL_SCHEDULE}={}",
-            crate::jobs::label_value(name)
-        )))
+        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
         .await?
         .items;
+    let observed = Observed { targets, jobs };
+    let own_jobs: Vec<Job> = observed
+        .jobs
+        .iter()
+        .filter(|j| {
+            j.annotations().get(crate::jobs::annotations::SCHEDULE) == Some(&name.to_owned())
+        })
+        .cloned()
+        .collect();
 
+    // Plan the tick.
     let since = active_since(schedule, !spec.suspend, now);
     let deadline = spec
         .starting_deadline_seconds
-        .map_or(DEFAULT_STARTING_DEADLINE, SignedDuration::from_secs);
+        .map_or(DEFAULT_STARTING_DEADLINE, |s| {
+            SignedDuration::from_secs(s.max(MIN_STARTING_DEADLINE_SECONDS))
+        });
     let last = prev.last_schedule_time.as_ref().map(|t| t.0);
     let decision = decide(&cron, last, since, now, deadline, spec.suspend);
 
@@ -261,8 +285,17 @@ async fn reconcile_inner(
     let mut requeue = requeue_after(now, decision.next());
     match decision {
         TickDecision::Run { tick, .. } => {
-            let all_started = run_tick(ctx, schedule, &targets, &jobs, tick).await?;
-            if all_started {
+            let claims = observe_claims(ctx, namespace, &observed.targets).await?;
+            let plan = plan_tick(
+                schedule,
+                &observed.targets,
+                &observed.jobs,
+                &claims,
+                tick,
+                &ctx.settings.job_defaults,
+            );
+            let outcome = apply_tick(ctx, schedule, &observed.targets, plan, tick).await;
+            if outcome.all_done {
                 status.last_schedule_time = Some(status::time(tick));
             } else {
                 requeue = requeue.min(CLAIM_RETRY);
@@ -284,10 +317,10 @@ async fn reconcile_inner(
         TickDecision::Wait { .. } | TickDecision::Suspended { .. } => {}
     }
 
-    // History limits.
+    // History limits, over this schedule's own Jobs.
     let doomed = history_to_delete(
-        &jobs,
-        &targets,
+        &own_jobs,
+        &observed.targets,
         limit(spec.successful_jobs_history_limit),
         limit(spec.failed_jobs_history_limit),
     );
@@ -297,11 +330,12 @@ async fn reconcile_inner(
         tracing::debug!(job, "deleted a finished Job beyond the history limit");
     }
 
-    // Status.
+    // Record.
+    let targets = &observed.targets;
     status.observed_generation = schedule.metadata.generation;
     status.selected_targets = Some(u32::try_from(targets.len()).unwrap_or(u32::MAX));
     status.next_schedule_time = decision.next().map(status::time);
-    let newest_success = jobs
+    let newest_success = own_jobs
         .iter()
         .filter(|j| job_state(j) == JobState::Succeeded)
         .filter_map(job_time)
@@ -314,7 +348,7 @@ async fn reconcile_inner(
     {
         status.last_successful_time = Some(status::time(success));
     }
-    let mut active: Vec<ObjectReference> = jobs
+    let mut active: Vec<ObjectReference> = own_jobs
         .iter()
         .filter(|j| job_state(j) == JobState::Active && j.metadata.deletion_timestamp.is_none())
         .map(|j| ObjectReference {
@@ -378,160 +412,321 @@ async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), Error> {
     }
 }
 
-/// Start the runs of `tick`: one Job per target. Returns whether every target is done for
-/// this tick (created, already there, or skipped); `false` when some wait for a claim.
-async fn run_tick(
+/// Whether each selected target's claim is single-node (one GET per distinct claim; a
+/// claim that does not exist yet counts as single-node, the safe side).
+async fn observe_claims(
     ctx: &Context,
+    namespace: &str,
+    targets: &[BackupTarget],
+) -> Result<BTreeMap<String, bool>, Error> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut claims = BTreeMap::new();
+    for target in targets {
+        let claim = &target.spec.storage.claim_name;
+        if claims.contains_key(claim) {
+            continue;
+        }
+        let single = match pvcs.get_opt(claim).await? {
+            Some(pvc) => super::is_single_node_claim(&pvc),
+            None => true,
+        };
+        claims.insert(claim.clone(), single);
+    }
+    Ok(claims)
+}
+
+/// What the tick does for one target.
+#[derive(Debug)]
+pub struct TargetStep {
+    /// The target's name.
+    pub target: String,
+    /// The Job the run would use (built from the spec), or why it cannot be built.
+    pub job: Result<Job, String>,
+    /// What to do.
+    pub decision: StartDecision,
+}
+
+/// The plan of one tick: one step per selected target, in name order. Pure.
+pub fn plan_tick(
     schedule: &BackupSchedule,
     targets: &[BackupTarget],
     jobs: &[Job],
+    claims: &BTreeMap<String, bool>,
     tick: Timestamp,
-) -> Result<bool, Error> {
+    defaults: &crate::jobs::JobDefaults,
+) -> Vec<TargetStep> {
     let spec = &schedule.spec;
+    let schedule_name = schedule.name_any();
+    let active = runs::active_runs(jobs);
+    targets
+        .iter()
+        .map(|target| {
+            let request = RunRequest {
+                kind: JobRunKind::Backup,
+                trigger: Trigger::Schedule {
+                    name: schedule_name.clone(),
+                    tick,
+                    retention: spec.retention.clone(),
+                    time_zone: spec.time_zone.clone(),
+                },
+            };
+            let job = build_job(target, &request, defaults).map_err(|e| e.to_string());
+            let job_name = crate::jobs::job_name(target, &request);
+            let config_invalid = target
+                .status
+                .as_ref()
+                .and_then(|s| {
+                    s.conditions
+                        .iter()
+                        .find(|c| c.type_ == conditions::CONFIG_VALID)
+                })
+                .filter(|c| c.status == "False")
+                .map(|c| c.message.clone());
+            let claim = target.spec.storage.claim_name.clone();
+            let start = StartRequest {
+                target: target.name_any(),
+                job: job_name.clone(),
+                trigger: StartTrigger::Schedule {
+                    name: schedule_name.clone(),
+                    policy: spec.concurrency_policy,
+                },
+                claim_single_node: claims.get(&claim).copied().unwrap_or(true),
+                claim,
+                suspended: target.spec.suspend,
+                config_invalid,
+                job_exists: jobs.iter().any(|j| j.name_any() == job_name),
+            };
+            TargetStep {
+                target: target.name_any(),
+                job,
+                decision: runs::plan_start(&start, &active),
+            }
+        })
+        .collect()
+}
+
+/// How applying a tick went.
+struct TickOutcome {
+    /// Every target is done for this tick (started, skipped, already started, or
+    /// rejected); `false` when some wait or hit a transient API error.
+    all_done: bool,
+}
+
+/// Whether an API error will not go away by retrying the same request (the request is
+/// invalid, forbidden or refused by admission); anything else is retried.
+fn is_rejection(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
+}
+
+/// Apply a tick's plan: each target on its own, so one target's failure never stops the
+/// others.
+async fn apply_tick(
+    ctx: &Context,
+    schedule: &BackupSchedule,
+    targets: &[BackupTarget],
+    plan: Vec<TargetStep>,
+    tick: Timestamp,
+) -> TickOutcome {
     let schedule_name = schedule.name_any();
     let namespace = schedule.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut all_started = true;
-    for target in targets {
-        let target_name = target.name_any();
+    let mut all_done = true;
+    for step in plan {
+        let Some(target) = targets.iter().find(|t| t.name_any() == step.target) else {
+            continue;
+        };
         let target_ref = target.object_ref(&());
-        let skip = |why: String| {
-            PlannedEvent::warning(
-                reasons::BACKUP_SKIPPED,
-                format!("schedule {schedule_name}, tick {tick}: {why}"),
-            )
-        };
-        if target.spec.suspend {
-            events::publish(
-                &ctx.recorder,
-                &target_ref,
-                &[skip("the target is suspended".into())],
-            )
-            .await;
-            continue;
-        }
-        let config_invalid = target
-            .status
-            .as_ref()
-            .and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == conditions::CONFIG_VALID)
-            })
-            .is_some_and(|c| c.status == "False");
-        if config_invalid {
-            events::publish(
-                &ctx.recorder,
-                &target_ref,
-                &[skip(
-                    "the target's configuration is not valid (condition ConfigValid)".into(),
-                )],
-            )
-            .await;
-            continue;
-        }
-        let request = RunRequest {
-            kind: JobRunKind::Backup,
-            trigger: Trigger::Schedule {
-                name: schedule_name.clone(),
-                tick,
-                retention: spec.retention.clone(),
-                time_zone: spec.time_zone.clone(),
-            },
-        };
-        let job = build_job(target, &request, &ctx.settings.job_defaults).map_err(|e| {
-            Error::BuildJob {
-                target: target_name.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        let job_name = job.name_any();
-        if jobs.iter().any(|j| j.name_any() == job_name) {
-            continue; // Created by an earlier reconcile of this tick.
-        }
-        let running: Vec<&Job> = jobs
-            .iter()
-            .filter(|j| {
-                j.labels().get(LABEL_TARGET) == Some(&crate::jobs::label_value(&target_name))
-            })
-            .filter(|j| job_state(j) == JobState::Active && j.metadata.deletion_timestamp.is_none())
-            .collect();
-        let mut replaced: Vec<String> = vec![job_name.clone()];
-        if !running.is_empty() {
-            match spec.concurrency_policy {
-                ConcurrencyPolicy::Forbid => {
-                    let names: Vec<String> = running.iter().map(|j| j.name_any()).collect();
-                    tracing::info!(target = target_name, running = ?names, "tick skipped: concurrencyPolicy Forbid");
-                    events::publish(
-                        &ctx.recorder,
-                        &target_ref,
-                        &[skip(format!(
-                            "Job {} is still running (concurrencyPolicy: Forbid)",
-                            names.join(", ")
-                        ))],
-                    )
-                    .await;
-                    continue;
-                }
-                ConcurrencyPolicy::Replace => {
-                    for old in running {
-                        let old_name = old.name_any();
-                        delete_job(&jobs_api, &old_name).await?;
-                        tracing::info!(
-                            target = target_name,
-                            job = old_name,
-                            "stopped the running Job (concurrencyPolicy Replace)"
-                        );
-                        replaced.push(old_name);
-                    }
-                }
-                ConcurrencyPolicy::Allow => {}
-            }
-        }
-        if let Some(holder) =
-            super::claim_holder(ctx, &namespace, &target.spec.storage.claim_name, &replaced).await?
-        {
-            all_started = false;
-            tracing::info!(
-                target = target_name,
-                job = job_name,
-                holder,
-                "run waits for the ReadWriteOnce claim"
-            );
-            events::publish(
-                &ctx.recorder,
-                &target_ref,
-                &[PlannedEvent::normal(
-                    reasons::WAITING_FOR_CLAIM,
-                    format!(
-                        "schedule {schedule_name}, tick {tick}: waiting for Job {holder}, which uses ReadWriteOnce claim {}",
-                        target.spec.storage.claim_name
-                    ),
-                )],
-            )
-            .await;
-            continue;
-        }
-        match jobs_api.create(&Default::default(), &job).await {
-            Ok(_) => {
-                tracing::info!(target = target_name, job = job_name, %tick, "created scheduled backup Job");
+        let target_name = step.target.as_str();
+        let prefix = format!("schedule {schedule_name}, tick {tick}");
+        match step.decision {
+            StartDecision::Exists => {}
+            StartDecision::Skip(why) => {
+                tracing::info!(target = target_name, reason = %why, "tick skipped for a target");
                 events::publish(
                     &ctx.recorder,
                     &target_ref,
-                    &[PlannedEvent::normal(
-                        reasons::BACKUP_STARTED,
-                        format!(
-                            "Job {job_name} started by schedule {schedule_name} for tick {tick}"
-                        ),
+                    &[PlannedEvent::warning(
+                        reasons::BACKUP_SKIPPED,
+                        format!("{prefix}: {why}"),
                     )],
                 )
                 .await;
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            StartDecision::Wait(why) => {
+                all_done = false;
+                tracing::info!(target = target_name, reason = %why, "run waits");
+                let reason = match why {
+                    WaitReason::ClaimBusy { .. } => reasons::WAITING_FOR_CLAIM,
+                    WaitReason::TargetBusy { .. } => reasons::WAITING_FOR_RUN,
+                };
+                events::publish(
+                    &ctx.recorder,
+                    &target_ref,
+                    &[PlannedEvent::normal(
+                        reason,
+                        format!("{prefix}: waiting: {why}"),
+                    )],
+                )
+                .await;
+            }
+            StartDecision::Create { replace } => {
+                let job = match step.job {
+                    Ok(job) => job,
+                    Err(message) => {
+                        record_rejection(ctx, target, &prefix, &message).await;
+                        continue;
+                    }
+                };
+                let job_name = job.name_any();
+                let mut replaced_all = true;
+                for old in &replace {
+                    if let Err(e) = delete_job(&jobs_api, old).await {
+                        tracing::warn!(target = target_name, job = old, error = %e, "cannot stop the running Job (concurrencyPolicy Replace); retrying");
+                        replaced_all = false;
+                    } else {
+                        tracing::info!(
+                            target = target_name,
+                            job = old,
+                            "stopped the running Job (concurrencyPolicy Replace)"
+                        );
+                    }
+                }
+                if !replaced_all {
+                    all_done = false;
+                    continue;
+                }
+                match jobs_api.create(&Default::default(), &job).await {
+                    Ok(_) => {
+                        tracing::info!(target = target_name, job = job_name, %tick, "created scheduled backup Job");
+                        events::publish(
+                            &ctx.recorder,
+                            &target_ref,
+                            &[PlannedEvent::normal(
+                                reasons::BACKUP_STARTED,
+                                format!("Job {job_name} started by schedule {schedule_name} for tick {tick}"),
+                            )],
+                        )
+                        .await;
+                        record_acceptance(ctx, target).await;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) if is_rejection(&e) => {
+                        let message = match &e {
+                            kube::Error::Api(s) => s.message.clone(),
+                            other => other.to_string(),
+                        };
+                        record_rejection(
+                            ctx,
+                            target,
+                            &prefix,
+                            &format!("the API server rejected Job {job_name}: {message}"),
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        all_done = false;
+                        tracing::warn!(target = target_name, job = job_name, error = %e, "cannot create the Job; retrying");
+                    }
+                }
+            }
         }
     }
-    Ok(all_started)
+    TickOutcome { all_done }
+}
+
+/// Field manager of the `JobsAccepted` condition that schedules write on targets (the
+/// target reconciler owns, and never sends, the rest of the target's status).
+pub const SCHEDULES_FIELD_MANAGER: &str = "stowage-controller-schedules";
+
+/// Tell the target, with an event and its `JobsAccepted` condition, that its Job was
+/// refused. Best effort: a failure to record is logged, never stops the tick.
+async fn record_rejection(ctx: &Context, target: &BackupTarget, prefix: &str, message: &str) {
+    tracing::warn!(
+        target = target.name_any(),
+        error = message,
+        "run not started: Job rejected"
+    );
+    events::publish(
+        &ctx.recorder,
+        &target.object_ref(&()),
+        &[PlannedEvent::warning(
+            reasons::JOB_REJECTED,
+            format!("{prefix}: {message}; fix spec.job of the target"),
+        )],
+    )
+    .await;
+    set_jobs_accepted(
+        ctx,
+        target,
+        "False",
+        reasons::JOB_REJECTED,
+        format!("{prefix}: {message}"),
+    )
+    .await;
+}
+
+async fn record_acceptance(ctx: &Context, target: &BackupTarget) {
+    let accepted = target.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == conditions::JOBS_ACCEPTED)
+    });
+    if accepted.is_some_and(|c| c.status == "True") {
+        return;
+    }
+    set_jobs_accepted(
+        ctx,
+        target,
+        "True",
+        "Accepted",
+        "the API server accepted the latest scheduled Job".to_owned(),
+    )
+    .await;
+}
+
+async fn set_jobs_accepted(
+    ctx: &Context,
+    target: &BackupTarget,
+    state: &str,
+    reason: &str,
+    message: String,
+) {
+    let prev = target
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut conds = Vec::new();
+    upsert_condition(
+        &mut conds,
+        &prev,
+        conditions::JOBS_ACCEPTED,
+        state,
+        reason,
+        message,
+        target.metadata.generation,
+        ctx.clock.now(),
+    );
+    if prev.iter().any(|c| Some(c) == conds.first()) {
+        return;
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "stowage.dev/v1alpha1",
+        "kind": "BackupTarget",
+        "status": {"conditions": conds},
+    });
+    let api: Api<BackupTarget> =
+        Api::namespaced(ctx.client.clone(), &target.namespace().unwrap_or_default());
+    if let Err(e) = api
+        .patch_status(
+            &target.name_any(),
+            &PatchParams::apply(SCHEDULES_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        tracing::warn!(target = target.name_any(), error = %e, "cannot record JobsAccepted on the target");
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +741,8 @@ mod tests {
     const STATUS: &str =
         "/apis/stowage.dev/v1alpha1/namespaces/shop/backupschedules/nightly/status";
     const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+    const TARGET_STATUS: &str =
+        "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets/app-db/status";
 
     fn schedule(time_zone: &str) -> BackupSchedule {
         serde_json::from_value(json!({
@@ -583,7 +780,7 @@ mod tests {
         let req = api.expect(Method::GET, JOBS).await;
         assert_eq!(
             req.query("labelSelector").as_deref(),
-            Some("stowage.dev/schedule=nightly")
+            Some("stowage.dev/kind=backup")
         );
         req.respond(200, list("JobList", vec![]));
         api.expect(
@@ -592,9 +789,6 @@ mod tests {
         )
         .await
         .respond(200, rwo_claim());
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(
             req.body["metadata"]["labels"]["stowage.dev/schedule"],
@@ -608,6 +802,16 @@ mod tests {
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "BackupStarted");
         req.echo();
+        let req = api.expect(Method::PATCH, TARGET_STATUS).await;
+        assert_eq!(
+            req.query("fieldManager").as_deref(),
+            Some(SCHEDULES_FIELD_MANAGER)
+        );
+        let conds = req.body["status"]["conditions"].clone();
+        assert_eq!(conds.as_array().unwrap().len(), 1, "{conds}");
+        assert_eq!(conds[0]["type"], "JobsAccepted");
+        assert_eq!(conds[0]["status"], "True");
+        req.respond(200, serde_json::to_value(fixtures::target()).unwrap());
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = respond_schedule(req, &schedule);
         assert_eq!(status["lastScheduleTime"], "2030-03-01T02:30:00Z");
@@ -734,6 +938,123 @@ mod tests {
         );
         assert!(ready["message"].as_str().unwrap().contains("Mars/Olympus"));
         assert_eq!(reconciled.await.unwrap().unwrap(), Action::await_change());
+        api.expect_no_more().await;
+    }
+
+    fn named_target(name: &str) -> serde_json::Value {
+        let mut target = serde_json::to_value(fixtures::target()).unwrap();
+        target["metadata"]["name"] = json!(name);
+        target["metadata"]["uid"] = json!(format!("uid-{name}"));
+        target
+    }
+
+    #[tokio::test]
+    async fn a_rejected_job_does_not_stop_the_other_targets_of_the_tick() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let schedule = schedule("UTC");
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
+        api.expect(Method::GET, TARGETS).await.respond(
+            200,
+            list(
+                "BackupTargetList",
+                vec![named_target("a-db"), named_target("b-db")],
+            ),
+        );
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![]));
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(200, rwo_claim());
+        // a-db: the API server refuses its Job.
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/target"], "a-db");
+        req.respond(
+            422,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                   "message": "Job.batch \"a-db-b-1\" is invalid: spec.template.spec.nodeSelector: Invalid value"}),
+        );
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "JobRejected");
+        assert_eq!(req.body["type"], "Warning");
+        assert!(req.body["note"].as_str().unwrap().contains("nodeSelector"));
+        req.echo();
+        let req = api
+            .expect(
+                Method::PATCH,
+                "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets/a-db/status",
+            )
+            .await;
+        let cond = req.body["status"]["conditions"][0].clone();
+        assert_eq!(
+            (
+                cond["type"].as_str(),
+                cond["status"].as_str(),
+                cond["reason"].as_str()
+            ),
+            (Some("JobsAccepted"), Some("False"), Some("JobRejected"))
+        );
+        assert!(cond["message"].as_str().unwrap().contains("nodeSelector"));
+        req.respond(200, named_target("a-db"));
+        // b-db still starts.
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/target"], "b-db");
+        req.echo();
+        api.expect(Method::POST, EVENTS).await.echo();
+        api.expect(
+            Method::PATCH,
+            "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets/b-db/status",
+        )
+        .await
+        .respond(200, named_target("b-db"));
+        // The tick is done: a rejected Job is not retried in a loop.
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert_eq!(status["lastScheduleTime"], "2030-03-01T02:30:00Z");
+        reconciled.await.unwrap().unwrap();
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_target_busy_with_another_schedules_run_waits_and_the_tick_is_retried() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let schedule = schedule("UTC");
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
+        api.expect(Method::GET, TARGETS).await.respond(
+            200,
+            list(
+                "BackupTargetList",
+                vec![serde_json::to_value(fixtures::target()).unwrap()],
+            ),
+        );
+        let hourly = crate::jobs::build_job(
+            &fixtures::target(),
+            &RunRequest::scheduled("hourly", fixtures::now(), None, None),
+            &crate::jobs::JobDefaults::default(),
+        )
+        .unwrap();
+        let mut hourly = serde_json::to_value(hourly).unwrap();
+        hourly["status"] = json!({"active": 1});
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![hourly]));
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(200, rwo_claim());
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "WaitingForRun");
+        req.echo();
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert!(status.get("lastScheduleTime").is_none(), "{status}");
+        assert_eq!(
+            reconciled.await.unwrap().unwrap(),
+            Action::requeue(CLAIM_RETRY)
+        );
         api.expect_no_more().await;
     }
 

@@ -49,6 +49,16 @@ pub mod condition_reasons {
     pub const JOB_FAILED: &str = "JobFailed";
     /// A Job stopped by its `activeDeadlineSeconds`.
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    /// A Job that completed without a readable result: never counted as a success.
+    pub const NO_RESULT: &str = "NoResult";
+    /// A run's pod cannot start: a Secret it needs does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A run's pod cannot start: a key it needs is missing from its Secret.
+    pub const SECRET_KEY_NOT_FOUND: &str = "SecretKeyNotFound";
+    /// A run's pod cannot be scheduled because its claim is not bound.
+    pub const CLAIM_NOT_BOUND: &str = "ClaimNotBound";
+    /// A run's pod cannot be scheduled.
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
 }
 use condition_reasons as r;
 
@@ -242,7 +252,19 @@ pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedR
             )
         }
         (Some(res), JobState::Succeeded) => (true, None, res.message.clone()),
-        (None, JobState::Succeeded) => (true, None, None),
+        (None, JobState::Succeeded) => {
+            // The runner always writes a result; without one nobody knows what the run
+            // did, so it is not a success.
+            let mut message = format!(
+                "Job {name} completed with no readable result in its pod's termination message; \
+                 the artifact, if any, is unverified"
+            );
+            if let Some(note) = pod_failure_note(pods) {
+                message.push_str("; ");
+                message.push_str(&note);
+            }
+            (false, Some(r::NO_RESULT.to_owned()), Some(message))
+        }
         (_, _) => {
             // Failed Job without a (failed) result: the Job's condition says why.
             let condition = job
@@ -286,26 +308,178 @@ pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedR
     })
 }
 
+/// Why a run's pod cannot start, in the pod's own words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartFailure {
+    /// The Job.
+    pub job: String,
+    /// A condition reason: `SecretNotFound`, `SecretKeyNotFound`, `ClaimNotBound`,
+    /// `Unschedulable`, or the container's waiting reason (`ImagePullBackOff`...).
+    pub reason: String,
+    /// The kubelet's or scheduler's message (names only, never a secret value).
+    pub message: String,
+}
+
+/// Container waiting reasons that mean the container cannot start as things are.
+const START_FAILURE_REASONS: [&str; 7] = [
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RunContainerError",
+];
+
+/// How long a run's pod may fail to start before the run is recorded as failed and its
+/// Job deleted (so it does not hold a ReadWriteOnce claim until its deadline). Enough for
+/// a Secret applied a little after the target, or a slow first image pull to retry.
+pub const START_FAILURE_LIMIT: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
+/// Why the newest of a Job's pods cannot start, if it cannot (`job` left empty).
+pub fn start_failure(pods: &[Pod]) -> Option<StartFailure> {
+    let pod = pods
+        .iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))?;
+    let status = pod.status.as_ref()?;
+    let failure = |reason: &str, message: &str| StartFailure {
+        job: String::new(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+    };
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for cs in containers {
+        let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = waiting.reason.as_deref().unwrap_or_default();
+        if !START_FAILURE_REASONS.contains(&reason) {
+            continue;
+        }
+        let message = waiting.message.as_deref().unwrap_or_default();
+        let reason = if reason == "CreateContainerConfigError" && message.starts_with("secret ") {
+            r::SECRET_NOT_FOUND
+        } else if reason == "CreateContainerConfigError" && message.contains(" in Secret ") {
+            r::SECRET_KEY_NOT_FOUND
+        } else {
+            reason
+        };
+        return Some(failure(reason, message));
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    let message = unschedulable.message.as_deref().unwrap_or_default();
+    let reason = if message.contains("unbound") && message.contains("PersistentVolumeClaim") {
+        r::CLAIM_NOT_BOUND
+    } else {
+        r::UNSCHEDULABLE
+    };
+    Some(failure(reason, message))
+}
+
+/// An active Job whose pod has not been able to start for [`START_FAILURE_LIMIT`], as a
+/// failed run with the pod's reason; `None` while it may still start.
+pub fn stuck_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedRun> {
+    if job_state(job) != JobState::Active {
+        return None;
+    }
+    let kind = job_kind(job)?;
+    let failure = start_failure(pods)?;
+    let started = job
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(job.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0)?;
+    if now.duration_since(started) < START_FAILURE_LIMIT {
+        return None;
+    }
+    let name = job.metadata.name.clone().unwrap_or_default();
+    Some(FinishedRun {
+        job: name.clone(),
+        kind,
+        schedule: job
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SCHEDULE))
+            .cloned(),
+        succeeded: false,
+        result: None,
+        start_time: Some(started),
+        finish_time: now,
+        reason: Some(failure.reason),
+        message: Some(format!(
+            "the pod of Job {name} could not start for {}s: {}; the Job was stopped",
+            START_FAILURE_LIMIT.as_secs(),
+            failure.message
+        )),
+    })
+}
+
+/// When a Job finished (its `Complete` or `Failed` condition), if it has.
+pub fn job_finish_time(job: &Job) -> Option<Timestamp> {
+    condition_time(job, "Complete").or_else(|| condition_time(job, "Failed"))
+}
+
+/// The completion time of the oldest record when `recentBackups` is full: a backup that
+/// finished before it was recorded and rotated out, or is too old to be recorded now.
+fn oldest_recorded_when_full(status: &BackupTargetStatus) -> Option<Timestamp> {
+    if status.recent_backups.len() < RECENT_BACKUPS_LIMIT {
+        return None;
+    }
+    status
+        .recent_backups
+        .iter()
+        .filter_map(|b| b.completion_time.as_ref().map(|t| t.0))
+        .min()
+}
+
+/// Whether `status` records the backup run of Job `job`.
+pub fn backup_recorded(status: &BackupTargetStatus, job: &str) -> bool {
+    status
+        .recent_backups
+        .iter()
+        .any(|b| b.job.as_deref() == Some(job))
+        || status.last_backup.as_ref().and_then(|b| b.job.as_deref()) == Some(job)
+}
+
+/// Whether a finished Job may hold a run the status has not recorded (cheap, without
+/// pods). A backup that finished before the oldest entry of a full `recentBackups` counts
+/// as recorded, so history limits can delete it.
+pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &Job) -> bool {
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    match job_kind(job) {
+        Some(RunKind::Backup) => {
+            if backup_recorded(status, name) {
+                return false;
+            }
+            match (oldest_recorded_when_full(status), job_finish_time(job)) {
+                (Some(oldest), Some(done)) => time(done).0 >= oldest,
+                _ => true,
+            }
+        }
+        Some(RunKind::Probe) => match (status.last_probe_time.as_ref(), job_finish_time(job)) {
+            (Some(last), Some(done)) => time(done).0 > last.0,
+            _ => true,
+        },
+        None => false,
+    }
+}
+
 /// The runs among `runs` that `status` has not recorded yet: backups whose Job is not in
 /// `recentBackups` (and not older than all of a full list), and the newest probe that
 /// finished after `lastProbeTime`.
 pub fn unrecorded_runs(status: &BackupTargetStatus, runs: Vec<FinishedRun>) -> Vec<FinishedRun> {
-    let recorded = |job: &str| {
-        status
-            .recent_backups
-            .iter()
-            .any(|b| b.job.as_deref() == Some(job))
-            || status.last_backup.as_ref().and_then(|b| b.job.as_deref()) == Some(job)
-    };
-    let oldest_kept = (status.recent_backups.len() >= RECENT_BACKUPS_LIMIT)
-        .then(|| {
-            status
-                .recent_backups
-                .iter()
-                .filter_map(|b| b.completion_time.as_ref().map(|t| t.0))
-                .min()
-        })
-        .flatten();
+    let recorded = |job: &str| backup_recorded(status, job);
+    let oldest_kept = oldest_recorded_when_full(status);
     let last_probe = status.last_probe_time.as_ref().map(|t| t.0);
     let mut newest_probe: Option<FinishedRun> = None;
     let mut out = Vec::new();
@@ -367,6 +541,8 @@ pub struct TargetObservation {
     pub handled_backup_now: Option<String>,
     /// The probe-now token handled by this reconcile, if any.
     pub handled_probe_now: Option<String>,
+    /// Why an active run's pod cannot start, if one cannot.
+    pub start_failure: Option<StartFailure>,
     /// Now.
     pub now: Timestamp,
 }
@@ -440,6 +616,19 @@ pub fn upsert_condition(
         observed_generation: generation,
         last_transition_time,
     });
+}
+
+/// Whether a `Reachable` reason came from a pod that could not start (and so goes away
+/// with it, rather than waiting for the next probe).
+fn is_start_failure_reason(reason: &str) -> bool {
+    [
+        r::SECRET_NOT_FOUND,
+        r::SECRET_KEY_NOT_FOUND,
+        r::CLAIM_NOT_BOUND,
+        r::UNSCHEDULABLE,
+    ]
+    .contains(&reason)
+        || START_FAILURE_REASONS.contains(&reason)
 }
 
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -636,7 +825,23 @@ pub fn derive_target_status(
                 now,
             );
         }
-    } else if let Some(c) = find(previous, conditions::REACHABLE) {
+    } else if let Some(failure) = &obs.start_failure {
+        upsert_condition(
+            &mut conds,
+            previous,
+            conditions::REACHABLE,
+            "False",
+            &failure.reason,
+            format!(
+                "the pod of Job {} cannot start: {}",
+                failure.job, failure.message
+            ),
+            generation,
+            now,
+        );
+    } else if let Some(c) = find(previous, conditions::REACHABLE)
+        .filter(|c| !(c.status == "False" && is_start_failure_reason(&c.reason)))
+    {
         conds.push(c.clone());
     } else if obs.probe_supported {
         upsert_condition(
@@ -833,6 +1038,7 @@ mod tests {
             new_runs: runs,
             handled_backup_now: None,
             handled_probe_now: None,
+            start_failure: None,
             now: ts("2030-01-01T01:00:00Z"),
         }
     }
@@ -920,6 +1126,202 @@ mod tests {
     }
 
     #[test]
+    fn a_completed_job_without_a_readable_result_is_a_failed_run() {
+        let j = job(
+            "j",
+            "backup",
+            Some(("Complete", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        for pods in [vec![], vec![pod(Some("not json {"))], vec![pod(Some(""))]] {
+            let run = finished_run(&j, &pods, ts("2031-01-01T00:00:00Z")).unwrap();
+            assert!(!run.succeeded, "{pods:?}");
+            assert_eq!(run.reason.as_deref(), Some("NoResult"));
+            assert!(
+                run.message
+                    .as_deref()
+                    .unwrap()
+                    .contains("no readable result"),
+                "{run:?}"
+            );
+        }
+    }
+
+    fn waiting_pod(reason: &str, message: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "run", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_says_why_with_its_own_reason() {
+        let unschedulable = |message: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "creationTimestamp": "2030-01-01T00:00:00Z"},
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "reason": "Unschedulable", "message": message}]}}))
+            .unwrap()
+        };
+        let cases = [
+            (
+                waiting_pod(
+                    "CreateContainerConfigError",
+                    r#"secret "app-db-backup" not found"#,
+                ),
+                Some(("SecretNotFound", r#"secret "app-db-backup" not found"#)),
+            ),
+            (
+                waiting_pod(
+                    "CreateContainerConfigError",
+                    "couldn't find key password in Secret shop/app-db-backup",
+                ),
+                Some((
+                    "SecretKeyNotFound",
+                    "couldn't find key password in Secret shop/app-db-backup",
+                )),
+            ),
+            (
+                waiting_pod("ImagePullBackOff", "Back-off pulling image \"postgres:99\""),
+                Some(("ImagePullBackOff", "Back-off pulling image \"postgres:99\"")),
+            ),
+            (
+                waiting_pod("ErrImagePull", "not found"),
+                Some(("ErrImagePull", "not found")),
+            ),
+            (
+                unschedulable(
+                    "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+                ),
+                Some((
+                    "ClaimNotBound",
+                    "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+                )),
+            ),
+            (
+                unschedulable(
+                    "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+                ),
+                Some((
+                    "Unschedulable",
+                    "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.",
+                )),
+            ),
+            (waiting_pod("ContainerCreating", ""), None),
+            (pod(Some("{}")), None),
+        ];
+        for (pod, expected) in cases {
+            let got = start_failure(std::slice::from_ref(&pod));
+            assert_eq!(
+                got.as_ref()
+                    .map(|f| (f.reason.as_str(), f.message.as_str())),
+                expected,
+                "{pod:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_stuck_before_its_start_becomes_a_failure_after_the_limit() {
+        let j = job("j", "backup", None, None); // started 2030-01-01T00:00:00Z
+        let pods = [waiting_pod(
+            "CreateContainerConfigError",
+            r#"secret "s" not found"#,
+        )];
+        let early =
+            ts("2030-01-01T00:00:00Z") + START_FAILURE_LIMIT - jiff::SignedDuration::from_secs(1);
+        assert_eq!(stuck_run(&j, &pods, early), None);
+        let late = ts("2030-01-01T00:00:00Z") + START_FAILURE_LIMIT;
+        let run = stuck_run(&j, &pods, late).unwrap();
+        assert!(!run.succeeded);
+        assert_eq!(run.reason.as_deref(), Some("SecretNotFound"));
+        assert!(
+            run.message
+                .as_deref()
+                .unwrap()
+                .contains(r#"secret "s" not found"#)
+        );
+        assert_eq!(stuck_run(&j, &[pod(Some("{}"))], late), None);
+    }
+
+    #[test]
+    fn a_start_failure_makes_reachable_and_ready_false_until_it_is_gone() {
+        let mut obs = observe(vec![]);
+        obs.start_failure = Some(StartFailure {
+            job: "app-db-b-1".into(),
+            reason: "SecretNotFound".into(),
+            message: r#"secret "app-db-backup" not found"#.into(),
+        });
+        let stuck = derive_target_status(&BackupTargetStatus::default(), &obs).status;
+        let reachable = cond(&stuck, conditions::REACHABLE);
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(
+            reachable
+                .message
+                .contains(r#"secret "app-db-backup" not found"#)
+        );
+        assert!(reachable.message.contains("app-db-b-1"));
+        assert_eq!(cond(&stuck, conditions::READY).status, "False");
+        // The Secret appeared and the pod started: the stale reason does not linger.
+        let resolved = derive_target_status(&stuck, &observe(vec![])).status;
+        let reachable = cond(&resolved, conditions::REACHABLE);
+        assert_eq!(reachable.status, "Unknown", "{reachable:?}");
+        assert_eq!(cond(&resolved, conditions::READY).status, "True");
+    }
+
+    #[test]
+    fn jobs_older_than_the_recorded_window_count_as_recorded() {
+        let mut status = BackupTargetStatus::default();
+        for i in 0..RECENT_BACKUPS_LIMIT {
+            status.recent_backups.push(BackupRecord {
+                outcome: RunOutcome::Succeeded,
+                start_time: None,
+                completion_time: Some(time(ts(&format!("2030-01-02T00:{i:02}:00Z")))),
+                artifact: None,
+                size_bytes: None,
+                size: None,
+                sha256: None,
+                duration_seconds: None,
+                job: Some(format!("j{i}")),
+                schedule: None,
+                reason: None,
+                message: None,
+            });
+        }
+        let old = job(
+            "old",
+            "backup",
+            Some(("Complete", "2030-01-01T00:00:00Z")),
+            None,
+        );
+        let new = job(
+            "new",
+            "backup",
+            Some(("Complete", "2030-01-03T00:00:00Z")),
+            None,
+        );
+        let recorded = job(
+            "j3",
+            "backup",
+            Some(("Complete", "2030-01-02T00:03:00Z")),
+            None,
+        );
+        assert!(
+            !may_be_unrecorded(&status, &old),
+            "rotated out: never recorded again"
+        );
+        assert!(may_be_unrecorded(&status, &new));
+        assert!(!may_be_unrecorded(&status, &recorded));
+        status.recent_backups.truncate(3);
+        assert!(
+            may_be_unrecorded(&status, &old),
+            "the window is not full yet"
+        );
+    }
+
+    #[test]
     fn a_probe_result_is_not_taken_for_a_backup() {
         let mut res = result("ok", json!({}));
         res.operation = Operation::Probe;
@@ -936,7 +1338,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run.result, None);
-        assert!(run.succeeded);
+        // A backup Job whose only result is a probe's did not report a backup.
+        assert!(!run.succeeded);
+        assert_eq!(run.reason.as_deref(), Some("NoResult"));
     }
 
     #[test]

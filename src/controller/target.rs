@@ -1,16 +1,19 @@
 //! The BackupTarget reconciler: validate the plugin config, run probes and on-demand
 //! backups, and record finished runs in the status.
 //!
-//! Steps: check the spec → read the target's Jobs (and the pods of finished, unrecorded
-//! ones) → create the Jobs that are due → derive the status (pure, [`super::status`]) →
-//! write it only if it changed → publish the events of the recorded transitions.
+//! Observe → plan → apply → record: check the spec; observe the target's Jobs and the pods
+//! of unrecorded and active runs; record finished runs (and runs whose pod could not start)
+//! in the status first; then plan the due runs (`backup-now` through
+//! [`runs::plan_start`], probes through [`plan_probe`]), create their Jobs, record what was
+//! handled; finally delete the Jobs that are no longer needed (history limits, runs of
+//! deleted schedules, stopped runs).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -20,11 +23,12 @@ use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::registry::PluginConfig;
 
 use super::events::{self, PlannedEvent, reasons};
+use super::runs::{self, StartDecision, StartRequest, StartTrigger};
 use super::status::{
     self, ConfigCheck, JobState, RunKind, TargetObservation, derive_target_status, job_kind,
     job_state,
 };
-use super::{Context, Error, LABEL_JOB_NAME, LABEL_SCHEDULE, LABEL_TARGET};
+use super::{Context, Error, LABEL_JOB_NAME, LABEL_KIND, LABEL_SCHEDULE, LABEL_TARGET};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backuptarget";
@@ -167,40 +171,67 @@ fn annotation(target: &BackupTarget, key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn job_finish_time(job: &Job) -> Option<Timestamp> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0)
+/// What a target reconcile reads from the cluster.
+struct Observed {
+    /// The target's Jobs (backups and probes).
+    jobs: Vec<Job>,
+    /// Finished runs not recorded yet, and active runs stuck before their start past
+    /// [`status::START_FAILURE_LIMIT`].
+    new_runs: Vec<status::FinishedRun>,
+    /// Why an active run's pod cannot start (within the limit).
+    start_failure: Option<status::StartFailure>,
+    /// Active Jobs whose pod could not start past the limit: deleted once recorded.
+    stuck_jobs: Vec<String>,
 }
 
-/// Whether a finished Job may hold a run the status has not recorded (cheap, without pods).
-pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &Job) -> bool {
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    match job_kind(job) {
-        Some(RunKind::Backup) => {
-            !status
-                .recent_backups
-                .iter()
-                .any(|b| b.job.as_deref() == Some(name))
-                && status.last_backup.as_ref().and_then(|b| b.job.as_deref()) != Some(name)
+async fn observe(
+    ctx: &Context,
+    target: &BackupTarget,
+    namespace: &str,
+    name: &str,
+    now: Timestamp,
+) -> Result<Observed, Error> {
+    let prev = target.status.clone().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let jobs = jobs_api
+        .list(&ListParams::default().labels(&format!(
+            "{LABEL_TARGET}={}",
+            crate::jobs::label_value(name)
+        )))
+        .await?
+        .items;
+    let mut runs = Vec::new();
+    let mut start_failure = None;
+    let mut stuck_jobs = Vec::new();
+    for job in &jobs {
+        let active = job_state(job) == JobState::Active;
+        if (!active && !status::may_be_unrecorded(&prev, job))
+            || job.metadata.deletion_timestamp.is_some()
+        {
+            continue;
         }
-        Some(RunKind::Probe) => match (status.last_probe_time.as_ref(), job_finish_time(job)) {
-            (Some(last), Some(done)) => status::time(done).0 > last.0,
-            _ => true,
-        },
-        None => false,
+        let job_name = job.metadata.name.clone().unwrap_or_default();
+        let pods = pods_api
+            .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={job_name}")))
+            .await?
+            .items;
+        if !active {
+            runs.extend(status::finished_run(job, &pods, now));
+        } else if let Some(stuck) = status::stuck_run(job, &pods, now) {
+            stuck_jobs.push(job_name);
+            runs.push(stuck);
+        } else if let Some(mut failure) = status::start_failure(&pods) {
+            failure.job = job_name;
+            start_failure = Some(failure);
+        }
     }
-}
-
-async fn create_job(jobs: &Api<Job>, job: &Job) -> Result<bool, Error> {
-    match jobs.create(&PostParams::default(), job).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(Observed {
+        new_runs: status::unrecorded_runs(&prev, runs),
+        jobs,
+        start_failure,
+        stuck_jobs,
+    })
 }
 
 fn build(target: &BackupTarget, request: &RunRequest, ctx: &Context) -> Result<Job, Error> {
@@ -236,6 +267,130 @@ pub async fn reconcile(target: Arc<BackupTarget>, ctx: Arc<Context>) -> Result<A
     Ok(action)
 }
 
+/// Conditions of the target's status that other writers own (the schedules'
+/// `JobsAccepted`): kept out of this reconciler's derivation and patches.
+fn foreign_condition(type_: &str) -> bool {
+    type_ == crate::api::conditions::JOBS_ACCEPTED
+}
+
+/// Write the status (only its own fields) when it differs from `prev`.
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    prev: &BackupTargetStatus,
+    status: &BackupTargetStatus,
+) -> Result<(), Error> {
+    let own = |s: &BackupTargetStatus| {
+        let mut s = s.clone();
+        s.conditions.retain(|c| !foreign_condition(&c.type_));
+        s
+    };
+    let status = own(status);
+    if status == own(prev) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "stowage.dev/v1alpha1",
+        "kind": "BackupTarget",
+        "status": status,
+    });
+    let targets: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
+    targets
+        .patch_status(
+            name,
+            &PatchParams::apply(super::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    tracing::debug!("status written");
+    Ok(())
+}
+
+/// The status derived from `prev`, keeping the conditions other writers own.
+fn derive(
+    prev: &BackupTargetStatus,
+    observation: &TargetObservation,
+) -> status::TargetStatusUpdate {
+    let mut update = derive_target_status(prev, observation);
+    update.status.conditions.extend(
+        prev.conditions
+            .iter()
+            .filter(|c| foreign_condition(&c.type_))
+            .cloned(),
+    );
+    update
+}
+
+/// The on-demand backup a `backup-now` token asks for, and what to do about it.
+struct OnDemand {
+    token: String,
+    decision: StartDecision,
+    job: Option<Job>,
+}
+
+/// Plan the pending `backup-now`, if any: skipped (suspended, invalid), waiting (the
+/// target or its ReadWriteOnce claim is busy), or started.
+async fn plan_backup_now(
+    ctx: &Context,
+    target: &BackupTarget,
+    namespace: &str,
+    config_invalid: Option<String>,
+) -> Result<Option<OnDemand>, Error> {
+    let prev = target.status.clone().unwrap_or_default();
+    let Some(token) = annotation(target, ANNOTATION_BACKUP_NOW)
+        .filter(|token| prev.last_handled_backup_now.as_deref() != Some(token.as_str()))
+    else {
+        return Ok(None);
+    };
+    let request = RunRequest {
+        kind: JobRunKind::Backup,
+        trigger: Trigger::BackupNow {
+            token: token.clone(),
+        },
+    };
+    let job_name = crate::jobs::job_name(target, &request);
+    let mut start = StartRequest {
+        target: target.name_any(),
+        job: job_name.clone(),
+        trigger: StartTrigger::OnDemand,
+        claim: target.spec.storage.claim_name.clone(),
+        claim_single_node: true,
+        suspended: target.spec.suspend,
+        config_invalid,
+        job_exists: false,
+    };
+    // A quick answer first: a skip needs nothing from the cluster.
+    if let decision @ StartDecision::Skip(_) = runs::plan_start(&start, &[]) {
+        return Ok(Some(OnDemand {
+            token,
+            decision,
+            job: None,
+        }));
+    }
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let backups = jobs_api
+        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
+        .await?
+        .items;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    start.claim_single_node = match pvcs.get_opt(&start.claim).await? {
+        Some(pvc) => super::is_single_node_claim(&pvc),
+        None => true,
+    };
+    start.job_exists = backups.iter().any(|j| j.name_any() == job_name);
+    let decision = runs::plan_start(&start, &runs::active_runs(&backups));
+    let job = match decision {
+        StartDecision::Create { .. } => Some(build(target, &request, ctx)?),
+        _ => None,
+    };
+    Ok(Some(OnDemand {
+        token,
+        decision,
+        job,
+    }))
+}
+
 #[tracing::instrument(skip(target, ctx))]
 async fn reconcile_inner(
     target: &BackupTarget,
@@ -249,108 +404,156 @@ async fn reconcile_inner(
     let info = plugin.info();
     let config = check_config(plugin, ctx.settings.allowed_plugins.as_deref());
     let can_run = config == ConfigCheck::Valid && !target.spec.suspend;
-
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let jobs = jobs_api
-        .list(&ListParams::default().labels(&format!(
-            "{LABEL_TARGET}={}",
-            crate::jobs::label_value(name)
-        )))
-        .await?
-        .items;
 
-    // Finished runs the status has not recorded: read their pods' results.
-    let mut finished = Vec::new();
-    for job in jobs.iter().filter(|j| job_state(j) != JobState::Active) {
-        if !may_be_unrecorded(&prev, job) {
-            continue;
-        }
-        let job_name = job.metadata.name.clone().unwrap_or_default();
-        let pods = pods_api
-            .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={job_name}")))
-            .await?
-            .items;
-        if let Some(run) = status::finished_run(job, &pods, now) {
-            finished.push(run);
-        }
-    }
-    let new_runs = status::unrecorded_runs(&prev, finished);
+    // Observe.
+    let observed = observe(ctx, target, namespace, name, now).await?;
+    let observation = |new_runs, handled_backup_now, handled_probe_now| TargetObservation {
+        generation: target.metadata.generation,
+        plugin: plugin.key().to_owned(),
+        plugin_version: info.version.to_owned(),
+        probe_supported: info.capabilities.probe,
+        config: config.clone(),
+        suspended: target.spec.suspend,
+        new_runs,
+        handled_backup_now,
+        handled_probe_now,
+        start_failure: observed.start_failure.clone(),
+        now,
+    };
 
-    let mut events_now: Vec<PlannedEvent> = Vec::new();
-    let mut requeue = RESYNC;
-    let mut handled_backup_now = None;
-    let mut handled_probe_now = None;
-
-    // On-demand backup.
-    if let Some(token) = annotation(target, ANNOTATION_BACKUP_NOW)
-        && prev.last_handled_backup_now.as_deref() != Some(token.as_str())
+    // Record finished runs before anything new starts.
+    let recorded = derive(&prev, &observation(observed.new_runs.clone(), None, None));
+    write_status(ctx, namespace, name, &prev, &recorded.status).await?;
+    let mut events_now: Vec<PlannedEvent> = recorded.events;
+    if let Some(failure) = &observed.start_failure
+        && prev
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::api::conditions::REACHABLE)
+            .is_none_or(|c| c.reason != failure.reason)
     {
-        if !can_run {
-            let why = if target.spec.suspend {
-                "spec.suspend is true".to_owned()
-            } else {
-                "the configuration is not valid (see condition ConfigValid)".to_owned()
-            };
-            events_now.push(PlannedEvent::warning(
-                reasons::BACKUP_SKIPPED,
-                format!("backup-now {token:?} not run: {why}"),
-            ));
-            handled_backup_now = Some(token);
-        } else {
-            let request = RunRequest {
-                kind: JobRunKind::Backup,
-                trigger: Trigger::BackupNow {
-                    token: token.clone(),
-                },
-            };
-            let job = build(target, &request, ctx)?;
-            let job_name = job.metadata.name.clone().unwrap_or_default();
-            match super::claim_holder(
-                ctx,
-                namespace,
-                &target.spec.storage.claim_name,
-                std::slice::from_ref(&job_name),
-            )
-            .await?
-            {
-                Some(holder) => {
-                    tracing::info!(
-                        job = job_name,
-                        holder,
-                        claim = target.spec.storage.claim_name,
-                        "on-demand backup waits for the ReadWriteOnce claim"
-                    );
-                    events::publish(
-                        &ctx.recorder,
-                        &target.object_ref(&()),
-                        &[PlannedEvent::normal(
-                            reasons::WAITING_FOR_CLAIM,
-                            format!(
-                                "backup-now {token:?} waits: Job {holder} is using ReadWriteOnce claim {}",
-                                target.spec.storage.claim_name
-                            ),
-                        )],
-                    )
-                    .await;
-                    requeue = requeue.min(CLAIM_RETRY);
-                }
-                None => {
-                    if create_job(&jobs_api, &job).await? {
+        events_now.push(PlannedEvent::warning(
+            reasons::RUN_CANNOT_START,
+            format!(
+                "the pod of Job {} cannot start: {}: {}",
+                failure.job, failure.reason, failure.message
+            ),
+        ));
+    }
+    for run in observed
+        .new_runs
+        .iter()
+        .filter(|r| r.kind == RunKind::Backup)
+    {
+        ctx.metrics.backup_finished(
+            namespace,
+            name,
+            plugin.key(),
+            run.succeeded,
+            run.result.as_ref().map(|r| r.duration_seconds),
+        );
+        tracing::info!(
+            job = run.job,
+            succeeded = run.succeeded,
+            reason = run.reason.as_deref().unwrap_or_default(),
+            "backup finished"
+        );
+    }
+    let mut status_now = recorded.status;
+    // Their failure is recorded: stop them, so they free their claim.
+    for job in &observed.stuck_jobs {
+        tracing::warn!(job, "stopping a run whose pod could not start");
+        delete_job(&jobs_api, job).await?;
+    }
+
+    // Plan and apply the runs that are due.
+    let mut requeue = RESYNC;
+    if observed.start_failure.is_some() {
+        // Look again when the stuck run reaches its limit.
+        requeue = requeue.min(Duration::from_secs(30));
+    }
+    let config_invalid = match &config {
+        ConfigCheck::Valid => None,
+        ConfigCheck::Invalid(m) | ConfigCheck::NotAllowed(m) => Some(m.clone()),
+    };
+    let mut handled_backup_now = None;
+    let mut rejected_runs = Vec::new();
+    if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid).await? {
+        let token = on_demand.token;
+        match on_demand.decision {
+            StartDecision::Skip(why) => {
+                events_now.push(PlannedEvent::warning(
+                    reasons::BACKUP_SKIPPED,
+                    format!("backup-now {token:?} not run: {why}"),
+                ));
+                handled_backup_now = Some(token);
+            }
+            StartDecision::Wait(why) => {
+                tracing::info!(token, reason = %why, "on-demand backup waits");
+                let reason = match why {
+                    runs::WaitReason::ClaimBusy { .. } => reasons::WAITING_FOR_CLAIM,
+                    runs::WaitReason::TargetBusy { .. } => reasons::WAITING_FOR_RUN,
+                };
+                events::publish(
+                    &ctx.recorder,
+                    &target.object_ref(&()),
+                    &[PlannedEvent::normal(
+                        reason,
+                        format!("backup-now {token:?} waits: {why}"),
+                    )],
+                )
+                .await;
+                requeue = requeue.min(CLAIM_RETRY);
+            }
+            StartDecision::Exists => handled_backup_now = Some(token),
+            StartDecision::Create { .. } => {
+                let Some(job) = on_demand.job else {
+                    return Err(Error::BuildJob {
+                        target: name.to_owned(),
+                        message: "no Job was built for a run to create".into(),
+                    });
+                };
+                let job_name = job.name_any();
+                match jobs_api.create(&PostParams::default(), &job).await {
+                    Ok(_) => {
                         tracing::info!(job = job_name, token, "created on-demand backup Job");
                         events_now.push(PlannedEvent::normal(
                             reasons::BACKUP_STARTED,
                             format!("Job {job_name} started for backup-now {token:?}"),
                         ));
+                        handled_backup_now = Some(token);
                     }
-                    handled_backup_now = Some(token);
+                    Err(kube::Error::Api(s)) if s.code == 409 => handled_backup_now = Some(token),
+                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                        // Retrying the same Job cannot help: the run fails, named.
+                        tracing::warn!(job = job_name, error = s.message, "on-demand Job rejected");
+                        rejected_runs.push(status::FinishedRun {
+                            job: job_name.clone(),
+                            kind: RunKind::Backup,
+                            schedule: None,
+                            succeeded: false,
+                            result: None,
+                            start_time: Some(now),
+                            finish_time: now,
+                            reason: Some(reasons::JOB_REJECTED.to_owned()),
+                            message: Some(format!(
+                                "the API server rejected Job {job_name}: {}; fix spec.job of the target",
+                                s.message
+                            )),
+                        });
+                        handled_backup_now = Some(token);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
     }
 
     // Probe.
-    let probe_active = jobs
+    let mut handled_probe_now = None;
+    let probe_active = observed
+        .jobs
         .iter()
         .any(|j| job_kind(j) == Some(RunKind::Probe) && job_state(j) == JobState::Active);
     if info.capabilities.probe {
@@ -367,89 +570,60 @@ async fn reconcile_inner(
                     },
                 };
                 let job = build(target, &request, ctx)?;
-                if create_job(&jobs_api, &job).await? {
-                    tracing::info!(
+                match jobs_api.create(&PostParams::default(), &job).await {
+                    Ok(_) => tracing::info!(
                         job = job.metadata.name.as_deref().unwrap_or_default(),
                         token = plan.token,
                         "created probe Job"
-                    );
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             handled_probe_now = plan.handles_probe_now;
         }
     }
 
-    // Status.
-    let observation = TargetObservation {
-        generation: target.metadata.generation,
-        plugin: plugin.key().to_owned(),
-        plugin_version: info.version.to_owned(),
-        probe_supported: info.capabilities.probe,
-        config,
-        suspended: target.spec.suspend,
-        new_runs: new_runs.clone(),
-        handled_backup_now,
-        handled_probe_now,
-        now,
-    };
-    let update = derive_target_status(&prev, &observation);
-    if update.status != prev {
-        let patch = serde_json::json!({
-            "apiVersion": "stowage.dev/v1alpha1",
-            "kind": "BackupTarget",
-            "status": update.status,
-        });
-        let targets: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
-        targets
-            .patch_status(
-                name,
-                &PatchParams::apply(super::FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-        tracing::debug!("status written");
-    }
-    for run in new_runs.iter().filter(|r| r.kind == RunKind::Backup) {
-        ctx.metrics.backup_finished(
-            namespace,
-            name,
-            plugin.key(),
-            run.succeeded,
-            run.result.as_ref().map(|r| r.duration_seconds),
-        );
-        tracing::info!(
-            job = run.job,
-            succeeded = run.succeeded,
-            reason = run.reason.as_deref().unwrap_or_default(),
-            "backup finished"
-        );
-    }
+    // Record what was started.
+    let update = derive(
+        &status_now,
+        &observation(rejected_runs, handled_backup_now, handled_probe_now),
+    );
+    write_status(ctx, namespace, name, &status_now, &update.status).await?;
+    events_now.extend(update.events);
+    status_now = update.status;
     ctx.metrics.target_observed(
         namespace,
         name,
-        update
-            .status
-            .last_successful_backup_time
-            .as_ref()
-            .map(|t| t.0),
-        update.status.artifacts.as_ref().map(|a| a.total_bytes),
+        status_now.last_successful_backup_time.as_ref().map(|t| t.0),
+        status_now.artifacts.as_ref().map(|a| a.total_bytes),
     );
-    events_now.extend(update.events);
     if !events_now.is_empty() {
         events::publish(&ctx.recorder, &target.object_ref(&()), &events_now).await;
     }
 
-    // Cleanup of recorded on-demand and probe Jobs beyond their limits.
-    cleanup_jobs(&jobs_api, &jobs, &update.status).await?;
+    // Jobs no longer needed: stuck runs now recorded, and history beyond the limits.
+    let schedule_exists = |schedule: &str| ctx.schedule_exists(namespace, schedule);
+    for job in jobs_to_delete(&observed.jobs, &status_now, &schedule_exists) {
+        delete_job(&jobs_api, &job.name_any()).await?;
+    }
 
     Ok(ctx.requeue(requeue))
 }
 
-/// Finished, recorded Jobs of a target that are not kept: on-demand backups beyond
-/// [`ON_DEMAND_JOBS_KEPT`] and probes beyond [`PROBE_JOBS_KEPT`], oldest first. Scheduled
-/// backups are left to their schedule's history limits.
-pub fn jobs_to_delete<'a>(jobs: &'a [Job], status: &BackupTargetStatus) -> Vec<&'a Job> {
-    let mut out = Vec::new();
+/// The target's finished Jobs that are not kept, oldest first: on-demand backups beyond
+/// [`ON_DEMAND_JOBS_KEPT`], probes beyond [`PROBE_JOBS_KEPT`], and scheduled backups whose
+/// schedule is gone (`schedule_exists` says `Some(false)`). Only recorded runs are
+/// deleted. Scheduled backups of a live schedule are left to its history limits.
+pub fn jobs_to_delete<'a>(
+    jobs: &'a [Job],
+    status: &BackupTargetStatus,
+    schedule_exists: &dyn Fn(&str) -> Option<bool>,
+) -> Vec<&'a Job> {
+    let live = |j: &&Job| j.metadata.deletion_timestamp.is_none();
+    let finished_recorded =
+        |j: &&Job| job_state(j) != JobState::Active && !status::may_be_unrecorded(status, j);
+    let mut out: Vec<&Job> = Vec::new();
     for (kind, keep) in [
         (RunKind::Backup, ON_DEMAND_JOBS_KEPT),
         (RunKind::Probe, PROBE_JOBS_KEPT),
@@ -458,34 +632,38 @@ pub fn jobs_to_delete<'a>(jobs: &'a [Job], status: &BackupTargetStatus) -> Vec<&
             .iter()
             .filter(|j| job_kind(j) == Some(kind))
             .filter(|j| !j.labels().contains_key(LABEL_SCHEDULE))
-            .filter(|j| job_state(j) != JobState::Active)
-            .filter(|j| j.metadata.deletion_timestamp.is_none())
-            .filter(|j| !may_be_unrecorded(status, j))
+            .filter(live)
+            .filter(finished_recorded)
             .collect();
-        finished.sort_by_key(|j| std::cmp::Reverse(job_finish_time(j)));
+        finished.sort_by_key(|j| std::cmp::Reverse(status::job_finish_time(j)));
         out.extend(finished.into_iter().skip(keep));
     }
+    out.extend(
+        jobs.iter()
+            .filter(live)
+            .filter(finished_recorded)
+            .filter(|j| {
+                j.annotations()
+                    .get(crate::jobs::annotations::SCHEDULE)
+                    .is_some_and(|s| schedule_exists(s) == Some(false))
+            }),
+    );
     out
 }
 
-async fn cleanup_jobs(
-    api: &Api<Job>,
-    jobs: &[Job],
-    status: &BackupTargetStatus,
-) -> Result<(), Error> {
-    for job in jobs_to_delete(jobs, status) {
-        let name = job.name_any();
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        match api.delete(&name, &params).await {
-            Ok(_) => tracing::debug!(job = name, "deleted a finished Job beyond the kept history"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), Error> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {
+            tracing::debug!(job = name, "deleted a Job no longer needed");
+            Ok(())
         }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -526,11 +704,7 @@ mod tests {
         );
         req.respond(200, list("JobList", vec![]));
 
-        let req = api.expect(Method::POST, JOBS).await;
-        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
-        assert_eq!(req.body["metadata"]["ownerReferences"][0]["name"], "app-db");
-        req.echo();
-
+        // The status is recorded before any Job starts.
         let req = api.expect(Method::PATCH, STATUS).await;
         assert_eq!(
             req.query("fieldManager").as_deref(),
@@ -550,6 +724,11 @@ mod tests {
             200,
             serde_json::to_value(with_status(target, &status)).unwrap(),
         );
+
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
+        assert_eq!(req.body["metadata"]["ownerReferences"][0]["name"], "app-db");
+        req.echo();
 
         let action = reconciled.await.unwrap().unwrap();
         assert!(
@@ -637,6 +816,7 @@ mod tests {
             new_runs: vec![],
             handled_backup_now: None,
             handled_probe_now: None,
+            start_failure: None,
             now: fixtures::now() - SignedDuration::from_mins(10),
         };
         target.status =
@@ -658,18 +838,18 @@ mod tests {
         api.expect(Method::GET, JOBS)
             .await
             .respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         let req = api.expect(Method::GET, JOBS).await;
         assert_eq!(
             req.query("labelSelector").as_deref(),
             Some("stowage.dev/kind=backup")
         );
         req.respond(200, list("JobList", vec![]));
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(200, rwo_claim());
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "backup");
         let created = req.body.clone();
@@ -692,6 +872,10 @@ mod tests {
         api.expect(Method::GET, JOBS)
             .await
             .respond(200, list("JobList", vec![created]));
+        // An active run's pods are read to see whether it can start.
+        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
+            .await
+            .respond(200, list("PodList", vec![]));
         again.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
@@ -709,12 +893,6 @@ mod tests {
         api.expect(Method::GET, JOBS)
             .await
             .respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         let busy = json!({"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": "other-backup", "namespace": "shop", "labels": {"stowage.dev/kind": "backup"}},
             "spec": {"template": {"spec": {"containers": [{"name": "run"}],
@@ -723,6 +901,12 @@ mod tests {
         api.expect(Method::GET, JOBS)
             .await
             .respond(200, list("JobList", vec![busy]));
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(200, rwo_claim());
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "WaitingForClaim");
         assert!(req.body["note"].as_str().unwrap().contains("other-backup"));
@@ -859,6 +1043,257 @@ mod tests {
         req.echo();
         reconciled.await.unwrap().unwrap();
         api.expect_no_more().await;
+    }
+
+    fn with_backup_now(mut target: BackupTarget, token: &str) -> BackupTarget {
+        target
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANNOTATION_BACKUP_NOW.into(), token.into());
+        target
+    }
+
+    #[tokio::test]
+    async fn backup_now_waits_while_a_scheduled_run_of_the_same_target_is_active() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let target = with_backup_now(observed_target(), "t2");
+        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
+        let scheduled = build_job(
+            &fixtures::target(),
+            &RunRequest::scheduled("nightly", fixtures::now(), None, None),
+            &crate::jobs::JobDefaults::default(),
+        )
+        .unwrap();
+        let mut scheduled = serde_json::to_value(scheduled).unwrap();
+        scheduled["status"] = json!({"active": 1});
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![scheduled.clone()]));
+        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
+            .await
+            .respond(200, list("PodList", vec![]));
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![scheduled]));
+        // A ReadWriteMany claim: only the one-writer rule holds the run back.
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "backups", "namespace": "shop"},
+            "spec": {"accessModes": ["ReadWriteMany"]}}),
+        );
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "WaitingForRun");
+        assert!(req.body["note"].as_str().unwrap().contains("same target"));
+        req.echo();
+        assert_eq!(
+            reconciled.await.unwrap().unwrap(),
+            Action::requeue(CLAIM_RETRY)
+        );
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_rejected_backup_now_job_is_a_failed_run_naming_the_api_error() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let target = with_backup_now(observed_target(), "t3");
+        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![]));
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![]));
+        api.expect(
+            Method::GET,
+            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
+        )
+        .await
+        .respond(200, rwo_claim());
+        let message = r#"Job.batch "app-db-b-x" is invalid: spec.template.spec.nodeSelector: Invalid value: "bad key""#;
+        api.expect(Method::POST, JOBS).await.respond(
+            422,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": message, "reason": "Invalid", "code": 422}),
+        );
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        assert_eq!(status["lastHandledBackupNow"], "t3");
+        assert_eq!(status["lastFailure"]["reason"], "JobRejected");
+        assert!(
+            status["lastFailure"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nodeSelector"),
+            "{status}"
+        );
+        assert_eq!(condition(&status, "Ready")["status"], "False");
+        req.respond(
+            200,
+            serde_json::to_value(with_status(fixtures::target(), &status)).unwrap(),
+        );
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "BackupFailed");
+        req.echo();
+        reconciled.await.unwrap().unwrap();
+        api.expect_no_more().await;
+    }
+
+    fn active_job_with_stuck_pod(started: &str) -> (serde_json::Value, serde_json::Value) {
+        let job = build_job(
+            &fixtures::target(),
+            &RunRequest::backup_now("t1"),
+            &crate::jobs::JobDefaults::default(),
+        )
+        .unwrap();
+        let mut job = serde_json::to_value(job).unwrap();
+        job["status"] = json!({"active": 1, "startTime": started});
+        let name = job["metadata"]["name"].as_str().unwrap().to_owned();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{name}-x"), "namespace": "shop", "creationTimestamp": started,
+                         "labels": {"batch.kubernetes.io/job-name": name}},
+            "status": {"phase": "Pending", "containerStatuses": [{"name": "run", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": "secret \"app-db-backup\" not found"}}}]}});
+        (job, pod)
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_start_shows_at_once_and_is_stopped_after_the_limit() {
+        let (ctx, mut api, clock, _registry) = fixtures::context();
+        let started = fixtures::now() - SignedDuration::from_secs(20);
+        let (job, pod) = active_job_with_stuck_pod(&started.to_string());
+        let job_name = job["metadata"]["name"].as_str().unwrap().to_owned();
+        let reconciled = tokio::spawn(reconcile(Arc::new(observed_target()), ctx.clone()));
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![job.clone()]));
+        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
+            .await
+            .respond(200, list("PodList", vec![pod.clone()]));
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        let reachable = condition(&status, "Reachable");
+        assert_eq!(reachable["status"], "False");
+        assert_eq!(reachable["reason"], "SecretNotFound");
+        assert!(
+            reachable["message"]
+                .as_str()
+                .unwrap()
+                .contains(r#"secret "app-db-backup" not found"#),
+            "{reachable}"
+        );
+        assert_eq!(condition(&status, "Ready")["status"], "False");
+        req.respond(
+            200,
+            serde_json::to_value(with_status(fixtures::target(), &status)).unwrap(),
+        );
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "RunCannotStart");
+        req.echo();
+        let action = reconciled.await.unwrap().unwrap();
+        assert!(
+            action == Action::requeue(Duration::from_secs(30)),
+            "{action:?}"
+        );
+
+        // Past the limit: the run is recorded as failed with the pod's reason, then its
+        // Job is deleted so it no longer holds the claim.
+        clock.set(started + status::START_FAILURE_LIMIT + SignedDuration::from_secs(1));
+        let stuck_target = with_status(observed_target(), &status);
+        let reconciled = tokio::spawn(reconcile(Arc::new(stuck_target), ctx));
+        api.expect(Method::GET, JOBS)
+            .await
+            .respond(200, list("JobList", vec![job]));
+        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
+            .await
+            .respond(200, list("PodList", vec![pod]));
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        assert_eq!(status["lastBackup"]["outcome"], "Failed");
+        assert_eq!(status["lastBackup"]["reason"], "SecretNotFound");
+        assert_eq!(status["lastBackup"]["job"], job_name.as_str());
+        req.respond(
+            200,
+            serde_json::to_value(with_status(fixtures::target(), &status)).unwrap(),
+        );
+        let req = api
+            .expect(Method::DELETE, &format!("{JOBS}/{job_name}"))
+            .await;
+        req.respond(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        );
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "BackupFailed");
+        req.echo();
+        reconciled.await.unwrap().unwrap();
+        api.expect_no_more().await;
+    }
+
+    #[test]
+    fn history_is_bounded_and_jobs_of_deleted_schedules_go() {
+        let defaults = crate::jobs::JobDefaults::default();
+        let target = fixtures::target();
+        let finished = |request: RunRequest, at: &str| -> Job {
+            let job = build_job(&target, &request, &defaults).unwrap();
+            serde_json::from_value(finish_job(serde_json::to_value(job).unwrap(), true, at))
+                .unwrap()
+        };
+        let mut jobs = Vec::new();
+        for i in 0..5 {
+            jobs.push(finished(
+                RunRequest::backup_now(format!("t{i}")),
+                &format!("2030-01-01T00:0{i}:00Z"),
+            ));
+        }
+        let gone = finished(
+            RunRequest::scheduled("gone", fixtures::now(), None, None),
+            "2030-01-01T01:00:00Z",
+        );
+        let live = finished(
+            RunRequest::scheduled("nightly", fixtures::now(), None, None),
+            "2030-01-01T01:00:00Z",
+        );
+        jobs.push(gone.clone());
+        jobs.push(live.clone());
+        let mut status = BackupTargetStatus::default();
+        for job in &jobs {
+            status.recent_backups.push(crate::api::BackupRecord {
+                outcome: crate::api::RunOutcome::Succeeded,
+                start_time: None,
+                completion_time: None,
+                artifact: None,
+                size_bytes: None,
+                size: None,
+                sha256: None,
+                duration_seconds: None,
+                job: job.metadata.name.clone(),
+                schedule: None,
+                reason: None,
+                message: None,
+            });
+        }
+        let exists = |s: &str| Some(s == "nightly");
+        let names: Vec<String> = jobs_to_delete(&jobs, &status, &exists)
+            .into_iter()
+            .map(|j| j.name_any())
+            .collect();
+        let expected: Vec<String> = [&jobs[1], &jobs[0], &gone]
+            .into_iter()
+            .map(|j| j.name_any())
+            .collect();
+        assert_eq!(names, expected);
+        // Before the schedule caches are synced nothing is assumed gone.
+        let unknown = |_: &str| None;
+        assert_eq!(jobs_to_delete(&jobs, &status, &unknown).len(), 2);
     }
 
     #[test]

@@ -356,6 +356,14 @@ pub fn build_job(
         deadline_seconds: deadline,
     }
     .template(labels.clone())?;
+    let mut pod = pod;
+    // The full target name (the label may be shortened): the operator maps a pod event to
+    // its target with it.
+    pod.metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(annotations::TARGET.to_owned(), target_name.clone());
 
     Ok(Job {
         metadata: ObjectMeta {

@@ -126,6 +126,11 @@ impl Env {
     /// A namespace `prefix-…` with claim `backups` (ReadWriteOnce), the `stowage-runner`
     /// ServiceAccount, the Secret holding `password`, and a database with a table of data.
     pub async fn new(prefix: &str, password: &str) -> Env {
+        Env::with_claim_mode(prefix, password, "ReadWriteOnce").await
+    }
+
+    /// [`Env::new`] with claim `backups` in access mode `mode` (e.g. `ReadWriteMany`).
+    pub async fn with_claim_mode(prefix: &str, password: &str, mode: &str) -> Env {
         let cluster = TestCluster::shared().expect("the control plane starts");
         let client = cluster.client().await.expect("an admin client");
         let ns = cluster.ns(prefix).await.expect("a namespace");
@@ -151,7 +156,7 @@ impl Env {
         env.apply(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": CLAIM},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "1Gi"}}}
         }));
         env.apply(json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
@@ -510,13 +515,37 @@ impl Env {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The artifacts (`*.meta.json` sidecars, parsed) of target `target` on the claim.
-    pub fn sidecars(&self, target: &str) -> Vec<(PathBuf, Value)> {
-        let root = self
-            .cluster
+    /// The directory of target `target`'s artifacts on the claim.
+    pub fn target_dir(&self, target: &str) -> PathBuf {
+        self.cluster
             .claim_dir(self.name(), CLAIM)
             .join(self.name())
-            .join(target);
+            .join(target)
+    }
+
+    /// `stowage verify` over target `target`'s artifacts: `Ok(output)` when it finds no
+    /// problem, `Err(output)` otherwise.
+    pub fn verify(&self, target: &str) -> Result<String, String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+            .arg("verify")
+            .arg(self.target_dir(target))
+            .output()
+            .expect("run stowage verify");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    }
+
+    /// The artifacts (`*.meta.json` sidecars, parsed) of target `target` on the claim.
+    pub fn sidecars(&self, target: &str) -> Vec<(PathBuf, Value)> {
+        let root = self.target_dir(target);
         let mut out = Vec::new();
         let mut stack = vec![root];
         while let Some(dir) = stack.pop() {
