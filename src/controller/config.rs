@@ -88,6 +88,8 @@ pub struct ControllerArgs {
     pub identity: Option<String>,
 
     /// Testing knob: shift the controller's clock by this many seconds (may be negative).
+    /// Debug builds only (the test suite's); a release build has no testing knobs.
+    #[cfg(debug_assertions)]
     #[arg(
         long,
         env = "STOWAGE_CLOCK_OFFSET_SECONDS",
@@ -97,7 +99,8 @@ pub struct ControllerArgs {
     pub clock_offset_seconds: Option<i64>,
 
     /// Testing knob: read "now" (RFC 3339) from this file at every use, so a test can move
-    /// time; requeues are capped at 2 seconds while it is set.
+    /// time; requeues are capped at 2 seconds while it is set. Debug builds only.
+    #[cfg(debug_assertions)]
     #[arg(long, env = "STOWAGE_FAKE_TIME_FILE", hide = true)]
     pub fake_time_file: Option<PathBuf>,
 }
@@ -211,7 +214,16 @@ impl ControllerArgs {
             })
     }
 
-    /// The clock selected by the testing knobs (the system clock by default).
+    /// The clock selected by the testing knobs (the system clock by default, and always
+    /// in a release build).
+    #[cfg(not(debug_assertions))]
+    pub fn clock(&self) -> std::sync::Arc<dyn Clock> {
+        std::sync::Arc::new(SystemClock)
+    }
+
+    /// The clock selected by the testing knobs (the system clock by default, and always
+    /// in a release build).
+    #[cfg(debug_assertions)]
     pub fn clock(&self) -> std::sync::Arc<dyn Clock> {
         match (&self.fake_time_file, self.clock_offset_seconds) {
             (Some(path), _) => std::sync::Arc::new(FileClock { path: path.clone() }),

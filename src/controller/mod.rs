@@ -123,6 +123,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The schedule controllers' caches, to tell whether a schedule still exists.
     schedules: ScheduleIndex,
+    /// One lock per namespace, held from reading the namespace's runs to creating a new
+    /// one, so two reconcilers (two schedules, a schedule and `backup-now`) never both
+    /// see an idle target and both start it.
+    start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The BackupSchedules the schedule controllers hold in their caches, once synced.
@@ -150,7 +154,22 @@ impl Context {
             recorder,
             failures: Mutex::new(HashMap::new()),
             schedules: ScheduleIndex::default(),
+            start_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Hold the namespace's start lock: read the runs of the namespace and create new
+    /// Jobs only while holding it (see [`runs`]). Uncontended, it costs nothing; it
+    /// serializes only the start decisions of one namespace within this (leading) replica.
+    pub async fn start_lock(&self, namespace: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .start_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(namespace.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Whether BackupSchedule `namespace/name` exists; `None` until the schedule caches

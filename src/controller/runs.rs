@@ -18,9 +18,11 @@ use kube::ResourceExt;
 
 use crate::api::ConcurrencyPolicy;
 
-use super::status::{JobState, RunKind, job_kind, job_state};
+use crate::jobs::{RunKind, job_kind};
 
-/// An active run that writes to a claim (a backup), as seen from its Job.
+use super::status::{JobState, job_state};
+
+/// An active run that writes (a backup or a restore), as seen from its Job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActiveRun {
     /// The Job's name.
@@ -33,11 +35,11 @@ pub struct ActiveRun {
     pub claim: Option<String>,
 }
 
-/// The active writing runs among `jobs` (Jobs being deleted no longer count: their pods
-/// are stopping).
+/// The active writing runs among `jobs` (backups and restores; Jobs being deleted no
+/// longer count: their pods are stopping).
 pub fn active_runs(jobs: &[Job]) -> Vec<ActiveRun> {
     jobs.iter()
-        .filter(|job| job_kind(job) == Some(RunKind::Backup))
+        .filter(|job| job_kind(job).is_some_and(RunKind::writes))
         .filter(|job| job_state(job) == JobState::Active)
         .filter(|job| job.metadata.deletion_timestamp.is_none())
         .map(|job| {

@@ -248,7 +248,22 @@ async fn reconcile_inner(
         }
     };
 
-    // Observe.
+    // Decide the tick (from the clock and the status alone).
+    let since = active_since(schedule, !spec.suspend, now);
+    let deadline = spec
+        .starting_deadline_seconds
+        .map_or(DEFAULT_STARTING_DEADLINE, |s| {
+            SignedDuration::from_secs(s.max(MIN_STARTING_DEADLINE_SECONDS))
+        });
+    let last = prev.last_schedule_time.as_ref().map(|t| t.0);
+    let decision = decide(&cron, last, since, now, deadline, spec.suspend);
+
+    // Observe. When runs may start, the namespace's runs are read under its start lock,
+    // held until the Jobs are created.
+    let start_lock = match decision {
+        TickDecision::Run { .. } => Some(ctx.start_lock(namespace).await),
+        _ => None,
+    };
     let targets_api: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     let mut targets = targets_api
@@ -270,31 +285,21 @@ async fn reconcile_inner(
         .cloned()
         .collect();
 
-    // Plan the tick.
-    let since = active_since(schedule, !spec.suspend, now);
-    let deadline = spec
-        .starting_deadline_seconds
-        .map_or(DEFAULT_STARTING_DEADLINE, |s| {
-            SignedDuration::from_secs(s.max(MIN_STARTING_DEADLINE_SECONDS))
-        });
-    let last = prev.last_schedule_time.as_ref().map(|t| t.0);
-    let decision = decide(&cron, last, since, now, deadline, spec.suspend);
-
     let mut status = prev.clone();
     let mut schedule_events = Vec::new();
     let mut requeue = requeue_after(now, decision.next());
     match decision {
         TickDecision::Run { tick, .. } => {
             let claims = observe_claims(ctx, namespace, &observed.targets).await?;
-            let plan = plan_tick(
+            let planner = TickPlanner::new(
                 schedule,
-                &observed.targets,
                 &observed.jobs,
                 &claims,
                 tick,
                 &ctx.settings.job_defaults,
             );
-            let outcome = apply_tick(ctx, schedule, &observed.targets, plan, tick).await;
+            let outcome = apply_tick(ctx, schedule, &observed.targets, planner, tick).await;
+            drop(start_lock);
             if outcome.all_done {
                 status.last_schedule_time = Some(status::time(tick));
             } else {
@@ -440,13 +445,111 @@ async fn observe_claims(
 pub struct TargetStep {
     /// The target's name.
     pub target: String,
+    /// The name of the run's Job.
+    pub job_name: String,
+    /// The target's claim.
+    pub claim: String,
     /// The Job the run would use (built from the spec), or why it cannot be built.
     pub job: Result<Job, String>,
     /// What to do.
     pub decision: StartDecision,
 }
 
-/// The plan of one tick: one step per selected target, in name order. Pure.
+/// Plans a tick one target at a time: each step is decided with [`runs::plan_start`]
+/// against the namespace's active runs, including the runs this tick has started so far
+/// (a shared ReadWriteOnce claim). Pure; the reconciler tells it which Jobs it actually
+/// created, so a refused Job never makes the next target wait.
+pub struct TickPlanner<'a> {
+    schedule: &'a BackupSchedule,
+    jobs: &'a [Job],
+    claims: &'a BTreeMap<String, bool>,
+    tick: Timestamp,
+    defaults: &'a crate::jobs::JobDefaults,
+    active: Vec<runs::ActiveRun>,
+}
+
+impl<'a> TickPlanner<'a> {
+    /// A planner over the namespace's backup Jobs and the claims' access modes.
+    pub fn new(
+        schedule: &'a BackupSchedule,
+        jobs: &'a [Job],
+        claims: &'a BTreeMap<String, bool>,
+        tick: Timestamp,
+        defaults: &'a crate::jobs::JobDefaults,
+    ) -> Self {
+        TickPlanner {
+            schedule,
+            jobs,
+            claims,
+            tick,
+            defaults,
+            active: runs::active_runs(jobs),
+        }
+    }
+
+    /// What the tick does for `target`.
+    pub fn step(&self, target: &BackupTarget) -> TargetStep {
+        let spec = &self.schedule.spec;
+        let schedule_name = self.schedule.name_any();
+        let request = RunRequest {
+            kind: JobRunKind::Backup,
+            trigger: Trigger::Schedule {
+                name: schedule_name.clone(),
+                tick: self.tick,
+                retention: spec.retention.clone(),
+                time_zone: spec.time_zone.clone(),
+            },
+        };
+        let job = build_job(target, &request, self.defaults).map_err(|e| e.to_string());
+        let job_name = crate::jobs::job_name(target, &request);
+        let config_invalid = target
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == conditions::CONFIG_VALID)
+            })
+            .filter(|c| c.status == "False")
+            .map(|c| c.message.clone());
+        let claim = target.spec.storage.claim_name.clone();
+        let start = StartRequest {
+            target: target.name_any(),
+            job: job_name.clone(),
+            trigger: StartTrigger::Schedule {
+                name: schedule_name,
+                policy: spec.concurrency_policy,
+            },
+            claim_single_node: self.claims.get(&claim).copied().unwrap_or(true),
+            claim,
+            suspended: target.spec.suspend,
+            config_invalid,
+            job_exists: self.jobs.iter().any(|j| j.name_any() == job_name),
+        };
+        TargetStep {
+            target: target.name_any(),
+            decision: runs::plan_start(&start, &self.active),
+            claim: start.claim,
+            job_name,
+            job,
+        }
+    }
+
+    /// Record that `step`'s Job was created (and the Jobs it replaced deleted).
+    pub fn started(&mut self, step: &TargetStep) {
+        if let StartDecision::Create { replace } = &step.decision {
+            self.active.retain(|run| !replace.contains(&run.job));
+        }
+        self.active.push(runs::ActiveRun {
+            job: step.job_name.clone(),
+            target: step.target.clone(),
+            schedule: Some(self.schedule.name_any()),
+            claim: Some(step.claim.clone()),
+        });
+    }
+}
+
+/// The plan of a whole tick if every Job is created (tests, and what the log shows).
 pub fn plan_tick(
     schedule: &BackupSchedule,
     targets: &[BackupTarget],
@@ -455,52 +558,15 @@ pub fn plan_tick(
     tick: Timestamp,
     defaults: &crate::jobs::JobDefaults,
 ) -> Vec<TargetStep> {
-    let spec = &schedule.spec;
-    let schedule_name = schedule.name_any();
-    let active = runs::active_runs(jobs);
+    let mut planner = TickPlanner::new(schedule, jobs, claims, tick, defaults);
     targets
         .iter()
         .map(|target| {
-            let request = RunRequest {
-                kind: JobRunKind::Backup,
-                trigger: Trigger::Schedule {
-                    name: schedule_name.clone(),
-                    tick,
-                    retention: spec.retention.clone(),
-                    time_zone: spec.time_zone.clone(),
-                },
-            };
-            let job = build_job(target, &request, defaults).map_err(|e| e.to_string());
-            let job_name = crate::jobs::job_name(target, &request);
-            let config_invalid = target
-                .status
-                .as_ref()
-                .and_then(|s| {
-                    s.conditions
-                        .iter()
-                        .find(|c| c.type_ == conditions::CONFIG_VALID)
-                })
-                .filter(|c| c.status == "False")
-                .map(|c| c.message.clone());
-            let claim = target.spec.storage.claim_name.clone();
-            let start = StartRequest {
-                target: target.name_any(),
-                job: job_name.clone(),
-                trigger: StartTrigger::Schedule {
-                    name: schedule_name.clone(),
-                    policy: spec.concurrency_policy,
-                },
-                claim_single_node: claims.get(&claim).copied().unwrap_or(true),
-                claim,
-                suspended: target.spec.suspend,
-                config_invalid,
-                job_exists: jobs.iter().any(|j| j.name_any() == job_name),
-            };
-            TargetStep {
-                target: target.name_any(),
-                job,
-                decision: runs::plan_start(&start, &active),
+            let step = planner.step(target);
+            if matches!(step.decision, StartDecision::Create { .. }) {
+                planner.started(&step);
             }
+            step
         })
         .collect()
 }
@@ -524,17 +590,15 @@ async fn apply_tick(
     ctx: &Context,
     schedule: &BackupSchedule,
     targets: &[BackupTarget],
-    plan: Vec<TargetStep>,
+    mut planner: TickPlanner<'_>,
     tick: Timestamp,
 ) -> TickOutcome {
     let schedule_name = schedule.name_any();
     let namespace = schedule.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut all_done = true;
-    for step in plan {
-        let Some(target) = targets.iter().find(|t| t.name_any() == step.target) else {
-            continue;
-        };
+    for target in targets {
+        let step = planner.step(target);
         let target_ref = target.object_ref(&());
         let target_name = step.target.as_str();
         let prefix = format!("schedule {schedule_name}, tick {tick}");
@@ -569,17 +633,17 @@ async fn apply_tick(
                 )
                 .await;
             }
-            StartDecision::Create { replace } => {
-                let job = match step.job {
+            StartDecision::Create { ref replace } => {
+                let job = match &step.job {
                     Ok(job) => job,
                     Err(message) => {
-                        record_rejection(ctx, target, &prefix, &message).await;
+                        record_rejection(ctx, target, &prefix, message).await;
                         continue;
                     }
                 };
                 let job_name = job.name_any();
                 let mut replaced_all = true;
-                for old in &replace {
+                for old in replace {
                     if let Err(e) = delete_job(&jobs_api, old).await {
                         tracing::warn!(target = target_name, job = old, error = %e, "cannot stop the running Job (concurrencyPolicy Replace); retrying");
                         replaced_all = false;
@@ -595,8 +659,9 @@ async fn apply_tick(
                     all_done = false;
                     continue;
                 }
-                match jobs_api.create(&Default::default(), &job).await {
+                match jobs_api.create(&Default::default(), job).await {
                     Ok(_) => {
+                        planner.started(&step);
                         tracing::info!(target = target_name, job = job_name, %tick, "created scheduled backup Job");
                         events::publish(
                             &ctx.recorder,
@@ -609,7 +674,7 @@ async fn apply_tick(
                         .await;
                         record_acceptance(ctx, target).await;
                     }
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => planner.started(&step),
                     Err(e) if is_rejection(&e) => {
                         let message = match &e {
                             kube::Error::Api(s) => s.message.clone(),
@@ -1056,6 +1121,37 @@ mod tests {
             Action::requeue(CLAIM_RETRY)
         );
         api.expect_no_more().await;
+    }
+
+    #[test]
+    fn a_tick_counts_the_runs_it_starts_itself() {
+        let target =
+            |name: &str| -> BackupTarget { serde_json::from_value(named_target(name)).unwrap() };
+        let targets = [target("a-db"), target("b-db")];
+        let defaults = crate::jobs::JobDefaults::default();
+        let tick = fixtures::now();
+        let decisions = |single_node: bool| -> Vec<StartDecision> {
+            let claims = BTreeMap::from([("backups".to_owned(), single_node)]);
+            plan_tick(&schedule("UTC"), &targets, &[], &claims, tick, &defaults)
+                .into_iter()
+                .map(|step| step.decision)
+                .collect()
+        };
+        // A ReadWriteOnce claim shared by both: the second waits for the first.
+        let rwo = decisions(true);
+        assert_eq!(rwo[0], StartDecision::Create { replace: vec![] });
+        assert!(
+            matches!(&rwo[1], StartDecision::Wait(WaitReason::ClaimBusy { .. })),
+            "{rwo:?}"
+        );
+        // ReadWriteMany: different targets run side by side.
+        assert_eq!(
+            decisions(false),
+            vec![
+                StartDecision::Create { replace: vec![] },
+                StartDecision::Create { replace: vec![] }
+            ]
+        );
     }
 
     #[test]

@@ -10,10 +10,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{
     ArtifactSummary, BackupRecord, BackupTargetStatus, FailureRecord, RunOutcome, conditions,
 };
-use crate::runner::{Operation, Outcome, RunResult};
+use crate::jobs::{RunKind, job_kind};
+use crate::runner::{Outcome, RunResult};
 
+use super::LABEL_SCHEDULE;
 use super::events::{PlannedEvent, reasons};
-use super::{LABEL_KIND, LABEL_SCHEDULE};
 
 /// How many finished backups `status.recentBackups` keeps.
 pub const RECENT_BACKUPS_LIMIT: usize = 10;
@@ -98,25 +99,6 @@ pub fn job_state(job: &Job) -> JobState {
         JobState::Failed
     } else {
         JobState::Active
-    }
-}
-
-/// What a run did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunKind {
-    /// A backup.
-    Backup,
-    /// A connectivity probe.
-    Probe,
-}
-
-/// The kind of run a Job performs, from its `stowage.dev/kind` label.
-pub fn job_kind(job: &Job) -> Option<RunKind> {
-    let kind = job.metadata.labels.as_ref()?.get(LABEL_KIND)?;
-    match kind.to_ascii_lowercase().as_str() {
-        "backup" => Some(RunKind::Backup),
-        "probe" => Some(RunKind::Probe),
-        _ => None,
     }
 }
 
@@ -225,12 +207,7 @@ pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedR
             .or_else(|| job.status.as_ref()?.completion_time.as_ref().map(|t| t.0)),
         _ => condition_time(job, "Failed"),
     };
-    let result = run_result_from_pods(pods).filter(|res| {
-        matches!(
-            (kind, res.operation),
-            (RunKind::Backup, Operation::Backup) | (RunKind::Probe, Operation::Probe)
-        )
-    });
+    let result = run_result_from_pods(pods).filter(|res| res.operation == kind);
     // The Job's own finish time first: it is known without the pods, so whether a run is
     // recorded can be decided from the Job alone.
     let finish_time = job_end
@@ -470,7 +447,8 @@ pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &Job) -> bool {
             (Some(last), Some(done)) => time(done).0 > last.0,
             _ => true,
         },
-        None => false,
+        // Restores are not recorded in a target's status.
+        Some(RunKind::Restore) | None => false,
     }
 }
 
@@ -502,6 +480,8 @@ pub fn unrecorded_runs(status: &BackupTargetStatus, runs: Vec<FinishedRun>) -> V
                     newest_probe = Some(run);
                 }
             }
+            // Restores are not recorded in a target's status.
+            RunKind::Restore => {}
         }
     }
     out.sort_by_key(|run| run.finish_time);
@@ -669,6 +649,7 @@ pub fn derive_target_status(
     let mut probe_run: Option<&FinishedRun> = None;
     for run in &obs.new_runs {
         match run.kind {
+            RunKind::Restore => {}
             RunKind::Probe => probe_run = Some(run),
             RunKind::Backup => {
                 let record = backup_record(run);
@@ -1324,7 +1305,7 @@ mod tests {
     #[test]
     fn a_probe_result_is_not_taken_for_a_backup() {
         let mut res = result("ok", json!({}));
-        res.operation = Operation::Probe;
+        res.operation = RunKind::Probe;
         let j = job(
             "j",
             "backup",

@@ -25,10 +25,10 @@ use crate::registry::PluginConfig;
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger};
 use super::status::{
-    self, ConfigCheck, JobState, RunKind, TargetObservation, derive_target_status, job_kind,
-    job_state,
+    self, ConfigCheck, JobState, TargetObservation, derive_target_status, job_state,
 };
 use super::{Context, Error, LABEL_JOB_NAME, LABEL_KIND, LABEL_SCHEDULE, LABEL_TARGET};
+use crate::jobs::{RunKind, job_kind};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backuptarget";
@@ -479,6 +479,13 @@ async fn reconcile_inner(
     };
     let mut handled_backup_now = None;
     let mut rejected_runs = Vec::new();
+    // Held from reading the namespace's runs to creating the Job (see `runs`).
+    let start_lock = match annotation(target, ANNOTATION_BACKUP_NOW) {
+        Some(token) if prev.last_handled_backup_now.as_deref() != Some(token.as_str()) => {
+            Some(ctx.start_lock(namespace).await)
+        }
+        _ => None,
+    };
     if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid).await? {
         let token = on_demand.token;
         match on_demand.decision {
@@ -549,6 +556,8 @@ async fn reconcile_inner(
             }
         }
     }
+
+    drop(start_lock);
 
     // Probe.
     let mut handled_probe_now = None;

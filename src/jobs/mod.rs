@@ -43,7 +43,7 @@ pub mod labels {
     pub const PLUGIN: &str = "stowage.dev/plugin";
     /// The run id ([`run_id`](super::run_id)).
     pub const RUN: &str = "stowage.dev/run";
-    /// `backup` or `probe`.
+    /// `backup`, `probe` or `restore` ([`RunKind`](super::RunKind)).
     pub const KIND: &str = "stowage.dev/kind";
 }
 
@@ -110,23 +110,51 @@ pub const NON_ROOT_ID: i64 = 65532;
 pub const DEFAULT_RUNNER_IMAGE: &str =
     concat!("ghcr.io/stowage-dev/stowage:", env!("CARGO_PKG_VERSION"));
 
-/// What a run does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a run does: the one definition of the run kinds, shared by the Job builder (the
+/// runner subcommand and the `stowage.dev/kind` label), the runner (`operation` in its
+/// result) and the controller (which reads both back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunKind {
     /// `stowage run backup`: write an artifact into the target's claim.
     Backup,
     /// `stowage run probe`: test connectivity and credentials, write nothing.
     Probe,
+    /// `stowage run restore`: read an artifact back into the service.
+    Restore,
 }
 
 impl RunKind {
-    /// `backup` or `probe`: the runner subcommand and the `stowage.dev/kind` label.
+    /// `backup`, `probe` or `restore`: the runner subcommand and the `stowage.dev/kind`
+    /// label.
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Backup => "backup",
             RunKind::Probe => "probe",
+            RunKind::Restore => "restore",
         }
     }
+
+    /// The kind a `stowage.dev/kind` label value names.
+    pub fn from_label(value: &str) -> Option<RunKind> {
+        match value.to_ascii_lowercase().as_str() {
+            "backup" => Some(RunKind::Backup),
+            "probe" => Some(RunKind::Probe),
+            "restore" => Some(RunKind::Restore),
+            _ => None,
+        }
+    }
+
+    /// Whether runs of this kind write to the target's claim or service (at most one such
+    /// run of a target at a time).
+    pub fn writes(self) -> bool {
+        matches!(self, RunKind::Backup | RunKind::Restore)
+    }
+}
+
+/// The kind of run a stowage Job performs, from its `stowage.dev/kind` label.
+pub fn job_kind(job: &Job) -> Option<RunKind> {
+    RunKind::from_label(job.metadata.labels.as_ref()?.get(labels::KIND)?)
 }
 
 /// Why a run happens; it identifies the run (see [`run_id`]).
@@ -393,6 +421,7 @@ fn check_trigger(request: &RunRequest) -> Result<(), BuildError> {
         (RunKind::Backup, Trigger::Probe { .. }) => ("a probe token", "probe"),
         (RunKind::Probe, Trigger::Schedule { .. }) => ("a schedule tick", "scheduled"),
         (RunKind::Probe, Trigger::BackupNow { .. }) => ("a backup-now token", "backup_now"),
+        (RunKind::Restore, _) => ("a backup trigger", "backup_now or scheduled for backups"),
     };
     Err(BuildError::TriggerMismatch {
         kind: request.kind.as_str(),

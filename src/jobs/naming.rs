@@ -85,6 +85,7 @@ pub fn job_name(target: &BackupTarget, request: &RunRequest) -> String {
     let letter = match request.kind {
         RunKind::Backup => 'b',
         RunKind::Probe => 'p',
+        RunKind::Restore => 'r',
     };
     let suffix = format!("-{letter}-{}", run_id(target, request));
     let prefix = dns_label_prefix(

@@ -21,7 +21,7 @@ use stowage_plugin_sdk::{ErrorKind, Redactor, Secrets, secret_bindings};
 
 pub use plugin::{RunnablePlugin, Single};
 pub use progress::{ProgressReporter, ProgressSample, spawn_progress};
-pub use result::{Operation, Outcome, RunResult, TERMINATION_MESSAGE_LIMIT, truncate_marked};
+pub use result::{Outcome, RunKind, RunResult, TERMINATION_MESSAGE_LIMIT, truncate_marked};
 pub use run::{RunError, RunSpec, backup, probe, resolve_artifact, restore};
 
 use crate::api::Compression;
@@ -215,9 +215,9 @@ impl RunCommand {
     pub async fn execute(self) -> anyhow::Result<ExitCode> {
         init_logging();
         let (operation, args, restore_args) = match self {
-            RunCommand::Backup(args) => (Operation::Backup, args, None),
-            RunCommand::Probe(args) => (Operation::Probe, args, None),
-            RunCommand::Restore(r) => (Operation::Restore, r.run.clone(), Some(r)),
+            RunCommand::Backup(args) => (RunKind::Backup, args, None),
+            RunCommand::Probe(args) => (RunKind::Probe, args, None),
+            RunCommand::Restore(r) => (RunKind::Restore, r.run.clone(), Some(r)),
         };
         let start = Timestamp::now();
         let prepared = args.spec().map(|(spec, config)| {
@@ -239,10 +239,10 @@ impl RunCommand {
             Ok((spec, secrets, Ok(plugin))) => {
                 let redactor = secrets.redactor();
                 let result = match (operation, restore_args) {
-                    (Operation::Restore, Some(r)) => {
+                    (RunKind::Restore, Some(r)) => {
                         restore(&plugin, &spec, secrets, &r.artifact, r.into).await
                     }
-                    (Operation::Probe, _) => probe(&plugin, &spec, secrets).await,
+                    (RunKind::Probe, _) => probe(&plugin, &spec, secrets).await,
                     _ => backup(&plugin, &spec, secrets).await,
                 };
                 (result, redactor)
@@ -256,7 +256,7 @@ impl RunCommand {
     }
 }
 
-fn failed_early(operation: Operation, start: Timestamp, e: RunError, plugin: &str) -> RunResult {
+fn failed_early(operation: RunKind, start: Timestamp, e: RunError, plugin: &str) -> RunResult {
     let mut result = RunResult::new(operation, Outcome::Failed, start, Timestamp::now());
     result.error_kind = Some(e.kind);
     result.message = Some(e.message);

@@ -11,28 +11,7 @@ use stowage_plugin_sdk::ErrorKind;
 /// Kubernetes' limit on a container's termination message, in bytes.
 pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
-/// Which operation ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    /// `stowage run backup`.
-    Backup,
-    /// `stowage run probe`.
-    Probe,
-    /// `stowage run restore`.
-    Restore,
-}
-
-impl Operation {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Backup => "backup",
-            Operation::Probe => "probe",
-            Operation::Restore => "restore",
-        }
-    }
-}
+pub use crate::jobs::RunKind;
 
 /// Whether the run succeeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +29,7 @@ pub enum Outcome {
 #[serde(rename_all = "camelCase")]
 pub struct RunResult {
     /// Which operation ran.
-    pub operation: Operation,
+    pub operation: RunKind,
     /// Whether it succeeded.
     pub outcome: Outcome,
     /// Key of the plugin.
@@ -101,7 +80,7 @@ pub struct RunResult {
 impl RunResult {
     /// A result with only the operation, outcome and times set.
     pub fn new(
-        operation: Operation,
+        operation: RunKind,
         outcome: Outcome,
         start_time: Timestamp,
         end_time: Timestamp,
@@ -225,7 +204,7 @@ mod tests {
     fn failed(message: String) -> RunResult {
         let start: Timestamp = "2026-11-21T02:30:00Z".parse().unwrap();
         let mut result = RunResult::new(
-            Operation::Backup,
+            RunKind::Backup,
             Outcome::Failed,
             start,
             start + jiff::SignedDuration::from_secs(90),
@@ -255,7 +234,7 @@ mod tests {
             );
             let back: RunResult = serde_json::from_str(&json).unwrap();
             assert_eq!(back.error_kind, Some(ErrorKind::ToolFailed));
-            assert_eq!(back.operation, Operation::Backup);
+            assert_eq!(back.operation, RunKind::Backup);
             let cut = back.message.unwrap();
             assert!(cut.ends_with('…'));
             assert!(message.starts_with(cut.trim_end_matches('…')));

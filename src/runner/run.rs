@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::plugin::RunnablePlugin;
 use super::progress::{log_sample, spawn_progress};
-use super::result::{Operation, Outcome, RunResult};
+use super::result::{Outcome, RunKind, RunResult};
 use crate::api::Compression;
 use crate::artifacts::layout::{SIDECAR_SUFFIX, with_suffix};
 use crate::artifacts::reader::{Decoded, check_digest};
@@ -141,12 +141,12 @@ async fn with_timeout<T>(
     }
 }
 
-fn check_capability(plugin: &impl RunnablePlugin, operation: Operation) -> Result<(), RunError> {
+fn check_capability(plugin: &impl RunnablePlugin, operation: RunKind) -> Result<(), RunError> {
     let info = plugin.info();
     let capable = match operation {
-        Operation::Backup => info.capabilities.backup,
-        Operation::Probe => info.capabilities.probe,
-        Operation::Restore => info.capabilities.restore,
+        RunKind::Backup => info.capabilities.backup,
+        RunKind::Probe => info.capabilities.probe,
+        RunKind::Restore => info.capabilities.restore,
     };
     if !capable {
         return Err(RunError::new(
@@ -162,7 +162,7 @@ fn check_capability(plugin: &impl RunnablePlugin, operation: Operation) -> Resul
 }
 
 fn finish(
-    operation: Operation,
+    operation: RunKind,
     start: Timestamp,
     plugin: &impl RunnablePlugin,
     outcome: Result<RunResult, RunError>,
@@ -193,16 +193,16 @@ pub async fn probe(plugin: &impl RunnablePlugin, spec: &RunSpec, secrets: Secret
     let start = Timestamp::now();
     let outcome = async {
         TargetDir::new(&spec.namespace, &spec.target)?;
-        check_capability(plugin, Operation::Probe)?;
+        check_capability(plugin, RunKind::Probe)?;
         let ctx = spec.context(secrets);
         let report = with_timeout(spec.timeout, "probe", plugin.probe(&ctx)).await?;
-        let mut result = RunResult::new(Operation::Probe, Outcome::Ok, start, start);
+        let mut result = RunResult::new(RunKind::Probe, Outcome::Ok, start, start);
         result.message = Some(report.message);
         result.facts = report.facts;
         Ok(result)
     }
     .await;
-    finish(Operation::Probe, start, plugin, outcome)
+    finish(RunKind::Probe, start, plugin, outcome)
 }
 
 /// Run a backup: stream the plugin's bytes into a new artifact, publish it with its
@@ -210,7 +210,7 @@ pub async fn probe(plugin: &impl RunnablePlugin, spec: &RunSpec, secrets: Secret
 pub async fn backup(plugin: &impl RunnablePlugin, spec: &RunSpec, secrets: Secrets) -> RunResult {
     let start = Timestamp::now();
     let outcome = backup_inner(plugin, spec, secrets, start).await;
-    finish(Operation::Backup, start, plugin, outcome)
+    finish(RunKind::Backup, start, plugin, outcome)
 }
 
 async fn backup_inner(
@@ -220,7 +220,7 @@ async fn backup_inner(
     start: Timestamp,
 ) -> Result<RunResult, RunError> {
     let dir = TargetDir::new(&spec.namespace, &spec.target)?;
-    check_capability(plugin, Operation::Backup)?;
+    check_capability(plugin, RunKind::Backup)?;
     let info = plugin.info();
     let store = ArtifactStore::new(&spec.root);
     let recovery = store.recover(&dir, &spec.run_id, spec.stale_partial_age())?;
@@ -315,7 +315,7 @@ async fn backup_inner(
         sha256 = %encoded.sha256,
         "backup written"
     );
-    let mut result = RunResult::new(Operation::Backup, Outcome::Ok, start, end);
+    let mut result = RunResult::new(RunKind::Backup, Outcome::Ok, start, end);
     result.artifact = Some(written.relative.display().to_string());
     result.raw_bytes = Some(encoded.raw_bytes);
     result.stored_bytes = Some(encoded.stored_bytes);
@@ -392,7 +392,7 @@ pub async fn restore(
 ) -> RunResult {
     let start = Timestamp::now();
     let outcome = restore_inner(plugin, spec, secrets, artifact, into, start).await;
-    finish(Operation::Restore, start, plugin, outcome)
+    finish(RunKind::Restore, start, plugin, outcome)
 }
 
 async fn restore_inner(
@@ -404,7 +404,7 @@ async fn restore_inner(
     start: Timestamp,
 ) -> Result<RunResult, RunError> {
     TargetDir::new(&spec.namespace, &spec.target)?;
-    check_capability(plugin, Operation::Restore)?;
+    check_capability(plugin, RunKind::Restore)?;
     let path = resolve_artifact(&spec.root, artifact)?;
     let sidecar_path = with_suffix(&path, SIDECAR_SUFFIX);
     let sidecar = Sidecar::read(&sidecar_path).map_err(|e| match e {
@@ -513,7 +513,7 @@ async fn restore_inner(
         .map_err(|e| RunError::new(ErrorKind::Internal, format!("artifact reader failed: {e}")))?;
     let report = report?;
     checked.map_err(|message| RunError::new(ErrorKind::IoError, message))?;
-    let mut result = RunResult::new(Operation::Restore, Outcome::Ok, start, start);
+    let mut result = RunResult::new(RunKind::Restore, Outcome::Ok, start, start);
     result.artifact = Some(
         path.strip_prefix(&spec.root)
             .unwrap_or(&path)
