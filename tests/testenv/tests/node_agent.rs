@@ -498,3 +498,25 @@ async fn active_deadline_stops_the_pod_and_fails_it() -> TestResult {
     assert_eq!(state.exit_code, 143);
     Ok(())
 }
+
+#[tokio::test]
+async fn termination_message_keeps_the_last_4096_bytes() -> TestResult {
+    let (_cluster, client, ns) = setup("term-tail").await?;
+    let script = r#"{ printf HEAD; head -c 5000 /dev/zero | tr '\0' x; printf TAIL; } > /dev/termination-log"#;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "long-message" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": "busybox", "command": ["sh", "-c", script] }],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_pod_phase(&pods, "long-message", "Succeeded").await?;
+    let pod = pods.get("long-message").await?;
+    let message = terminated(&pod)
+        .and_then(|t| t.message)
+        .ok_or("no termination message")?;
+    assert_eq!(message, format!("{}TAIL", "x".repeat(4092)));
+    Ok(())
+}
