@@ -499,6 +499,27 @@ async fn active_deadline_stops_the_pod_and_fails_it() -> TestResult {
     Ok(())
 }
 
+/// The container status of `pod`'s first container.
+fn first_container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .clone()
+}
+
+fn condition(pod: &Pod, kind: &str) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .cloned()
+}
+
 #[tokio::test]
 async fn termination_message_keeps_the_last_4096_bytes() -> TestResult {
     let (_cluster, client, ns) = setup("term-tail").await?;
@@ -518,5 +539,94 @@ async fn termination_message_keeps_the_last_4096_bytes() -> TestResult {
         .and_then(|t| t.message)
         .ok_or("no termination message")?;
     assert_eq!(message, format!("{}TAIL", "x".repeat(4092)));
+    Ok(())
+}
+
+/// The agent's default `--setup-timeout`, which the fixture keeps: after it, volume
+/// problems fail a pod, but a container config error must not.
+const AGENT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn missing_secret_keeps_the_pod_waiting_until_the_secret_appears() -> TestResult {
+    let (_cluster, client, ns) = setup("late-secret").await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "needs-secret" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", "printf %s \"$TOKEN\" > /dev/termination-log"],
+                "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "later", "key": "token" } } }],
+            }],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+
+    let waiting_with = |pod: &Pod, message: &str| -> Result<(), String> {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let waiting = first_container_state(pod).and_then(|s| s.waiting);
+        let ready = condition(pod, "ContainersReady");
+        match (phase, &waiting, &ready) {
+            (Some("Pending"), Some(w), Some(r))
+                if w.reason.as_deref() == Some("CreateContainerConfigError")
+                    && w.message.as_deref() == Some(message)
+                    && r.status == "False" =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "phase {phase:?}, waiting {waiting:?}, ContainersReady {ready:?}"
+            )),
+        }
+    };
+    let missing_secret = r#"secret "later" not found"#;
+    eventually(
+        "CreateContainerConfigError for the missing Secret",
+        GUARD,
+        || async {
+            let pod = pods.get("needs-secret").await.map_err(|e| e.to_string())?;
+            waiting_with(&pod, missing_secret)
+        },
+    )
+    .await?;
+    // The kubelet never gives up on a container config error: still waiting well after
+    // the agent's setup timeout.
+    let until = std::time::Instant::now() + AGENT_SETUP_TIMEOUT + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let pod = pods.get("needs-secret").await?;
+        waiting_with(&pod, missing_secret)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "later" },
+        "stringData": { "other": "x" },
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let missing_key = format!("couldn't find key token in Secret {ns}/later");
+    eventually(
+        "CreateContainerConfigError for the missing key",
+        GUARD,
+        || async {
+            let pod = pods.get("needs-secret").await.map_err(|e| e.to_string())?;
+            waiting_with(&pod, &missing_key)
+        },
+    )
+    .await?;
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "later" },
+        "stringData": { "other": "x", "token": "t0k3n" },
+    }))?;
+    secrets
+        .replace("later", &PostParams::default(), &secret)
+        .await?;
+    wait_pod_phase(&pods, "needs-secret", "Succeeded").await?;
+    let pod = pods.get("needs-secret").await?;
+    let state = terminated(&pod).ok_or("container is not terminated")?;
+    assert_eq!(state.message.as_deref(), Some("t0k3n"));
     Ok(())
 }
