@@ -4,6 +4,7 @@
 //!
 //! Timeouts below are guards against hangs, never assertions on speed.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -518,6 +519,125 @@ fn condition(pod: &Pod, kind: &str) -> Option<k8s_openapi::api::core::v1::PodCon
         .iter()
         .find(|c| c.type_ == kind)
         .cloned()
+}
+
+#[tokio::test]
+async fn claims_are_writable_through_fs_group_only() -> TestResult {
+    let (cluster, client, ns) = setup("fsgroup").await?;
+    create_claim(&client, &ns, "plain").await?;
+    create_claim(&client, &ns, "shared").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let probe = r#"if err=$(touch /data/probe 2>&1); then echo writable; else echo "denied: $err"; fi > /dev/termination-log"#;
+    let pod = |name: &str,
+               claim: &str,
+               script: &str,
+               security: Value|
+     -> Result<Pod, serde_json::Error> {
+        serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": security,
+                "containers": [{
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": claim } }],
+            },
+        }))
+    };
+    let message = |pod: &Pod| terminated(pod).and_then(|t| t.message).unwrap_or_default();
+
+    // Without fsGroup a non-root user cannot write into a fresh claim, as on a real node.
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "no-fs-group",
+            "plain",
+            probe,
+            json!({ "runAsUser": 1000, "runAsGroup": 1000 }),
+        )?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "no-fs-group", "Succeeded").await?;
+    let seen = message(&pods.get("no-fs-group").await?);
+    assert!(
+        seen.starts_with("denied: "),
+        "non-root write without fsGroup: {seen:?}"
+    );
+    let plain = std::fs::metadata(cluster.claim_dir(&ns, "plain"))?;
+    assert_eq!(plain.mode() & 0o7777, 0o755, "a fresh claim is root's 0755");
+
+    // With fsGroup the claim, including what was in it, becomes the group's.
+    let shared = cluster.claim_dir(&ns, "shared");
+    std::fs::create_dir_all(shared.join("old"))?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(shared.join("old"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(shared.join("old/seed.txt"), "seed\n")?;
+    std::fs::set_permissions(
+        shared.join("old/seed.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let script = r#"
+        {
+            id -G
+            echo appended >> /data/old/seed.txt && echo appended
+            mkdir /data/old/sub && touch /data/old/sub/new && echo created
+        } > /dev/termination-log 2>&1
+    "#;
+    let security = json!({ "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 3000 });
+    pods.create(
+        &PostParams::default(),
+        &pod("fs-group", "shared", script, security)?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "fs-group", "Succeeded").await?;
+    let seen = message(&pods.get("fs-group").await?);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 3, "output: {seen:?}");
+    assert!(
+        lines[0].split_whitespace().any(|g| g == "3000"),
+        "fsGroup is a supplementary group: {seen:?}"
+    );
+    assert_eq!(&lines[1..], ["appended", "created"], "output: {seen:?}");
+    let root = std::fs::metadata(&shared)?;
+    assert_eq!((root.gid(), root.mode() & 0o7777), (3000, 0o2775));
+    let seed = std::fs::metadata(shared.join("old/seed.txt"))?;
+    assert_eq!((seed.gid(), seed.mode() & 0o7777), (3000, 0o664));
+    let sub = std::fs::metadata(shared.join("old/sub"))?;
+    assert_eq!(sub.gid(), 3000, "new directories inherit the group");
+    assert_eq!(sub.mode() & 0o2000, 0o2000, "and the setgid bit");
+    assert_eq!(std::fs::metadata(shared.join("old/sub/new"))?.gid(), 3000);
+
+    // OnRootMismatch: the root already matches, so nothing below it is changed.
+    // (Created in a setgid directory, it would inherit the group: give it back to root.)
+    std::fs::write(shared.join("late.txt"), "late\n")?;
+    std::os::unix::fs::chown(shared.join("late.txt"), None, Some(0))?;
+    std::fs::set_permissions(
+        shared.join("late.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let security = json!({
+        "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 3000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    });
+    let probe_late = r#"if err=$(sh -c 'echo x >> /data/late.txt' 2>&1); then echo writable; else echo "denied: $err"; fi > /dev/termination-log"#;
+    pods.create(
+        &PostParams::default(),
+        &pod("on-root-mismatch", "shared", probe_late, security)?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "on-root-mismatch", "Succeeded").await?;
+    let seen = message(&pods.get("on-root-mismatch").await?);
+    assert!(
+        seen.starts_with("denied: "),
+        "late file was changed: {seen:?}"
+    );
+    let late = std::fs::metadata(shared.join("late.txt"))?;
+    assert_eq!((late.gid(), late.mode() & 0o7777), (0, 0o644));
+    Ok(())
 }
 
 #[tokio::test]
