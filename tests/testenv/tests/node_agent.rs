@@ -522,6 +522,84 @@ fn condition(pod: &Pod, kind: &str) -> Option<k8s_openapi::api::core::v1::PodCon
 }
 
 #[tokio::test]
+async fn read_only_root_filesystem_leaves_only_volumes_writable() -> TestResult {
+    let (cluster, client, ns) = setup("rofs").await?;
+    create_claim(&client, &ns, "data").await?;
+    // Under /tmp of the host: the one place a failing run may write to (removed below).
+    let host_probe = std::path::PathBuf::from(format!("/tmp/stowage-rofs-probe-{ns}"));
+    let script = format!(
+        r#"
+        probe() {{
+            if err=$(touch "$1" 2>&1); then echo "$1 writable"
+            else case "$err" in
+                *"Read-only file system"*) echo "$1 read-only" ;;
+                *) echo "$1 error: $err" ;;
+            esac; fi
+        }}
+        {{
+            probe /probe
+            probe {host_probe}
+            probe /etc/probe
+            probe /data/probe
+            probe /scratch/probe
+            probe /etc/stowage-rofs/probe
+            probe /ro/probe
+        }} > /data/result
+        echo done > /dev/termination-log
+    "#,
+        host_probe = host_probe.display()
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "rofs" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", script],
+                "securityContext": { "readOnlyRootFilesystem": true },
+                "volumeMounts": [
+                    { "name": "data", "mountPath": "/data" },
+                    { "name": "scratch", "mountPath": "/scratch" },
+                    // A mount point under a host directory: /etc is mimicked by a tmpfs,
+                    // which must be read-only too.
+                    { "name": "etc", "mountPath": "/etc/stowage-rofs" },
+                    { "name": "scratch", "mountPath": "/ro", "readOnly": true },
+                ],
+            }],
+            "volumes": [
+                { "name": "data", "persistentVolumeClaim": { "claimName": "data" } },
+                { "name": "scratch", "emptyDir": {} },
+                { "name": "etc", "emptyDir": {} },
+            ],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let outcome = wait_pod_phase(&pods, "rofs", "Succeeded").await;
+    let leaked = host_probe.exists();
+    let _ = std::fs::remove_file(&host_probe);
+    outcome?;
+
+    let result = std::fs::read_to_string(cluster.claim_dir(&ns, "data").join("result"))?;
+    let expected = format!(
+        "/probe read-only\n{} read-only\n/etc/probe read-only\n/data/probe writable\n\
+         /scratch/probe writable\n/etc/stowage-rofs/probe writable\n/ro/probe read-only\n",
+        host_probe.display()
+    );
+    assert_eq!(result, expected);
+    assert!(!leaked, "the container wrote into the host's /tmp");
+    let pod = pods.get("rofs").await?;
+    let state = terminated(&pod).ok_or("container is not terminated")?;
+    assert_eq!(
+        state.message.as_deref(),
+        Some("done\n"),
+        "/dev/termination-log stays writable"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn claims_are_writable_through_fs_group_only() -> TestResult {
     let (cluster, client, ns) = setup("fsgroup").await?;
     create_claim(&client, &ns, "plain").await?;

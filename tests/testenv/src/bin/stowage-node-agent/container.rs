@@ -167,6 +167,11 @@ pub fn plan(i: &Instance<'_>) -> Result<Planned, ConfigError> {
             argv,
             env,
             user,
+            read_only_root: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem)
+                == Some(true),
             hostname: pod_name.to_string(),
             error_file: dir.join("start-error"),
         },
