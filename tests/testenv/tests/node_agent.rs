@@ -4,6 +4,7 @@
 //!
 //! Timeouts below are guards against hangs, never assertions on speed.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -496,5 +497,334 @@ async fn active_deadline_stops_the_pod_and_fails_it() -> TestResult {
     let state = terminated(&pod).ok_or("container is not terminated")?;
     assert_eq!(state.signal, Some(15), "stopped with SIGTERM first");
     assert_eq!(state.exit_code, 143);
+    Ok(())
+}
+
+/// The container status of `pod`'s first container.
+fn first_container_state(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerState> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .clone()
+}
+
+fn condition(pod: &Pod, kind: &str) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .cloned()
+}
+
+#[tokio::test]
+async fn read_only_root_filesystem_leaves_only_volumes_writable() -> TestResult {
+    let (cluster, client, ns) = setup("rofs").await?;
+    create_claim(&client, &ns, "data").await?;
+    // Under /tmp of the host: the one place a failing run may write to (removed below).
+    let host_probe = std::path::PathBuf::from(format!("/tmp/stowage-rofs-probe-{ns}"));
+    let script = format!(
+        r#"
+        probe() {{
+            if err=$(touch "$1" 2>&1); then echo "$1 writable"
+            else case "$err" in
+                *"Read-only file system"*) echo "$1 read-only" ;;
+                *) echo "$1 error: $err" ;;
+            esac; fi
+        }}
+        {{
+            probe /probe
+            probe {host_probe}
+            probe /etc/probe
+            probe /data/probe
+            probe /scratch/probe
+            probe /etc/stowage-rofs/probe
+            probe /ro/probe
+        }} > /data/result
+        echo done > /dev/termination-log
+    "#,
+        host_probe = host_probe.display()
+    );
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "rofs" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", script],
+                "securityContext": { "readOnlyRootFilesystem": true },
+                "volumeMounts": [
+                    { "name": "data", "mountPath": "/data" },
+                    { "name": "scratch", "mountPath": "/scratch" },
+                    // A mount point under a host directory: /etc is mimicked by a tmpfs,
+                    // which must be read-only too.
+                    { "name": "etc", "mountPath": "/etc/stowage-rofs" },
+                    { "name": "scratch", "mountPath": "/ro", "readOnly": true },
+                ],
+            }],
+            "volumes": [
+                { "name": "data", "persistentVolumeClaim": { "claimName": "data" } },
+                { "name": "scratch", "emptyDir": {} },
+                { "name": "etc", "emptyDir": {} },
+            ],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let outcome = wait_pod_phase(&pods, "rofs", "Succeeded").await;
+    let leaked = host_probe.exists();
+    let _ = std::fs::remove_file(&host_probe);
+    outcome?;
+
+    let result = std::fs::read_to_string(cluster.claim_dir(&ns, "data").join("result"))?;
+    let expected = format!(
+        "/probe read-only\n{} read-only\n/etc/probe read-only\n/data/probe writable\n\
+         /scratch/probe writable\n/etc/stowage-rofs/probe writable\n/ro/probe read-only\n",
+        host_probe.display()
+    );
+    assert_eq!(result, expected);
+    assert!(!leaked, "the container wrote into the host's /tmp");
+    let pod = pods.get("rofs").await?;
+    let state = terminated(&pod).ok_or("container is not terminated")?;
+    assert_eq!(
+        state.message.as_deref(),
+        Some("done\n"),
+        "/dev/termination-log stays writable"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn claims_are_writable_through_fs_group_only() -> TestResult {
+    let (cluster, client, ns) = setup("fsgroup").await?;
+    create_claim(&client, &ns, "plain").await?;
+    create_claim(&client, &ns, "shared").await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let probe = r#"if err=$(touch /data/probe 2>&1); then echo writable; else echo "denied: $err"; fi > /dev/termination-log"#;
+    let pod = |name: &str,
+               claim: &str,
+               script: &str,
+               security: Value|
+     -> Result<Pod, serde_json::Error> {
+        serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": security,
+                "containers": [{
+                    "name": "main",
+                    "image": "busybox",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                }],
+                "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": claim } }],
+            },
+        }))
+    };
+    let message = |pod: &Pod| terminated(pod).and_then(|t| t.message).unwrap_or_default();
+
+    // Without fsGroup a non-root user cannot write into a fresh claim, as on a real node.
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "no-fs-group",
+            "plain",
+            probe,
+            json!({ "runAsUser": 1000, "runAsGroup": 1000 }),
+        )?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "no-fs-group", "Succeeded").await?;
+    let seen = message(&pods.get("no-fs-group").await?);
+    assert!(
+        seen.starts_with("denied: "),
+        "non-root write without fsGroup: {seen:?}"
+    );
+    let plain = std::fs::metadata(cluster.claim_dir(&ns, "plain"))?;
+    assert_eq!(plain.mode() & 0o7777, 0o755, "a fresh claim is root's 0755");
+
+    // With fsGroup the claim, including what was in it, becomes the group's.
+    let shared = cluster.claim_dir(&ns, "shared");
+    std::fs::create_dir_all(shared.join("old"))?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(shared.join("old"), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(shared.join("old/seed.txt"), "seed\n")?;
+    std::fs::set_permissions(
+        shared.join("old/seed.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let script = r#"
+        {
+            id -G
+            echo appended >> /data/old/seed.txt && echo appended
+            mkdir /data/old/sub && touch /data/old/sub/new && echo created
+        } > /dev/termination-log 2>&1
+    "#;
+    let security = json!({ "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 3000 });
+    pods.create(
+        &PostParams::default(),
+        &pod("fs-group", "shared", script, security)?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "fs-group", "Succeeded").await?;
+    let seen = message(&pods.get("fs-group").await?);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 3, "output: {seen:?}");
+    assert!(
+        lines[0].split_whitespace().any(|g| g == "3000"),
+        "fsGroup is a supplementary group: {seen:?}"
+    );
+    assert_eq!(&lines[1..], ["appended", "created"], "output: {seen:?}");
+    let root = std::fs::metadata(&shared)?;
+    assert_eq!((root.gid(), root.mode() & 0o7777), (3000, 0o2775));
+    let seed = std::fs::metadata(shared.join("old/seed.txt"))?;
+    assert_eq!((seed.gid(), seed.mode() & 0o7777), (3000, 0o664));
+    let sub = std::fs::metadata(shared.join("old/sub"))?;
+    assert_eq!(sub.gid(), 3000, "new directories inherit the group");
+    assert_eq!(sub.mode() & 0o2000, 0o2000, "and the setgid bit");
+    assert_eq!(std::fs::metadata(shared.join("old/sub/new"))?.gid(), 3000);
+
+    // OnRootMismatch: the root already matches, so nothing below it is changed.
+    // (Created in a setgid directory, it would inherit the group: give it back to root.)
+    std::fs::write(shared.join("late.txt"), "late\n")?;
+    std::os::unix::fs::chown(shared.join("late.txt"), None, Some(0))?;
+    std::fs::set_permissions(
+        shared.join("late.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let security = json!({
+        "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 3000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    });
+    let probe_late = r#"if err=$(sh -c 'echo x >> /data/late.txt' 2>&1); then echo writable; else echo "denied: $err"; fi > /dev/termination-log"#;
+    pods.create(
+        &PostParams::default(),
+        &pod("on-root-mismatch", "shared", probe_late, security)?,
+    )
+    .await?;
+    wait_pod_phase(&pods, "on-root-mismatch", "Succeeded").await?;
+    let seen = message(&pods.get("on-root-mismatch").await?);
+    assert!(
+        seen.starts_with("denied: "),
+        "late file was changed: {seen:?}"
+    );
+    let late = std::fs::metadata(shared.join("late.txt"))?;
+    assert_eq!((late.gid(), late.mode() & 0o7777), (0, 0o644));
+    Ok(())
+}
+
+#[tokio::test]
+async fn termination_message_keeps_the_last_4096_bytes() -> TestResult {
+    let (_cluster, client, ns) = setup("term-tail").await?;
+    let script = r#"{ printf HEAD; head -c 5000 /dev/zero | tr '\0' x; printf TAIL; } > /dev/termination-log"#;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "long-message" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": "busybox", "command": ["sh", "-c", script] }],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_pod_phase(&pods, "long-message", "Succeeded").await?;
+    let pod = pods.get("long-message").await?;
+    let message = terminated(&pod)
+        .and_then(|t| t.message)
+        .ok_or("no termination message")?;
+    assert_eq!(message, format!("{}TAIL", "x".repeat(4092)));
+    Ok(())
+}
+
+/// The agent's default `--setup-timeout`, which the fixture keeps: after it, volume
+/// problems fail a pod, but a container config error must not.
+const AGENT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn missing_secret_keeps_the_pod_waiting_until_the_secret_appears() -> TestResult {
+    let (_cluster, client, ns) = setup("late-secret").await?;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "needs-secret" },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": "busybox",
+                "command": ["sh", "-c", "printf %s \"$TOKEN\" > /dev/termination-log"],
+                "env": [{ "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "later", "key": "token" } } }],
+            }],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &pod).await?;
+
+    let waiting_with = |pod: &Pod, message: &str| -> Result<(), String> {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let waiting = first_container_state(pod).and_then(|s| s.waiting);
+        let ready = condition(pod, "ContainersReady");
+        match (phase, &waiting, &ready) {
+            (Some("Pending"), Some(w), Some(r))
+                if w.reason.as_deref() == Some("CreateContainerConfigError")
+                    && w.message.as_deref() == Some(message)
+                    && r.status == "False" =>
+            {
+                Ok(())
+            }
+            _ => Err(format!(
+                "phase {phase:?}, waiting {waiting:?}, ContainersReady {ready:?}"
+            )),
+        }
+    };
+    let missing_secret = r#"secret "later" not found"#;
+    eventually(
+        "CreateContainerConfigError for the missing Secret",
+        GUARD,
+        || async {
+            let pod = pods.get("needs-secret").await.map_err(|e| e.to_string())?;
+            waiting_with(&pod, missing_secret)
+        },
+    )
+    .await?;
+    // The kubelet never gives up on a container config error: still waiting well after
+    // the agent's setup timeout.
+    let until = std::time::Instant::now() + AGENT_SETUP_TIMEOUT + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let pod = pods.get("needs-secret").await?;
+        waiting_with(&pod, missing_secret)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "later" },
+        "stringData": { "other": "x" },
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let missing_key = format!("couldn't find key token in Secret {ns}/later");
+    eventually(
+        "CreateContainerConfigError for the missing key",
+        GUARD,
+        || async {
+            let pod = pods.get("needs-secret").await.map_err(|e| e.to_string())?;
+            waiting_with(&pod, &missing_key)
+        },
+    )
+    .await?;
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "later" },
+        "stringData": { "other": "x", "token": "t0k3n" },
+    }))?;
+    secrets
+        .replace("later", &PostParams::default(), &secret)
+        .await?;
+    wait_pod_phase(&pods, "needs-secret", "Succeeded").await?;
+    let pod = pods.get("needs-secret").await?;
+    let state = terminated(&pod).ok_or("container is not terminated")?;
+    assert_eq!(state.message.as_deref(), Some("t0k3n"));
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! to a sandbox spec, then start, wait (or stop on request) and describe how it ended.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -37,6 +37,9 @@ pub enum ConfigError {
     /// A volumeMount names no volume of the pod.
     #[error("volumeMount {0:?} names no volume of the pod")]
     UnknownVolume(String),
+    /// A `subPath` leaves its volume.
+    #[error("subPath {0:?} must not contain '..'")]
+    SubPath(String),
     /// `runAsNonRoot` cannot be verified or is violated.
     #[error("{0}")]
     NonRoot(String),
@@ -106,15 +109,7 @@ pub fn plan(i: &Instance<'_>) -> Result<Planned, ConfigError> {
             _ => None,
         };
         let source = match sub_path {
-            Some(sub) => {
-                let path = volume.host_path.join(sub.trim_start_matches('/'));
-                if !path.exists() {
-                    // The kubelet creates a missing subPath as a directory.
-                    std::fs::create_dir_all(&path).map_err(io(&path))?;
-                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
-                }
-                path
-            }
+            Some(sub) => sub_path_dir(&volume.host_path, &sub)?,
             None => volume.host_path.clone(),
         };
         mounts.push(MountSpec {
@@ -172,6 +167,11 @@ pub fn plan(i: &Instance<'_>) -> Result<Planned, ConfigError> {
             argv,
             env,
             user,
+            read_only_root: c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem)
+                == Some(true),
             hostname: pod_name.to_string(),
             error_file: dir.join("start-error"),
         },
@@ -180,6 +180,39 @@ pub fn plan(i: &Instance<'_>) -> Result<Planned, ConfigError> {
         log: i.agent.layout.log(namespace, pod_name, &c.name),
         container_id,
     })
+}
+
+/// The host directory of a `subPath` of the volume at `root`. A missing one is created
+/// as the kubelet does: each new directory with the permission bits of the volume's root
+/// (its group and setgid bit come from the parent, so an `fsGroup` volume keeps its group).
+fn sub_path_dir(root: &Path, sub: &str) -> Result<std::path::PathBuf, ConfigError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Io { path, source }
+    };
+    let perm = std::fs::metadata(root)
+        .map_err(io(root))?
+        .permissions()
+        .mode()
+        & 0o777;
+    let mut path = root.to_path_buf();
+    for part in Path::new(sub).components() {
+        match part {
+            Component::Normal(name) => path.push(name),
+            Component::CurDir | Component::RootDir => continue,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(ConfigError::SubPath(sub.to_string()));
+            }
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        std::fs::create_dir(&path).map_err(io(&path))?;
+        let inherited = std::fs::metadata(&path).map_err(io(&path))?.mode() & 0o2000;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm | inherited))
+            .map_err(io(&path))?;
+    }
+    Ok(path)
 }
 
 /// The identity from the pod's and container's security contexts.
@@ -210,9 +243,6 @@ fn user(pod: &Pod, c: &Container) -> Result<Option<UserSpec>, ConfigError> {
         }
         _ => {}
     }
-    if uid.is_none() && gid.is_none() {
-        return Ok(None);
-    }
     let to_u32 = |v: i64| u32::try_from(v).unwrap_or(0);
     let mut groups: Vec<u32> = pod_sc
         .and_then(|s| s.supplemental_groups.clone())
@@ -220,8 +250,12 @@ fn user(pod: &Pod, c: &Container) -> Result<Option<UserSpec>, ConfigError> {
         .into_iter()
         .map(to_u32)
         .collect();
+    // The runtime adds fsGroup whoever the container runs as.
     if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
         groups.push(to_u32(fs_group));
+    }
+    if uid.is_none() && gid.is_none() && groups.is_empty() {
+        return Ok(None);
     }
     Ok(Some(UserSpec {
         uid: uid.map_or(0, to_u32),

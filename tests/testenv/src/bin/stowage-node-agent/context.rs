@@ -23,6 +23,6 @@ pub struct Agent {
     pub service_env: BTreeMap<String, String>,
     /// Host binaries standing in for image files.
     pub image_map: ImageMap,
-    /// How long a pod may wait for its volumes and env references before it fails.
+    /// How long a pod may wait for its volumes before it fails.
     pub setup_timeout: Duration,
 }

@@ -60,8 +60,9 @@ struct Args {
     /// Allocatable memory of the node.
     #[arg(long, default_value = "16Gi")]
     memory: String,
-    /// Seconds a pod may wait for its volumes and env references (missing claim, Secret,
-    /// ConfigMap) before it is failed.
+    /// Seconds a pod may wait for its volumes (missing claim, Secret, ConfigMap) before it
+    /// is failed (`FailedMount`). Container config errors (a missing env reference) are
+    /// retried as long as the pod exists, as by the kubelet.
     #[arg(long, default_value_t = 60)]
     setup_timeout: u64,
     /// Host given to containers as KUBERNETES_SERVICE_HOST (default: the kubeconfig's server host).

@@ -226,7 +226,16 @@ async fn lifecycle(worker: Arc<Worker>, mut kill: watch::Receiver<KillOrder>) {
             Ok(v) => break v,
             Err(e) => {
                 let message = e.to_string();
-                if !setup_wait(&worker, &mut kill, started, "FailedMount", &message, None).await {
+                if !setup_wait(
+                    &worker,
+                    &mut kill,
+                    started,
+                    SetupProblem::Mount,
+                    &message,
+                    None,
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -282,18 +291,58 @@ async fn lifecycle(worker: Arc<Worker>, mut kill: watch::Receiver<KillOrder>) {
     futures::future::join_all(runs).await;
 }
 
+/// A reason a pod or container cannot start yet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SetupProblem {
+    /// The pod's volumes cannot be set up (`FailedMount`): the pod fails once
+    /// `--setup-timeout` has passed, so a Job's backoff sees the error.
+    Mount,
+    /// A container cannot be configured (`CreateContainerConfigError`: a missing Secret,
+    /// ConfigMap or key, a `runAsNonRoot` violation): retried for as long as the pod
+    /// exists, as the kubelet does, so the object can still appear.
+    ContainerConfig,
+}
+
+impl SetupProblem {
+    /// The pod-level failure reason, once the agent gives up.
+    fn reason(self) -> &'static str {
+        match self {
+            SetupProblem::Mount => "FailedMount",
+            SetupProblem::ContainerConfig => "CreateContainerConfigError",
+        }
+    }
+
+    /// The container's waiting reason while the problem lasts.
+    fn waiting_reason(self) -> &'static str {
+        match self {
+            SetupProblem::Mount => "ContainerCreating",
+            SetupProblem::ContainerConfig => "CreateContainerConfigError",
+        }
+    }
+
+    /// Whether the pod fails now, `elapsed` after it was accepted.
+    fn gives_up(self, elapsed: Duration, setup_timeout: Duration) -> bool {
+        match self {
+            SetupProblem::Mount => elapsed >= setup_timeout,
+            SetupProblem::ContainerConfig => false,
+        }
+    }
+}
+
 /// Waits before retrying pod setup; records why in the containers' waiting state. Returns
-/// false (after failing the pod) when the setup timeout passed or a stop was ordered.
+/// false when a stop was ordered or (after failing the pod) when the problem is one the
+/// agent gives up on and the setup timeout passed.
 async fn setup_wait(
     worker: &Worker,
     kill: &mut watch::Receiver<KillOrder>,
     started: Instant,
-    reason: &str,
+    problem: SetupProblem,
     message: &str,
     only: Option<Slot>,
 ) -> bool {
     let (namespace, pod) = names(&worker.pod);
-    if started.elapsed() >= worker.agent.setup_timeout {
+    let reason = problem.reason();
+    if problem.gives_up(started.elapsed(), worker.agent.setup_timeout) {
         tracing::warn!(%namespace, %pod, %reason, %message, "pod setup did not succeed in time; failing the pod");
         worker.status.update(|m| {
             m.failure = Some(PodFailure {
@@ -308,11 +357,7 @@ async fn setup_wait(
         return false;
     }
     tracing::info!(%namespace, %pod, %reason, %message, "pod setup not possible yet; retrying");
-    let waiting_reason = if reason == "FailedMount" {
-        "ContainerCreating"
-    } else {
-        reason
-    };
+    let waiting_reason = problem.waiting_reason();
     worker.status.update(|m| {
         let records = match only {
             Some(Slot::Init(i)) => m.init.get_mut(i).into_iter().collect::<Vec<_>>(),
@@ -377,7 +422,7 @@ async fn container_loop(
                     worker,
                     &mut kill,
                     started,
-                    "CreateContainerConfigError",
+                    SetupProblem::ContainerConfig,
                     &e.to_string(),
                     Some(slot),
                 )
@@ -463,7 +508,7 @@ async fn resolve_env(
                     worker,
                     kill,
                     started,
-                    "CreateContainerConfigError",
+                    SetupProblem::ContainerConfig,
                     &e.to_string(),
                     Some(slot),
                 )
@@ -493,5 +538,29 @@ fn record_mut(m: &mut PodModel, slot: Slot) -> Option<&mut ContainerRecord> {
 fn set_terminated(m: &mut PodModel, slot: Slot, ended: Ended) {
     if let Some(r) = record_mut(m, slot) {
         r.state = State::Terminated(ended);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SetupProblem;
+    use std::time::Duration;
+
+    #[test]
+    fn only_volume_problems_fail_the_pod_after_the_setup_timeout() {
+        let timeout = Duration::from_secs(60);
+        let cases = [
+            (SetupProblem::Mount, 59, false),
+            (SetupProblem::Mount, 60, true),
+            (SetupProblem::ContainerConfig, 59, false),
+            (SetupProblem::ContainerConfig, 3600, false),
+        ];
+        for (problem, elapsed, want) in cases {
+            assert_eq!(
+                problem.gives_up(Duration::from_secs(elapsed), timeout),
+                want,
+                "{problem:?} after {elapsed}s"
+            );
+        }
     }
 }

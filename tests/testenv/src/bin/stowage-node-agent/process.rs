@@ -143,8 +143,9 @@ impl Running {
     }
 }
 
-/// The termination message: the file's first 4096 bytes; with `FallbackToLogsOnError`
-/// and a failure and an empty file, the tail of this instance's log.
+/// The termination message: the file's last 4096 bytes (the kubelet reads the tail, so a
+/// message that grew too long keeps its end); with `FallbackToLogsOnError` and a failure
+/// and an empty file, the tail of this instance's log.
 pub fn termination_message(
     message_file: &Path,
     fallback_to_logs: bool,
@@ -152,10 +153,7 @@ pub fn termination_message(
     log: &Path,
     log_offset: u64,
 ) -> Option<String> {
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(message_file) {
-        let _ = f.take(MAX_MESSAGE_BYTES as u64).read_to_end(&mut buf);
-    }
+    let mut buf = tail(message_file, 0, MAX_MESSAGE_BYTES);
     if buf.is_empty() && fallback_to_logs && failed {
         buf = log_tail(log, log_offset);
     }
@@ -163,17 +161,23 @@ pub fn termination_message(
     (!text.is_empty()).then_some(text)
 }
 
-fn log_tail(log: &Path, offset: u64) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(log) else {
+/// At most the last `max` bytes of `path` after byte `offset` (empty when unreadable).
+fn tail(path: &Path, offset: u64, max: usize) -> Vec<u8> {
+    let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = offset.max(len.saturating_sub(FALLBACK_MAX_BYTES as u64));
+    let start = offset.max(len.saturating_sub(max as u64));
     if f.seek(SeekFrom::Start(start)).is_err() {
         return Vec::new();
     }
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
+    let _ = f.take(max as u64).read_to_end(&mut buf);
+    buf
+}
+
+fn log_tail(log: &Path, offset: u64) -> Vec<u8> {
+    let buf = tail(log, offset, FALLBACK_MAX_BYTES);
     let lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
     let keep = lines.len().saturating_sub(FALLBACK_MAX_LINES + 1);
     lines[keep..].join(&b'\n')
@@ -198,12 +202,11 @@ mod tests {
             Some("line1\nboom\n")
         );
         assert_eq!(termination_message(&msg, true, false, &log, offset), None);
-        std::fs::write(&msg, "x".repeat(5000)).unwrap();
+        std::fs::write(&msg, format!("HEAD{}TAIL", "x".repeat(5000))).unwrap();
         assert_eq!(
-            termination_message(&msg, true, true, &log, offset)
-                .unwrap()
-                .len(),
-            4096
+            termination_message(&msg, true, true, &log, offset),
+            Some(format!("{}TAIL", "x".repeat(4092))),
+            "the tail of a long message is kept"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -9,6 +9,10 @@
 //! "mimicked": its host content is moved aside, a tmpfs takes its place and every original
 //! entry is bind-mounted back, so the new directory exists only in this namespace and the
 //! host's real directories are never written.
+//!
+//! With `readOnlyRootFilesystem` every other mount of the view (the root tmpfs, the host's
+//! directories, mimicked ones) is then remounted read-only, except `/dev`, `/proc` and
+//! `/sys`, which a runtime mounts writable itself.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -17,8 +21,10 @@ use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
+use nix::sys::statvfs::{FsFlags, statvfs};
 use nix::unistd::{Gid, Uid, chdir, chroot, execve, setgid, setgroups, sethostname, setuid};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +74,10 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// `runAsUser`/`runAsGroup`, when set.
     pub user: Option<UserSpec>,
+    /// `readOnlyRootFilesystem`: everything but the mounts above (and `/dev`, `/proc`,
+    /// `/sys`) is remounted read-only.
+    #[serde(default)]
+    pub read_only_root: bool,
     /// The hostname (the pod name, as in Kubernetes).
     pub hostname: String,
     /// Host file the helper writes a start error into.
@@ -182,6 +192,9 @@ fn enter(spec: &SandboxSpec) -> Result<Never, SandboxError> {
     }
     let workdir = spec.working_dir.clone().unwrap_or_else(|| "/".into());
     view.resolve(&workdir, true)?;
+    if spec.read_only_root {
+        view.seal()?;
+    }
 
     chroot(&spec.root).map_err(sys("chroot"))?;
     chdir(workdir.as_str()).map_err(sys(format!("chdir {workdir}")))?;
@@ -452,18 +465,116 @@ impl View {
             m.target
         )))?;
         if m.read_only {
-            mount(
-                None::<&str>,
-                &host,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .map_err(sys(format!("making {} read-only", m.target)))?;
+            remount_read_only(&host).map_err(sys(format!("making {} read-only", m.target)))?;
         }
         self.set_origin(target, Origin::Volume);
         Ok(())
     }
+
+    /// `readOnlyRootFilesystem`: remounts read-only every mount of the view that is not a
+    /// declared mount (volumes, termination log) or below one; what the runtime provides
+    /// writable (`/dev`, `/proc`, `/sys`) is left as it is.
+    fn seal(&self) -> Result<(), SandboxError> {
+        let table = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io("reading /proc/self/mountinfo"))?;
+        let targets = sealed_mounts(&table, &self.root, |container| {
+            self.origin(container) == Origin::Volume
+                || RUNTIME_WRITABLE
+                    .iter()
+                    .any(|dir| container.starts_with(dir))
+        });
+        for container in targets {
+            let host = self.host(&container);
+            match remount_read_only(&host) {
+                // ENOENT, or EINVAL with a read-only result: a mount hidden by a later
+                // one at or above its path; the path shows what covers it, sealed before
+                // (parents come first).
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EINVAL)
+                    if statvfs(&host).is_ok_and(|s| s.flags().contains(FsFlags::ST_RDONLY)) => {}
+                Err(e) => {
+                    return Err(sys(format!(
+                        "making {} read-only (readOnlyRootFilesystem)",
+                        container.display()
+                    ))(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kernel and device file systems a container runtime mounts itself, writable whatever
+/// `readOnlyRootFilesystem` says.
+const RUNTIME_WRITABLE: [&str; 3] = ["/dev", "/proc", "/sys"];
+
+/// Makes the mount at `path` read-only, keeping its other per-mount flags (dropping a
+/// flag such as `nosuid` would be refused where it is locked).
+fn remount_read_only(path: &Path) -> nix::Result<()> {
+    let current = statvfs(path)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (st, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(st) {
+            flags |= ms;
+        }
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+}
+
+/// The container paths of the mounts in `mountinfo` (the text of `/proc/self/mountinfo`)
+/// that lie under `root` and are not `writable`, each once, parents first.
+fn sealed_mounts(mountinfo: &str, root: &Path, writable: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in mountinfo.lines() {
+        // id parent major:minor root mount-point options ...
+        let Some(point) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_mount_path(point));
+        let Ok(rel) = point.strip_prefix(root) else {
+            continue;
+        };
+        let container = Path::new("/").join(rel);
+        if !writable(&container) && !out.contains(&container) {
+            out.push(container);
+        }
+    }
+    out.sort_by_key(|p| p.components().count());
+    out
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|d| {
+                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                u8::try_from(value).ok()
+            });
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Normal components of an absolute path, with `.` dropped and `..` applied.
@@ -483,8 +594,43 @@ fn components(path: &Path) -> VecDeque<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::components;
-    use std::path::Path;
+    use super::{components, sealed_mounts, unescape_mount_path};
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn sealing_selects_the_view_s_mounts_except_writable_ones() {
+        let root = "/state/pods/u/containers/main/root";
+        let table = [
+            "22 1 0:21 / / rw,relatime - ext4 /dev/sda1 rw".to_string(),
+            format!("90 22 0:50 / {root} rw - tmpfs tmpfs rw"),
+            format!("91 90 8:1 /usr {root}/usr rw,nosuid - ext4 /dev/sda1 rw"),
+            format!("92 90 0:5 / {root}/dev rw - devtmpfs udev rw"),
+            format!("93 92 0:6 / {root}/dev/pts rw - devpts devpts rw"),
+            format!("94 90 8:1 /v {root}/data rw - ext4 /dev/sda1 rw"),
+            format!("95 94 8:1 /w {root}/data/sub rw - ext4 /dev/sda1 rw"),
+            format!("96 90 8:1 /o {root}/opt/my\\040dir rw - ext4 /dev/sda1 rw"),
+            format!("97 90 0:51 / {root}/etc rw - tmpfs tmpfs rw"),
+            format!("98 97 8:1 /etc/passwd {root}/etc/passwd rw - ext4 /dev/sda1 rw"),
+            format!("99 90 0:50 / {root}rest rw - tmpfs tmpfs rw"),
+            format!("100 90 8:1 /usr {root}/usr rw,nosuid - ext4 /dev/sda1 rw"),
+        ]
+        .join("\n");
+        let volumes = [Path::new("/data")];
+        let sealed = sealed_mounts(&table, Path::new(root), |p| {
+            volumes.iter().any(|v| p.starts_with(v)) || p.starts_with("/dev")
+        });
+        let want: Vec<PathBuf> = ["/", "/usr", "/etc", "/opt/my dir", "/etc/passwd"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(sealed, want);
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path(r"/a\040b\011c\134d"), "/a b\tc\\d");
+        assert_eq!(unescape_mount_path(r"/plain\x"), r"/plain\x");
+    }
 
     #[test]
     fn components_normalise() {

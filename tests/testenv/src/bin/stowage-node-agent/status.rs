@@ -271,32 +271,54 @@ impl PodModel {
                 .all(|c| matches!(c.state, State::Running { .. }));
         let terminal_reason = phase.is_terminal().then_some("PodCompleted");
         let not_ready_reason = terminal_reason.unwrap_or("ContainersNotReady");
-        let wanted: [(&str, bool, Option<&str>); 4] = [
+        // The kubelet's messages: Go's `%s` of the names, e.g. `[main sidecar]`.
+        let names = |records: &[ContainerRecord], pending: &dyn Fn(&State) -> bool| {
+            let names: Vec<&str> = records
+                .iter()
+                .filter(|r| pending(&r.state))
+                .map(|r| r.name.as_str())
+                .collect();
+            format!("[{}]", names.join(" "))
+        };
+        let incomplete = names(
+            &self.init,
+            &|s| !matches!(s, State::Terminated(e) if e.exit_code == 0),
+        );
+        let unready = names(&self.main, &|s| !matches!(s, State::Running { .. }));
+        let not_ready_message = terminal_reason
+            .is_none()
+            .then(|| format!("containers with unready status: {unready}"));
+        let wanted: [(&str, bool, Option<&str>, Option<String>); 4] = [
             (
                 "PodReadyToStartContainers",
                 self.sandbox_ready && !phase.is_terminal(),
+                None,
                 None,
             ),
             (
                 "Initialized",
                 self.initialized(),
                 (!self.initialized()).then_some("ContainersNotInitialized"),
+                (!self.initialized())
+                    .then(|| format!("containers with incomplete status: {incomplete}")),
             ),
             (
                 "ContainersReady",
                 all_running,
                 (!all_running).then_some(not_ready_reason),
+                not_ready_message.clone().filter(|_| !all_running),
             ),
             (
                 "Ready",
                 all_running,
                 (!all_running).then_some(not_ready_reason),
+                not_ready_message.filter(|_| !all_running),
             ),
         ];
         wanted
-            .iter()
-            .map(|(kind, ok, reason)| {
-                let status = if *ok { "True" } else { "False" };
+            .into_iter()
+            .map(|(kind, ok, reason, message)| {
+                let status = if ok { "True" } else { "False" };
                 let time = match self.transitions.iter_mut().find(|(k, _, _)| k == kind) {
                     Some(entry) if entry.1 == status => entry.2,
                     Some(entry) => {
@@ -314,6 +336,7 @@ impl PodModel {
                     type_: kind.to_string(),
                     status: status.to_string(),
                     reason: reason.map(str::to_string),
+                    message,
                     last_transition_time: Some(Time(time)),
                     ..Default::default()
                 }
@@ -469,5 +492,41 @@ mod tests {
             .unwrap();
         assert_eq!(term.reason.as_deref(), Some("Completed"));
         assert_eq!(s3.pod_ip.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn a_container_waiting_for_its_config_keeps_the_pod_pending_and_unready() {
+        let mut m = model("Never", vec![], vec![running(), running()]);
+        m.main[1].state = State::Waiting {
+            reason: "CreateContainerConfigError".into(),
+            message: Some("secret \"x\" not found".into()),
+        };
+        let status = m.status_at(Timestamp::UNIX_EPOCH);
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let conditions = status.conditions.unwrap();
+        let find = |kind: &str| conditions.iter().find(|c| c.type_ == kind).unwrap();
+        for kind in ["ContainersReady", "Ready"] {
+            let c = find(kind);
+            assert_eq!(c.status, "False", "{kind}");
+            assert_eq!(c.reason.as_deref(), Some("ContainersNotReady"), "{kind}");
+            assert_eq!(
+                c.message.as_deref(),
+                Some("containers with unready status: [c1]"),
+                "{kind}"
+            );
+        }
+        assert_eq!(find("Initialized").status, "True");
+        assert_eq!(find("PodReadyToStartContainers").status, "True");
+        let waiting = status.container_statuses.unwrap()[1]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert_eq!(
+            waiting.reason.as_deref(),
+            Some("CreateContainerConfigError")
+        );
+        assert_eq!(waiting.message.as_deref(), Some("secret \"x\" not found"));
     }
 }

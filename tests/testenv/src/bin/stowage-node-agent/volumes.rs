@@ -7,7 +7,7 @@
 //! - `hostPath`: the host path itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -115,11 +115,15 @@ pub async fn prepare(
     let Some(spec) = pod.spec.as_ref() else {
         return Ok(out);
     };
-    let fs_group = spec
-        .security_context
-        .as_ref()
-        .and_then(|s| s.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
+    let fs_group = spec.security_context.as_ref().and_then(|s| {
+        Some(FsGroup {
+            gid: s.fs_group.and_then(|g| u32::try_from(g).ok())?,
+            policy: match s.fs_group_change_policy.as_deref() {
+                Some("OnRootMismatch") => ChangePolicy::OnRootMismatch,
+                _ => ChangePolicy::Always,
+            },
+        })
+    });
     for volume in spec.volumes.iter().flatten() {
         let prepared = prepare_one(agent, pod, volume, lookup, fs_group).await?;
         out.insert(volume.name.clone(), prepared);
@@ -132,7 +136,7 @@ async fn prepare_one(
     pod: &Pod,
     volume: &Volume,
     lookup: &impl ObjectLookup,
-    fs_group: Option<u32>,
+    fs_group: Option<FsGroup>,
 ) -> Result<Prepared, VolumeError> {
     let name = volume.name.as_str();
     let namespace = lookup.namespace();
@@ -165,15 +169,16 @@ async fn prepare_one(
             });
         }
         let dir = layout.claim(namespace, &pvc.claim_name);
-        shared_dir(&dir, fs_group).map_err(io_err(&dir))?;
+        let read_only = pvc.read_only == Some(true);
+        claim_dir(&dir, fs_group, read_only).map_err(io_err(&dir))?;
         return Ok(Prepared {
             host_path: dir,
-            read_only: pvc.read_only == Some(true),
+            read_only,
         });
     }
     if volume.empty_dir.is_some() {
         let dir = layout.pod_volume(uid, "empty-dir", name);
-        shared_dir(&dir, fs_group).map_err(io_err(&dir))?;
+        empty_dir(&dir, fs_group.map(|g| g.gid)).map_err(io_err(&dir))?;
         return Ok(Prepared {
             host_path: dir,
             read_only: false,
@@ -194,6 +199,7 @@ async fn prepare_one(
         });
     }
 
+    let file_group = fs_group.map(|g| g.gid);
     let mut files = Files::default();
     if let Some(secret) = &volume.secret {
         let secret_name = secret.secret_name.clone().unwrap_or_default();
@@ -211,7 +217,12 @@ async fn prepare_one(
             None if secret.optional == Some(true) => {}
             None => return Err(not_found(name, "secret", &secret_name)),
         }
-        return files.write(layout.pod_volume(uid, "secret", name), fs_group, name, true);
+        return files.write(
+            layout.pod_volume(uid, "secret", name),
+            file_group,
+            name,
+            true,
+        );
     }
     if let Some(cm) = &volume.config_map {
         let mode = cm.default_mode.unwrap_or(0o644);
@@ -229,7 +240,7 @@ async fn prepare_one(
         }
         return files.write(
             layout.pod_volume(uid, "configmap", name),
-            fs_group,
+            file_group,
             name,
             true,
         );
@@ -246,7 +257,7 @@ async fn prepare_one(
         }
         return files.write(
             layout.pod_volume(uid, "downward-api", name),
-            fs_group,
+            file_group,
             name,
             true,
         );
@@ -258,7 +269,7 @@ async fn prepare_one(
         }
         return files.write(
             layout.pod_volume(uid, "projected", name),
-            fs_group,
+            file_group,
             name,
             true,
         );
@@ -408,9 +419,104 @@ fn not_found(volume: &str, kind: &'static str, name: &str) -> VolumeError {
     }
 }
 
-/// A directory every container user may write (as the kubelet's emptyDir, 0777), or
-/// group-owned by `fsGroup` with the setgid bit.
-fn shared_dir(dir: &Path, fs_group: Option<u32>) -> std::io::Result<()> {
+/// `fsGroupChangePolicy`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ChangePolicy {
+    /// Every file of the volume, on every pod start (the default).
+    Always,
+    /// Only when the volume's root does not show the group and permissions yet.
+    OnRootMismatch,
+}
+
+/// The pod's `fsGroup` and how it is applied to volumes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FsGroup {
+    /// The group id.
+    pub gid: u32,
+    /// `fsGroupChangePolicy`.
+    pub policy: ChangePolicy,
+}
+
+/// Group read and write (read only on a read-only volume), as the kubelet adds them.
+const GROUP_RW: u32 = 0o660;
+const GROUP_RO: u32 = 0o440;
+/// Group (and owner) search on directories.
+const GROUP_X: u32 = 0o110;
+const SETGID: u32 = 0o2000;
+
+/// The mode `fsGroup` gives a file or directory of a volume (kubelet
+/// `changeFilePermission`): group read/write (read on a read-only volume), and for
+/// directories also search and setgid, so what is created inside keeps the group.
+fn fs_group_mode(mode: u32, is_dir: bool, read_only: bool) -> u32 {
+    let mut mask = if read_only { GROUP_RO } else { GROUP_RW };
+    if is_dir {
+        mask |= GROUP_X | SETGID;
+    }
+    (mode & 0o7777) | mask
+}
+
+/// Whether a volume's root lacks what `fsGroup` gives (kubelet
+/// `requiresPermissionChange`, the test of `OnRootMismatch`): another group, missing
+/// group permissions or no setgid bit.
+fn root_mismatch(gid: u32, mode: u32, is_dir: bool, fs_group: u32, read_only: bool) -> bool {
+    if gid != fs_group || !is_dir {
+        return true;
+    }
+    let wanted = if read_only { GROUP_RO } else { GROUP_RW } | GROUP_X;
+    mode & wanted != wanted || mode & SETGID == 0
+}
+
+/// A claim's directory. A new one is root's with mode 0755, as a fresh file system's
+/// root on a real node: without `fsGroup` only root may write into it. With `fsGroup`
+/// the kubelet's volume ownership is applied: the group owns every file (recursively,
+/// or only when the root does not match yet with `OnRootMismatch`), with group
+/// read/write and setgid directories.
+fn claim_dir(dir: &Path, fs_group: Option<FsGroup>, read_only: bool) -> std::io::Result<()> {
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::create_dir(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let Some(fs_group) = fs_group else {
+        return Ok(());
+    };
+    let root = std::fs::metadata(dir)?;
+    if fs_group.policy == ChangePolicy::OnRootMismatch
+        && !root_mismatch(
+            root.gid(),
+            root.mode(),
+            root.is_dir(),
+            fs_group.gid,
+            read_only,
+        )
+    {
+        return Ok(());
+    }
+    set_ownership(dir, fs_group.gid, read_only)
+}
+
+/// Gives `path` and everything below it (symlinks not followed) to group `gid`.
+fn set_ownership(path: &Path, gid: u32, read_only: bool) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = fs_group_mode(meta.mode(), meta.is_dir(), read_only);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            set_ownership(&entry?.path(), gid, read_only)?;
+        }
+    }
+    Ok(())
+}
+
+/// An emptyDir: every container user may write (the kubelet's 0777); with `fsGroup`
+/// group-owned by it with the setgid bit.
+fn empty_dir(dir: &Path, fs_group: Option<u32>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     match fs_group {
         Some(gid) => {
@@ -508,5 +614,52 @@ impl Files {
             host_path: dir,
             read_only,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fs_group_mode, root_mismatch};
+
+    #[test]
+    fn fs_group_adds_group_access_and_setgid_on_directories() {
+        // (mode, is_dir, read_only, expected)
+        let cases = [
+            (0o755, true, false, 0o2775),
+            (0o700, true, false, 0o2770),
+            (0o644, false, false, 0o664),
+            (0o600, false, true, 0o640),
+            (0o755, true, true, 0o2755),
+            (0o40755, true, false, 0o2775),
+        ];
+        for (mode, is_dir, read_only, want) in cases {
+            assert_eq!(
+                fs_group_mode(mode, is_dir, read_only),
+                want,
+                "{mode:o} dir={is_dir} ro={read_only}"
+            );
+        }
+    }
+
+    #[test]
+    fn on_root_mismatch_checks_group_permissions_and_setgid() {
+        // (gid, mode, is_dir, read_only, mismatch)
+        let cases = [
+            (3000, 0o2775, true, false, false),
+            (3000, 0o2770, true, false, false),
+            (3000, 0o2777, true, false, false),
+            (0, 0o2775, true, false, true),
+            (3000, 0o775, true, false, true),
+            (3000, 0o2755, true, false, true),
+            (3000, 0o2755, true, true, false),
+            (3000, 0o2775, false, false, true),
+        ];
+        for (gid, mode, is_dir, read_only, want) in cases {
+            assert_eq!(
+                root_mismatch(gid, mode, is_dir, 3000, read_only),
+                want,
+                "gid={gid} mode={mode:o} dir={is_dir} ro={read_only}"
+            );
+        }
     }
 }
