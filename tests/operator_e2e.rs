@@ -834,6 +834,74 @@ async fn a_refused_job_is_named_on_its_target_and_the_tick_goes_on() {
     );
 }
 
+/// A run whose pod cannot start because its Secret is missing shows on the target within
+/// a minute, in the kubelet's words, instead of a target that stays Ready while the pod
+/// waits for its deadline; once the Secret exists, the run starts and the target recovers.
+/// (The operator runs on the real clock here: no fake time is set.)
+#[tokio::test]
+async fn a_missing_secret_shows_within_a_minute_and_clears_when_it_appears() {
+    let mut env = Env::new("e2e-nosecret", PG_PASSWORD).await;
+    let mut config = env.pg.config_json(Some(&env.db));
+    config["passwordSecretRef"] = json!({"name": "app-db-backup", "key": "password"});
+    env.apply(json!({
+        "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+        "metadata": {"name": "app-db"},
+        "spec": {"postgres": config, "storage": {"claimName": support::CLAIM}}
+    }));
+    env.start_operator();
+    let started = std::time::Instant::now();
+    let target = env
+        .wait_target(
+            "Reachable=False SecretNotFound",
+            "app-db",
+            |t| match condition(t, "Reachable") {
+                Some(c) if c["reason"] == "SecretNotFound" => Ok(()),
+                _ => Err(condition_summary(t, "Reachable")),
+            },
+        )
+        .await;
+    let waited = started.elapsed();
+    let reachable = condition(&target, "Reachable").unwrap();
+    assert_eq!(reachable["status"], "False");
+    let message = reachable["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#"secret "app-db-backup" not found"#),
+        "{message}"
+    );
+    assert_eq!(condition(&target, "Ready").unwrap()["status"], "False");
+    assert!(
+        waited < Duration::from_secs(60),
+        "the missing Secret took {waited:?} to show"
+    );
+    println!("missing Secret shown on the target after {waited:?}");
+    let events: Value =
+        serde_json::from_str(&env.kubectl(&["get", "events", "-o", "json"])).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["reason"] == "RunCannotStart"),
+        "no RunCannotStart event"
+    );
+
+    // The Secret appears: the waiting probe starts and succeeds.
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "app-db-backup"},
+        "stringData": {"password": PG_PASSWORD}
+    }));
+    env.wait_target(
+        "Reachable=True once the Secret exists",
+        "app-db",
+        |t| match condition(t, "Reachable") {
+            Some(c) if c["status"] == "True" => Ok(()),
+            _ => Err(condition_summary(t, "Reachable")),
+        },
+    )
+    .await;
+}
+
 /// A process killed when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 
