@@ -122,7 +122,8 @@ const USERNAME: ToolOption = reserved(
 const PASSWORD: ToolOption = reserved("password", Some('W'), Value::None, USE_PASSWORD);
 const NO_PASSWORD: ToolOption = reserved("no-password", Some('w'), Value::None, USE_PASSWORD);
 
-/// `pg_dump`'s options (PostgreSQL 17, `src/bin/pg_dump/pg_dump.c`).
+/// `pg_dump`'s options (PostgreSQL 17, `src/bin/pg_dump/pg_dump.c`, with `--restrict-key`
+/// of the 17.6, 16.10 and 15.14 minor releases).
 const PG_DUMP_OPTIONS: &[ToolOption] = &[
     // Reserved: set by stowage from the other fields.
     reserved(
@@ -203,6 +204,7 @@ const PG_DUMP_OPTIONS: &[ToolOption] = &[
     flag("no-unlogged-table-data", None),
     flag("on-conflict-do-nothing", None),
     flag("quote-all-identifiers", None),
+    valued("restrict-key", None),
     valued("role", None),
     valued("rows-per-insert", None),
     valued("section", None),
@@ -214,8 +216,9 @@ const PG_DUMP_OPTIONS: &[ToolOption] = &[
     flag("use-set-session-authorization", None),
 ];
 
-/// `pg_dumpall`'s options (PostgreSQL 17, `src/bin/pg_dump/pg_dumpall.c`, and
-/// PostgreSQL 18's `-F/--format`). Its `-t` takes no value, unlike `pg_dump`'s.
+/// `pg_dumpall`'s options (PostgreSQL 17, `src/bin/pg_dump/pg_dumpall.c`, with
+/// `--restrict-key` and PostgreSQL 18's `-F/--format`). Its `-t` takes no value, unlike
+/// `pg_dump`'s.
 const PG_DUMPALL_OPTIONS: &[ToolOption] = &[
     reserved(
         "dbname",
@@ -279,6 +282,7 @@ const PG_DUMPALL_OPTIONS: &[ToolOption] = &[
     flag("no-unlogged-table-data", None),
     flag("on-conflict-do-nothing", None),
     flag("quote-all-identifiers", None),
+    valued("restrict-key", None),
     valued("role", None),
     valued("rows-per-insert", None),
     flag("use-set-session-authorization", None),
