@@ -93,6 +93,163 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// `kubectl create --dry-run=server -n <ns> -f -` of one object: the API server's verdict
+/// without storing anything.
+fn server_verdict(
+    cluster: &TestCluster,
+    ns: &str,
+    object: &serde_json::Value,
+) -> Result<(), String> {
+    let mut child = cluster
+        .kubectl()
+        .args([
+            "create",
+            "--dry-run=server",
+            "--validate=strict",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl starts");
+    let body = serde_json::to_vec(object).unwrap();
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The CRD's rules for names and labels agree with Kubernetes' own: every claim name,
+/// ServiceAccount name, node label key and value is accepted in a BackupTarget exactly
+/// when the API server accepts it in the object it ends up in (a PersistentVolumeClaim,
+/// a ServiceAccount, a Pod's nodeSelector), and a refusal names the BackupTarget field.
+#[tokio::test]
+async fn names_and_labels_are_checked_as_kubernetes_checks_them() {
+    use serde_json::json;
+    let cluster = TestCluster::shared().expect("control plane");
+    let ns = cluster.ns("names").await.unwrap();
+    let ns = ns.name();
+    let target = |storage: serde_json::Value, job: serde_json::Value| {
+        json!({"apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+               "metadata": {"name": "names"},
+               "spec": {"postgres": {"host": "db", "database": "shop", "username": "backup"},
+                        "storage": storage, "job": job}})
+    };
+    let names = [
+        "backups",
+        "backups-2.v1",
+        "0",
+        &"n".repeat(253),
+        "Backups",
+        "bad_name",
+        "-backups",
+        "backups-",
+        "a..b",
+        "a b",
+        &"n".repeat(254),
+    ];
+    let keys = [
+        "disktype",
+        "kubernetes.io/arch",
+        "Disk_Type.v2",
+        "example.com/Disk-Type_2",
+        &"k".repeat(63),
+        &format!("{}/arch", "p".repeat(253)),
+        &format!("{}.example.com/arch", "p".repeat(70)),
+        "/arch",
+        "kubernetes.io/",
+        "Kubernetes.IO/arch",
+        "a/b/c",
+        "arch-",
+        "disk type",
+        "example_com/arch",
+        &"k".repeat(64),
+        &format!("{}/arch", "p".repeat(254)),
+    ];
+    let values = [
+        "",
+        "ssd",
+        "SSD_2.fast-1",
+        &"v".repeat(63),
+        "fast ssd",
+        "-ssd",
+        "ssd.",
+        "a/b",
+        &"v".repeat(64),
+    ];
+
+    let mut disagreements = Vec::new();
+    let mut compare = |case: String,
+                       kubernetes: Result<(), String>,
+                       ours: Result<(), String>,
+                       field: &str| {
+        match (&kubernetes, &ours) {
+            (Ok(()), Ok(())) => {}
+            (Err(_), Err(e)) if e.contains(field) => {}
+            _ => disagreements.push(format!(
+                "{case}: Kubernetes {kubernetes:?}, BackupTarget {ours:?}"
+            )),
+        }
+    };
+    for name in names {
+        let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "metadata": {"name": name},
+                         "spec": {"accessModes": ["ReadWriteOnce"],
+                                  "resources": {"requests": {"storage": "1Gi"}}}});
+        compare(
+            format!("claimName {name:?}"),
+            server_verdict(cluster, ns, &pvc),
+            server_verdict(cluster, ns, &target(json!({"claimName": name}), json!({}))),
+            "spec.storage.claimName",
+        );
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                             "metadata": {"name": name}});
+        compare(
+            format!("serviceAccountName {name:?}"),
+            server_verdict(cluster, ns, &account),
+            server_verdict(
+                cluster,
+                ns,
+                &target(
+                    json!({"claimName": "backups"}),
+                    json!({"serviceAccountName": name}),
+                ),
+            ),
+            "spec.job.serviceAccountName",
+        );
+    }
+    let selectors = keys
+        .iter()
+        .map(|k| json!({*k: "x"}))
+        .chain(values.iter().map(|v| json!({"disktype": *v})));
+    for selector in selectors {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+                         "spec": {"nodeSelector": selector,
+                                  "containers": [{"name": "c", "image": "busybox"}]}});
+        compare(
+            format!("nodeSelector {selector}"),
+            server_verdict(cluster, ns, &pod),
+            server_verdict(
+                cluster,
+                ns,
+                &target(
+                    json!({"claimName": "backups"}),
+                    json!({"nodeSelector": selector}),
+                ),
+            ),
+            "spec.job.nodeSelector",
+        );
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+}
+
 #[tokio::test]
 async fn kubectl_explain_shows_plugin_documentation() {
     let cluster = TestCluster::shared().expect("control plane");

@@ -294,6 +294,133 @@ mod cel {
         assert!(err.contains("at least 1m"), "{err}");
     }
 
+    fn postgres() -> Value {
+        json!({"host": "db", "username": "u", "database": "shop"})
+    }
+
+    /// The errors of a BackupTarget with `extra` merged into its spec, one string per
+    /// rejected case, for the cases where `expect` (accept or reject) does not hold.
+    fn wrong_verdicts(cases: &[(Value, bool)], names: &str) -> Vec<String> {
+        let mut wrong = Vec::new();
+        for (extra, valid) in cases {
+            match (
+                check("BackupTarget", target(postgres(), extra.clone())),
+                valid,
+            ) {
+                (Ok(()), true) => {}
+                (Err(e), false) if e.contains(names) => {}
+                (result, _) => wrong.push(format!("{extra}: {result:?}")),
+            }
+        }
+        wrong
+    }
+
+    #[test]
+    fn claim_name_is_a_dns_subdomain() {
+        let claim = |name: &str| json!({"storage": {"claimName": name}});
+        let mut cases = Vec::new();
+        for good in ["backups", "backups-2", "nfs.backups", "0", "a-b.c-d"] {
+            cases.push((claim(good), true));
+        }
+        for bad in [
+            "Backups", "bad_name", "-backups", "backups-", "a..b", ".a", "a.", "a/b", "a b",
+        ] {
+            cases.push((claim(bad), false));
+        }
+        let wrong = wrong_verdicts(
+            &cases,
+            "spec.storage.claimName must be the name of a PersistentVolumeClaim",
+        );
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn service_account_name_is_a_dns_subdomain() {
+        let account = |name: &str| json!({"job": {"serviceAccountName": name}});
+        let mut cases = Vec::new();
+        for good in ["default", "stowage-runner", "runner.v2"] {
+            cases.push((account(good), true));
+        }
+        for bad in [
+            "Runner",
+            "runner_1",
+            "runner-",
+            "a/b",
+            "system:serviceaccount:x:y",
+        ] {
+            cases.push((account(bad), false));
+        }
+        let wrong = wrong_verdicts(
+            &cases,
+            "spec.job.serviceAccountName must be the name of a ServiceAccount",
+        );
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn node_selector_keys_are_label_keys() {
+        let key = |k: &str| json!({"job": {"nodeSelector": {k: "x"}}});
+        let mut cases = Vec::new();
+        let longest_name = "n".repeat(63);
+        let longest_prefix = format!("{}/arch", "p".repeat(253));
+        for good in [
+            "disktype",
+            "kubernetes.io/arch",
+            "node-role.kubernetes.io/backup",
+            "topology.kubernetes.io/zone",
+            "Disk_Type.v2",
+            "example.com/Disk-Type_2",
+            &longest_name,
+            &longest_prefix,
+        ] {
+            cases.push((key(good), true));
+        }
+        let long_name = "n".repeat(64);
+        let long_prefix = format!("{}/arch", "p".repeat(254));
+        for bad in [
+            "",
+            "/arch",
+            "kubernetes.io/",
+            "Kubernetes.IO/arch",
+            "a/b/c",
+            "arch-",
+            "_arch",
+            "disk type",
+            "example_com/arch",
+            &long_name,
+            &long_prefix,
+        ] {
+            cases.push((key(bad), false));
+        }
+        let wrong = wrong_verdicts(&cases, "spec.job.nodeSelector keys must be label keys");
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn node_selector_values_are_label_values() {
+        let value = |v: &str| json!({"job": {"nodeSelector": {"disktype": v}}});
+        let mut cases = Vec::new();
+        let longest = "v".repeat(63);
+        for good in ["", "ssd", "SSD_2.fast-1", "0", &longest] {
+            cases.push((value(good), true));
+        }
+        let long = "v".repeat(64);
+        for bad in ["fast ssd", "-ssd", "ssd.", "a/b", "ssd\n", &long] {
+            cases.push((value(bad), false));
+        }
+        let wrong = wrong_verdicts(&cases, "spec.job.nodeSelector values must be label values");
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn starting_deadline_has_a_floor_of_ten_seconds() {
+        // Below ~10 s a tick that is handled a few seconds late (a busy controller, a
+        // leader handover) would be recorded as missed; see MIN_STARTING_DEADLINE.
+        let schema = open_api_schema("BackupSchedule");
+        let deadline = &schema["properties"]["spec"]["properties"]["startingDeadlineSeconds"];
+        assert_eq!(deadline["minimum"].as_f64(), Some(10.0), "{deadline}");
+    }
+
     #[test]
     fn schedule_time_zone_belongs_in_its_own_field() {
         let schedule = |cron: &str| {

@@ -10,10 +10,14 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorageSpec {
-    /// Name of a PersistentVolumeClaim in the target's namespace. It is mounted at
+    /// Name of a PersistentVolumeClaim in the target's namespace (a DNS subdomain: lowercase
+    /// letters, digits, `-` and `.`, at most 253 characters). It is mounted at
     /// `/backups` in each backup Job; artifacts go to
     /// `/backups/<namespace>/<target>/<YYYY-MM-DD>/<plugin>-<timestamp>.<ext>`.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        transform = object_name_rule("spec.storage.claimName", "PersistentVolumeClaim", "backups")
+    )]
     pub claim_name: String,
 }
 
@@ -55,8 +59,10 @@ pub struct JobSettings {
     /// Compute resources of the backup container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Node labels the backup pod must match.
+    /// Node labels the backup pod must match (at most 64): keys and values as Kubernetes
+    /// labels, e.g. `kubernetes.io/arch: amd64`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "node_selector_schema")]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the backup pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -69,10 +75,13 @@ pub struct JobSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10))]
     pub backoff_limit: Option<i32>,
-    /// ServiceAccount the backup pod runs as. Only plugins that use the Kubernetes API
-    /// (such as `kubernetes`) receive its token.
+    /// ServiceAccount the backup pod runs as (its name: a DNS subdomain). Only plugins
+    /// that use the Kubernetes API (such as `kubernetes`) receive its token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        transform = object_name_rule("spec.job.serviceAccountName", "ServiceAccount", "stowage-runner")
+    )]
     pub service_account_name: Option<String>,
 }
 
@@ -88,6 +97,76 @@ pub struct ProbeSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
     pub interval: Option<String>,
+}
+
+/// An object name as Kubernetes checks most of them (RFC 1123 DNS subdomain): lowercase
+/// letters, digits, `-` and `.`, each dot-separated part starting and ending with a letter
+/// or digit. The length limit (253) is the field's `maxLength`.
+const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A label key: an optional DNS subdomain prefix and `/`, then a name of at most 63
+/// letters, digits, `-`, `_` and `.` that starts and ends with a letter or digit. The
+/// prefix's length limit (253) is [`LABEL_KEY_PREFIX_LENGTH`].
+const LABEL_KEY: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+
+/// A label key's prefix is at most 253 characters (checked when the key has a `/`).
+const LABEL_KEY_PREFIX_LENGTH: &str = "^[^/]{1,253}/";
+
+/// A label value: empty, or at most 63 letters, digits, `-`, `_` and `.` that start and
+/// end with a letter or digit.
+const LABEL_VALUE: &str = "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+
+/// The most labels `spec.job.nodeSelector` holds; it bounds the cost of its CEL rules.
+const MAX_NODE_SELECTOR_LABELS: u32 = 64;
+
+/// A schema transform: a CEL rule that the string (at `field`, named in the message with
+/// `example`) is the name of a `kind` object, so the API server rejects a bad name at
+/// apply time instead of the backup Job failing later.
+fn object_name_rule(
+    field: &'static str,
+    kind: &'static str,
+    example: &'static str,
+) -> impl Fn(&mut schemars::Schema) {
+    move |schema: &mut schemars::Schema| {
+        schema.insert(
+            "x-kubernetes-validations".into(),
+            serde_json::json!([{
+                "rule": format!("self.matches('{DNS_SUBDOMAIN}')"),
+                "message": format!(
+                    "{field} must be the name of a {kind}: lowercase letters, digits, '-' and \
+                     '.', starting and ending with a letter or digit (e.g. {example})"
+                ),
+            }]),
+        );
+    }
+}
+
+/// The schema of `spec.job.nodeSelector`: a map whose keys and values are Kubernetes
+/// label keys and values, checked by CEL rules (a schema cannot constrain map keys).
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_NODE_SELECTOR_LABELS,
+        "additionalProperties": {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations": [
+            {
+                "rule": format!(
+                    "self.all(k, k.matches('{LABEL_KEY}') && \
+                     (!k.contains('/') || k.matches('{LABEL_KEY_PREFIX_LENGTH}')))"
+                ),
+                "message": "spec.job.nodeSelector keys must be label keys: an optional DNS \
+                            subdomain prefix and '/', then a name of at most 63 letters, \
+                            digits, '-', '_' or '.' that starts and ends with a letter or \
+                            digit (e.g. kubernetes.io/arch or disktype)",
+            },
+            {
+                "rule": format!("self.all(k, self[k].matches('{LABEL_VALUE}'))"),
+                "message": "spec.job.nodeSelector values must be label values: empty, or at \
+                            most 63 letters, digits, '-', '_' or '.' that start and end with \
+                            a letter or digit (e.g. amd64)",
+            },
+        ],
+    })
 }
 
 /// Marks a `conditions` list as a list-type map keyed by `type` (Kubernetes API

@@ -10,6 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::{RetentionPolicy, condition_list_schema};
+use crate::schedule::MIN_STARTING_DEADLINE_SECONDS;
 
 /// What to do when a tick comes while the previous run for the same target is still going.
 #[derive(
@@ -129,9 +130,11 @@ pub struct BackupScheduleSpec {
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// If the operator was down at a tick, run it late only if it is still within this many
-    /// seconds of the tick; otherwise record it as missed. Unset: 3600.
+    /// seconds of the tick; otherwise record it as missed. Unset: 3600. At least 10: a
+    /// tick is routinely handled a few seconds after it, and a shorter deadline would
+    /// record such ticks as missed (a smaller value stored before this limit counts as 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 2_592_000))]
+    #[schemars(range(min = MIN_STARTING_DEADLINE_SECONDS, max = 2_592_000))]
     pub starting_deadline_seconds: Option<i64>,
     /// When true, no new runs start; resuming does not run the ticks missed meanwhile.
     #[serde(default)]

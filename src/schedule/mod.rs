@@ -26,7 +26,8 @@ mod tick;
 
 pub use cron::{CronSchedule, ScheduleError, time_zone_database};
 pub use tick::{
-    DEFAULT_STARTING_DEADLINE, REQUEUE_CAP, REQUEUE_FLOOR, TickDecision, decide, requeue_after,
+    DEFAULT_STARTING_DEADLINE, MIN_STARTING_DEADLINE, MIN_STARTING_DEADLINE_SECONDS, REQUEUE_CAP,
+    REQUEUE_FLOOR, TickDecision, decide, requeue_after, starting_deadline,
 };
 
 #[cfg(test)]

@@ -346,11 +346,49 @@ fn the_starting_deadline_boundary_is_inclusive() {
         matches!(d, TickDecision::Missed { tick: t, .. } if t == tick),
         "{d:?}"
     );
-    // A zero (or negative) deadline runs only exactly on time.
-    let d = decide(&nightly(), None, created, tick, SignedDuration::ZERO, false);
-    assert!(matches!(d, TickDecision::Run { .. }), "{d:?}");
-    let d = decide(&nightly(), None, created, past, -HOUR, false);
-    assert!(matches!(d, TickDecision::Missed { .. }), "{d:?}");
+}
+
+#[test]
+fn a_starting_deadline_below_ten_seconds_counts_as_ten_seconds() {
+    // The schema refuses startingDeadlineSeconds below 10, but objects stored before the
+    // limit (or written with validation off) can still hold 0 or a negative value: they
+    // get the same 10 s of slack, so a tick handled a few seconds late still runs.
+    let created = ts("2026-06-01T00:00:00Z");
+    let tick = ts("2026-06-11T00:30:00Z");
+    let ten_seconds = SignedDuration::from_secs(10);
+    for deadline in [
+        SignedDuration::ZERO,
+        SignedDuration::from_secs(1),
+        SignedDuration::from_secs(9),
+        -HOUR,
+    ] {
+        for late in [
+            SignedDuration::ZERO,
+            SignedDuration::from_secs(3),
+            ten_seconds,
+        ] {
+            let d = decide(&nightly(), None, created, tick + late, deadline, false);
+            assert!(
+                matches!(d, TickDecision::Run { tick: t, .. } if t == tick),
+                "deadline {deadline}, {late} late: {d:?}"
+            );
+        }
+        let too_late = tick + ten_seconds + SignedDuration::from_nanos(1);
+        let d = decide(&nightly(), None, created, too_late, deadline, false);
+        assert!(
+            matches!(d, TickDecision::Missed { .. }),
+            "{deadline}: {d:?}"
+        );
+    }
+}
+
+#[test]
+fn the_deadline_in_effect_has_a_default_and_a_floor() {
+    assert_eq!(starting_deadline(None), DEFAULT_STARTING_DEADLINE);
+    assert_eq!(starting_deadline(Some(600)), SignedDuration::from_secs(600));
+    assert_eq!(starting_deadline(Some(10)), MIN_STARTING_DEADLINE);
+    assert_eq!(starting_deadline(Some(0)), MIN_STARTING_DEADLINE);
+    assert_eq!(starting_deadline(Some(-5)), MIN_STARTING_DEADLINE);
 }
 
 #[test]

@@ -9,6 +9,28 @@ use super::CronSchedule;
 /// `startingDeadlineSeconds` when a BackupSchedule does not set it: one hour.
 pub const DEFAULT_STARTING_DEADLINE: SignedDuration = SignedDuration::from_hours(1);
 
+/// The smallest `startingDeadlineSeconds` the schema accepts (its `minimum`).
+///
+/// A tick is handled by a reconcile that wakes at the tick and then lists targets and
+/// Jobs before it decides; a busy controller, a slow API server or a leader handover
+/// easily adds a few seconds. With a deadline below that, ticks would be recorded as
+/// missed while the operator is up (Kubernetes CronJobs document the same limit: below
+/// 10 s a CronJob may never be scheduled).
+pub const MIN_STARTING_DEADLINE_SECONDS: i64 = 10;
+
+/// [`MIN_STARTING_DEADLINE_SECONDS`] as a duration: [`decide`] treats any smaller
+/// deadline (one stored before the schema had a minimum) as this one.
+pub const MIN_STARTING_DEADLINE: SignedDuration =
+    SignedDuration::from_secs(MIN_STARTING_DEADLINE_SECONDS);
+
+/// The starting deadline in effect for `spec.startingDeadlineSeconds`: the default when
+/// unset, never less than [`MIN_STARTING_DEADLINE`].
+pub fn starting_deadline(seconds: Option<i64>) -> SignedDuration {
+    seconds
+        .map_or(DEFAULT_STARTING_DEADLINE, SignedDuration::from_secs)
+        .max(MIN_STARTING_DEADLINE)
+}
+
 /// The shortest delay [`requeue_after`] returns, so a reconcile that wakes a hair before
 /// its tick does not spin.
 pub const REQUEUE_FLOOR: Duration = Duration::from_secs(1);
@@ -78,7 +100,8 @@ impl TickDecision {
 /// - Only the latest due tick matters: after an outage of any length there is at most one
 ///   run, never a burst.
 /// - That tick runs if `now - tick <= starting_deadline` (the boundary included; a
-///   negative deadline counts as zero), else it is reported as missed.
+///   deadline below [`MIN_STARTING_DEADLINE`], such as a legacy `0`, counts as that
+///   minimum), else it is reported as missed.
 /// - When `suspended`, nothing runs.
 pub fn decide(
     schedule: &CronSchedule,
@@ -95,7 +118,7 @@ pub fn decide(
     let done_until = last_schedule_time.map_or(since, |last| last.max(since));
     match schedule.latest_at_or_before(now) {
         Some(tick) if tick > done_until => {
-            let deadline = starting_deadline.max(SignedDuration::ZERO);
+            let deadline = starting_deadline.max(MIN_STARTING_DEADLINE);
             if now.duration_since(tick) <= deadline {
                 TickDecision::Run { tick, next }
             } else {

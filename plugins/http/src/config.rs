@@ -207,10 +207,15 @@ impl TlsOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProbeOptions {
-    /// Path of a health endpoint, relative to the origin of `url` (e.g. `/api/health`, so
-    /// `https://host:3000/api/health`). By default the probe requests `url` itself.
+    /// Path of a health endpoint on the server of `url` (e.g. `/api/health`, so
+    /// `https://host:3000/api/health`): it starts with a single `/` and has no backslash,
+    /// whitespace or scheme, so the probe never goes to another server. By default the
+    /// probe requests `url` itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^/"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^/([^/\\\s][^\\\s]*)?$")
+    )]
     pub path: Option<String>,
     /// Method of the probe request: `HEAD` (default) or `GET` (for servers that do not
     /// answer `HEAD`). A 2xx or 3xx status is a success.
@@ -270,6 +275,59 @@ const RESERVED_HEADERS: &[&str] = &[
     "te",
     "upgrade",
 ];
+
+/// `probe.path` resolved against `base` (the config's `url`): a URL on the same origin
+/// (scheme, host and port), or why the path cannot be used. Called by `validate` and
+/// again where the probe request is built, so a path that would send the probe (and its
+/// credentials) to another server never leaves the plugin.
+pub fn probe_url_on(base: &Url, path: &str) -> Result<Url, String> {
+    check_probe_path(path)?;
+    let url = base.join(path).map_err(|e| {
+        format!("cannot be resolved against url ({e}); use a path such as /healthz")
+    })?;
+    if url.origin() != base.origin() {
+        return Err(format!(
+            "resolves to {}, which is not on the server of url ({}); use a path on that \
+             server (e.g. /healthz)",
+            url.origin().ascii_serialization(),
+            base.origin().ascii_serialization()
+        ));
+    }
+    Ok(url)
+}
+
+/// The checks of `probe.path` that need no base URL.
+fn check_probe_path(path: &str) -> Result<(), String> {
+    if Url::parse(path).is_ok() || path.contains("://") {
+        return Err(
+            "must be a path on the server of url (e.g. /healthz), not a URL; the probe \
+             never goes to another server"
+                .to_owned(),
+        );
+    }
+    if path.contains('\\') {
+        return Err(
+            "must not contain a backslash: URL parsers read it as '/', so /\\host/x would name \
+             another server; use '/' or percent-encode it (%5C)"
+                .to_owned(),
+        );
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "must not contain whitespace or control characters: URL parsers drop tabs and \
+             newlines, so /<tab>/host would name another server; percent-encode them (%20)"
+                .to_owned(),
+        );
+    }
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(
+            "must be a path starting with a single '/' (e.g. /healthz); it is resolved \
+             against the origin of url"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
 
 impl HttpConfig {
     /// A config that downloads `url` with every other field at its default.
@@ -338,14 +396,13 @@ impl HttpConfig {
             );
         }
         if let Some(path) = &self.probe.path {
-            if !path.starts_with('/') || path.starts_with("//") {
-                errors.push(
-                    "probe.path",
-                    "must be a path starting with a single '/' (e.g. /healthz); it is resolved \
-                     against the origin of url",
-                );
-            } else if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                errors.push("probe.path", "must not contain whitespace");
+            let checked = match Url::parse(&self.url) {
+                Ok(url) => probe_url_on(&url, path).map(drop),
+                // The url's own error is reported above; check what can be checked alone.
+                Err(_) => check_probe_path(path),
+            };
+            if let Err(message) = checked {
+                errors.push("probe.path", message);
             }
         }
         if let Some(ext) = &self.artifact_extension {
@@ -777,15 +834,48 @@ mod tests {
     }
 
     #[test]
-    fn probe_path_is_an_absolute_path() {
+    fn probe_path_stays_on_the_origin_of_url() {
+        // (path, what the message says)
+        let bad = [
+            ("health", "single '/'"),
+            ("http://evil.example/", "not a URL"),
+            ("https://export.example.svc:8443/healthz", "not a URL"),
+            ("//evil.example/x", "single '/'"),
+            // URL parsers read a backslash as a slash in http(s) URLs: `/\host` is `//host`.
+            ("/\\evil.example/x", "backslash"),
+            ("/\\/evil.example/x", "backslash"),
+            ("\\\\evil.example/x", "backslash"),
+            ("/api\\health", "backslash"),
+            // Tabs and newlines are dropped by URL parsers, so `/<tab>/host` is `//host`.
+            ("/\t/evil.example/x", "whitespace"),
+            ("/\n/evil.example/x", "whitespace"),
+            ("/a b", "whitespace"),
+        ];
         let mut c = config();
-        for bad in ["health", "//evil.example/x", "/a b"] {
-            c.probe.path = Some(bad.into());
-            let (field, _) = only_field(c.validate());
-            assert_eq!(field, "probe.path", "{bad}");
+        let mut wrong = Vec::new();
+        for (path, says) in bad {
+            c.probe.path = Some(path.into());
+            match fields(c.validate()).as_slice() {
+                [(field, message)] if field == "probe.path" && message.contains(says) => {}
+                other => wrong.push(format!("{path:?}: {other:?}")),
+            }
         }
-        c.probe.path = Some("/api/health?full=1".into());
-        c.validate().unwrap();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        for good in [
+            "/api/health?full=1",
+            "/healthz",
+            "/",
+            "/../healthz",
+            "/%2F%2Fevil.example",
+            "/a@evil.example",
+            "/:8080/x",
+        ] {
+            c.probe.path = Some(good.into());
+            assert_eq!(c.validate(), Ok(()), "{good:?}");
+            let base = Url::parse(&c.url).unwrap();
+            let url = probe_url_on(&base, good).unwrap();
+            assert_eq!(url.origin(), base.origin(), "{good}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod errors;
 pub use config::{
     BasicAuth, BearerAuth, DEFAULT_ARTIFACT_EXTENSION, DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_TIMEOUT_SECONDS, HttpAuth, HttpConfig, HttpHeader, HttpMethod, ProbeMethod,
-    ProbeOptions, TlsOptions,
+    ProbeOptions, TlsOptions, probe_url_on,
 };
 
 use std::collections::BTreeMap;
@@ -255,17 +255,8 @@ fn probe_url(config: &HttpConfig) -> Result<Url, PluginError> {
     let Some(path) = &config.probe.path else {
         return Ok(url);
     };
-    if !path.starts_with('/') || path.starts_with("//") {
-        return Err(PluginError::InvalidConfig(ValidationErrors::single(
-            "probe.path",
-            "must be a path starting with a single '/' (e.g. /healthz)",
-        )));
-    }
-    url.join(path).map_err(|e| {
-        PluginError::InvalidConfig(ValidationErrors::single(
-            "probe.path",
-            format!("cannot be resolved against url ({e}); use a path such as /healthz"),
-        ))
+    probe_url_on(&url, path).map_err(|message| {
+        PluginError::InvalidConfig(ValidationErrors::single("probe.path", message))
     })
 }
 
@@ -296,6 +287,37 @@ mod tests {
             probe_url(&config).unwrap().as_str(),
             "https://h.example:8443/healthz"
         );
+    }
+
+    #[test]
+    fn the_probe_never_leaves_the_origin_of_the_url_even_unvalidated() {
+        // probe_url is also the run-time check: a config that skipped validate() (or a
+        // path validate() let through) must still not send the probe, with its
+        // credentials, to another host.
+        let mut config = HttpConfig::for_url("https://h.example:8443/api/export");
+        for path in [
+            "/\\evil.example/x",
+            "/\t/evil.example/x",
+            "/\n\\evil.example:8443/x",
+            "\\\\evil.example/x",
+            "http://evil.example/",
+            "https:evil.example/x",
+        ] {
+            config.probe.path = Some(path.into());
+            let error = probe_url(&config).expect_err(path);
+            assert!(
+                matches!(&error, PluginError::InvalidConfig(e) if e.0[0].field == "probe.path"),
+                "{path:?}: {error}"
+            );
+        }
+        for (path, expected) in [
+            ("/healthz", "https://h.example:8443/healthz"),
+            ("/../up?x=1", "https://h.example:8443/up?x=1"),
+            ("/a@evil.example", "https://h.example:8443/a@evil.example"),
+        ] {
+            config.probe.path = Some(path.into());
+            assert_eq!(probe_url(&config).unwrap().as_str(), expected, "{path}");
+        }
     }
 
     #[tokio::test]

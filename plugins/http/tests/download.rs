@@ -468,6 +468,35 @@ async fn a_failing_sink_is_an_io_error() {
 }
 
 #[tokio::test]
+async fn a_probe_path_never_sends_the_credentials_to_another_server() {
+    let home = TestServer::start(|_| Reply::status(200, "ok")).await;
+    let elsewhere = TestServer::start(|_| Reply::status(200, "thanks")).await;
+    let other = elsewhere.url("");
+    let other_host = other.trim_start_matches("http://");
+    let mut config = HttpConfig::for_url(home.url("/api/export"));
+    config.auth = bearer();
+    // URL parsers read a backslash as '/' and drop tabs and newlines, so each of these
+    // joined naively with the URL names the other server.
+    for path in [
+        format!("/\\{other_host}/steal"),
+        format!("/\t/{other_host}/steal"),
+        format!("/\n\\{other_host}/steal"),
+        format!("{other}/steal"),
+    ] {
+        config.probe.path = Some(path.clone());
+        let error = probe(&config, &ctx(TOKEN)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidConfig, "{path:?}: {error}");
+        assert!(error.to_string().contains("probe.path"), "{error}");
+    }
+    assert!(
+        elsewhere.received().is_empty(),
+        "{:?}",
+        elsewhere.received()
+    );
+    assert!(home.received().is_empty());
+}
+
+#[tokio::test]
 async fn probe_sends_head_to_the_health_path_with_credentials() {
     let server = TestServer::start(|request| {
         let authorized = request.header("authorization") == Some(&format!("Bearer {TOKEN}"));

@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use stowage_plugin_sdk::{SecretKeyRef, ValidationErrors};
 
+use crate::options::{DumpTool, parse_dump_option};
+
 /// How to reach a PostgreSQL server and what to dump.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -49,9 +51,11 @@ pub struct PostgresConfig {
     /// restorable selectively with `pg_restore`), `plain` (SQL text) or `tar`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DumpFormat>,
-    /// Extra options passed to `pg_dump` / `pg_dumpall`, e.g. `["--exclude-table=audit_*",
-    /// "--no-comments"]`. Options that stowage sets itself (connection, output file,
-    /// format, password) are rejected.
+    /// Extra options passed to `pg_dump` / `pg_dumpall`, one option per entry with its
+    /// value attached, e.g. `["--exclude-table=audit_*", "--no-comments", "-Z5"]`. Options
+    /// that stowage sets itself (output file, format, connection, role, password, jobs) are
+    /// rejected however they are spelled: combined short flags (`-xf/tmp/x`), attached
+    /// values (`-Uroot`) and abbreviated long options (`--fil=x`) included.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub extra_dump_options: Vec<String>,
@@ -110,33 +114,19 @@ pub enum DumpFormat {
     Tar,
 }
 
-/// Options stowage sets itself; passing them in `extraDumpOptions` would break the run or
-/// leak a secret into the process list.
-const RESERVED_OPTIONS: &[&str] = &[
-    "-f",
-    "--file",
-    "-F",
-    "--format",
-    "-h",
-    "--host",
-    "-p",
-    "--port",
-    "-U",
-    "--username",
-    "-d",
-    "--dbname",
-    "-W",
-    "--password",
-    "-w",
-    "--no-password",
-    "-j",
-    "--jobs",
-];
-
 impl PostgresConfig {
     /// Whether this config dumps every database.
     pub fn dumps_all_databases(&self) -> bool {
         self.all_databases.unwrap_or(false)
+    }
+
+    /// The tool that dumps: `pg_dumpall` for all databases, else `pg_dump`.
+    pub fn dump_tool(&self) -> DumpTool {
+        if self.dumps_all_databases() {
+            DumpTool::PgDumpall
+        } else {
+            DumpTool::PgDump
+        }
     }
 
     /// The dump format in effect.
@@ -171,24 +161,10 @@ impl PostgresConfig {
         if self.host.trim() != self.host || self.host.contains(char::is_whitespace) {
             errors.push("host", "must not contain whitespace");
         }
+        let tool = self.dump_tool();
         for (i, option) in self.extra_dump_options.iter().enumerate() {
-            let name = option.split('=').next().unwrap_or(option);
-            let reserved = RESERVED_OPTIONS.iter().any(|r| {
-                name == *r || (r.len() == 2 && !r.starts_with("--") && name.starts_with(r))
-            });
-            if reserved {
-                errors.push(
-                    format!("extraDumpOptions[{i}]"),
-                    format!(
-                        "{name} is set by stowage from the other fields (host, port, username, \
-                         database, format, passwordSecretRef); remove it"
-                    ),
-                );
-            } else if !option.starts_with('-') {
-                errors.push(
-                    format!("extraDumpOptions[{i}]"),
-                    "each entry must be one option starting with '-' (e.g. --no-comments)",
-                );
+            if let Err(e) = parse_dump_option(tool, option) {
+                errors.push(format!("extraDumpOptions[{i}]"), e.to_string());
             }
         }
         errors.into_result()
@@ -262,6 +238,132 @@ mod tests {
                 "extraDumpOptions[3]"
             ]
         );
+    }
+
+    /// `extraDumpOptions: [entry]` for a one-database (`pg_dump`) or an all-databases
+    /// (`pg_dumpall`) config: `Ok` or the one error's (field, message).
+    fn check_dump_option(all_databases: bool, entry: &str) -> Result<(), (String, String)> {
+        let mut c = config();
+        if all_databases {
+            c.database = None;
+            c.all_databases = Some(true);
+        }
+        c.extra_dump_options = vec!["--no-comments".into(), entry.into()];
+        c.validate().map_err(|e| {
+            assert_eq!(e.0.len(), 1, "{entry:?}: {e}");
+            (e.0[0].field.clone(), e.0[0].message.clone())
+        })
+    }
+
+    #[test]
+    fn reserved_dump_options_are_rejected_however_spelled() {
+        // (pg_dumpall?, entry, the option named in the message, the fix it points to)
+        let cases = [
+            (false, "-f/tmp/x", "-f (--file)", "artifact"),
+            (false, "-xf/tmp/x", "-f (--file)", "artifact"),
+            (false, "-vf", "-f (--file)", "artifact"),
+            (false, "-Ovxf/tmp/x", "-f (--file)", "artifact"),
+            (false, "--file=/tmp/x", "--file", "artifact"),
+            (false, "--fil=/x", "--file", "artifact"),
+            (false, "--fi=/x", "--file", "artifact"),
+            (false, "--form=p", "--format", "spec.postgres.format"),
+            (false, "-Fp", "-F (--format)", "spec.postgres.format"),
+            (false, "-sFp", "-F (--format)", "spec.postgres.format"),
+            (false, "-hevil", "-h (--host)", "spec.postgres.host"),
+            (false, "--ho=evil", "--host", "spec.postgres.host"),
+            (false, "-Uroot", "-U (--username)", "spec.postgres.username"),
+            (false, "--user=root", "--username", "spec.postgres.username"),
+            (false, "-p5433", "-p (--port)", "spec.postgres.port"),
+            (false, "--por=5433", "--port", "spec.postgres.port"),
+            (false, "-dother", "-d (--dbname)", "spec.postgres.database"),
+            (false, "--db=other", "--dbname", "spec.postgres.database"),
+            (false, "-W", "-W (--password)", "passwordSecretRef"),
+            (false, "-vW", "-W (--password)", "passwordSecretRef"),
+            (false, "--pass", "--password", "passwordSecretRef"),
+            (false, "-w", "-w (--no-password)", "passwordSecretRef"),
+            (false, "--no-pa", "--no-password", "passwordSecretRef"),
+            (false, "-j4", "-j (--jobs)", "directory"),
+            (false, "--jo=4", "--jobs", "directory"),
+            // pg_dumpall reads its own options: -l names the database it connects to.
+            (true, "-lother", "-l (--database)", "remove it"),
+            (true, "--datab=other", "--database", "remove it"),
+            (true, "-gf/tmp/x", "-f (--file)", "artifact"),
+            // pg_dumpall's -t takes no value, so the f that follows is an option.
+            (true, "-tf/tmp/x", "-f (--file)", "artifact"),
+        ];
+        let mut wrong = Vec::new();
+        for (all, entry, option, fix) in cases {
+            match check_dump_option(all, entry) {
+                Ok(()) => wrong.push(format!("{entry}: accepted")),
+                Err((field, message)) => {
+                    let says = [entry, option, fix].iter().all(|s| message.contains(s));
+                    if field != "extraDumpOptions[1]" || !says {
+                        wrong.push(format!("{entry}: {field}: {message}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn unreserved_dump_options_pass_however_spelled() {
+        let cases = [
+            (false, "--no-comments"),
+            (false, "--exclude-table=audit_*"),
+            (false, "--exclude-table-data=log"),
+            // pg_dump's -t takes a value, so "f" and "-f" here are table names.
+            (false, "-tf"),
+            (false, "-t-f"),
+            (false, "--table=-f"),
+            (false, "-xO"),
+            (false, "-vZ5"),
+            (false, "--compress=zstd:3"),
+            // --filter is an option of its own (PostgreSQL 17), not --file.
+            (false, "--filter=/etc/stowage/filter"),
+            (false, "--no-ow"),
+            (false, "--use-set-session-authorization"),
+            (false, "--lock-wait-timeout=30s"),
+            // An option this list does not know (a newer pg_dump's) cannot be a reserved one.
+            (false, "--some-future-option"),
+            (true, "--no-role-passwords"),
+            (true, "-g"),
+            (true, "--exclude-database=tmp*"),
+        ];
+        for (all, entry) in cases {
+            assert_eq!(check_dump_option(all, entry), Ok(()), "{entry}");
+        }
+    }
+
+    #[test]
+    fn each_dump_option_entry_is_one_complete_option() {
+        // (entry, what the message says)
+        let cases = [
+            ("schema", "starting with '-'"),
+            ("", "starting with '-'"),
+            // `--` ends the options and `-` is an operand: both make pg_dump read what
+            // follows as the database to dump.
+            ("--", "database"),
+            ("-", "database"),
+            // A value in the next entry would be read as this option's value.
+            ("-t", "-tVALUE"),
+            ("--table", "--table=VALUE"),
+            ("--no-comments=yes", "takes no value"),
+            // An abbreviation of several unreserved options fails in pg_dump itself.
+            ("--ver", "ambiguous"),
+        ];
+        let mut wrong = Vec::new();
+        for (entry, says) in cases {
+            match check_dump_option(false, entry) {
+                Ok(()) => wrong.push(format!("{entry:?}: accepted")),
+                Err((field, message)) => {
+                    if field != "extraDumpOptions[1]" || !message.contains(says) {
+                        wrong.push(format!("{entry:?}: {field}: {message}"));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]

@@ -20,10 +20,12 @@
 
 mod config;
 mod errors;
+mod options;
 mod toolbox;
 mod version;
 
 pub use config::{DumpFormat, PostgresConfig, SslMode};
+pub use options::{DumpOptionError, DumpTool, parse_dump_option};
 pub use toolbox::Toolbox;
 
 use std::collections::BTreeMap;
@@ -173,7 +175,9 @@ impl PostgresPlugin {
         if !all {
             args.push(format!("--format={}", format_name(format)).into());
         }
-        if format == DumpFormat::Custom && !sets_compression(&config.extra_dump_options) {
+        if format == DumpFormat::Custom
+            && !sets_compression(config.dump_tool(), &config.extra_dump_options)
+        {
             // stowage compresses the stream (spec.compression, zstd by default); pg_dump's
             // own gzip would only cost CPU and defeat it.
             args.push("--compress=0".into());
@@ -385,11 +389,7 @@ impl<'a> Session<'a> {
 
     /// `pg_dumpall` for all-databases configs, else `pg_dump`.
     fn dump_tool(&self) -> &'static str {
-        if self.config.dumps_all_databases() {
-            "pg_dumpall"
-        } else {
-            "pg_dump"
-        }
+        self.config.dump_tool().name()
     }
 
     /// The database dumped (`postgres` for all-databases configs, which pg_dumpall starts
@@ -705,20 +705,25 @@ fn redact_facts(redactor: &Redactor, facts: BTreeMap<String, String>) -> BTreeMa
         .collect()
 }
 
-/// Whether the user chose pg_dump's compression in `extraDumpOptions` (`-Z`, `--compress`).
-fn sets_compression(options: &[String]) -> bool {
+/// Whether the user chose pg_dump's compression in `extraDumpOptions` (`-Z`, `--compress`,
+/// in any spelling the tool accepts).
+fn sets_compression(tool: DumpTool, options: &[String]) -> bool {
     options
         .iter()
-        .any(|o| o.starts_with("-Z") || o.starts_with("--compress"))
+        .any(|o| parse_dump_option(tool, o).is_ok_and(|names| names.contains(&"compress")))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn pg_dump_compression_is_left_to_stowage_unless_chosen() {
-        assert!(!super::sets_compression(&["--no-comments".into()]));
-        assert!(super::sets_compression(&["-Z5".into()]));
-        assert!(super::sets_compression(&["--compress=zstd:3".into()]));
+        let sets = |o: &str| super::sets_compression(super::DumpTool::PgDump, &[o.into()]);
+        assert!(!sets("--no-comments"));
+        assert!(sets("-Z5"));
+        assert!(sets("-vZ5"));
+        assert!(sets("--compress=zstd:3"));
+        assert!(sets("--comp=9"));
+        assert!(!sets("-tZ5"), "a table named Z5");
     }
 
     use super::*;
