@@ -241,6 +241,12 @@ pub struct Recovery {
     pub kept_live: Vec<PathBuf>,
 }
 
+/// Whether the file at `path` holds exactly the bytes `sidecar` describes.
+fn holds(path: &Path, sidecar: &Sidecar) -> bool {
+    super::catalog::hash_file(path)
+        .is_ok_and(|(size, sha)| size == sidecar.stored_bytes && sha == sidecar.sha256)
+}
+
 fn is_sidecar(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -433,8 +439,17 @@ impl PendingArtifact {
         observe(CommitStep::SidecarWritten);
         fault_point("commit-after-sidecar");
         if let Err(e) = fsio::publish_no_replace(&self.partial_path, &self.final_path) {
-            let _ = std::fs::remove_file(&sidecar_path);
-            return Err(e);
+            // The name was reserved for this run, so if it is taken now it is by this
+            // run's own bytes: another run's recovery saw the sidecar and the whole
+            // partial file, and completed the commit first. The sidecar is that
+            // artifact's; removing it would leave an artifact without its sidecar.
+            let completed_by_another_run =
+                matches!(e, StoreError::Exists(_)) && holds(&self.final_path, &sidecar);
+            if !completed_by_another_run {
+                let _ = std::fs::remove_file(&sidecar_path);
+                return Err(e);
+            }
+            tracing::info!(artifact = %self.final_path.display(), "another run's recovery published this artifact first");
         }
         observe(CommitStep::Published);
         let parent = self.final_path.parent().unwrap_or(Path::new("."));
