@@ -185,31 +185,10 @@ pub fn recover_dirs(
                     continue;
                 }
             };
-            let partial = partial_name(&artifact, &sidecar.run_id);
-            match super::catalog::hash_file(&partial) {
-                Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
-                    fsio::publish_no_replace(&partial, &artifact)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
-                    recovery.completed.push(artifact);
-                }
-                Ok(_) if !is_over(&partial, Some(&run_part(&sidecar.run_id))) => {}
-                Ok(_) => {
-                    remove(&partial)?;
-                    remove(sidecar_path)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(sidecar = %sidecar_path.display(), "removed the sidecar and partial file of an interrupted run whose file does not match its sidecar");
-                    recovery.removed.push(sidecar_path.clone());
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // No file to publish: the artifact was pruned (artifact first,
-                    // sidecar second) or deleted; the sidecar describes nothing.
-                    remove(sidecar_path)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(sidecar = %sidecar_path.display(), "removed a sidecar whose artifact is gone");
-                    recovery.removed.push(sidecar_path.clone());
-                }
-                Err(e) => return Err(StoreError::io("read", &partial, e)),
+            match settle_sidecar(date_dir, sidecar_path, &artifact, &sidecar, &is_over)? {
+                Settled::Completed => recovery.completed.push(artifact),
+                Settled::Removed => recovery.removed.push(sidecar_path.clone()),
+                Settled::Left => {}
             }
         }
         for path in files.iter().filter(|f| is_partial(f)) {
@@ -228,6 +207,55 @@ pub fn recover_dirs(
         }
     }
     Ok(recovery)
+}
+
+/// What recovery did with a sidecar whose artifact was not there.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// The run's partial file matched the sidecar and was published.
+    Completed,
+    /// The sidecar (and the partial file, if any) were removed.
+    Removed,
+    /// Left alone: the run may still be live.
+    Left,
+}
+
+/// Finish or undo the interrupted commit of the sidecar at `sidecar_path` (in `date_dir`),
+/// whose artifact `artifact` was not there when the directory was listed. `is_over` says
+/// whether a partial file's run is over.
+fn settle_sidecar(
+    date_dir: &Path,
+    sidecar_path: &Path,
+    artifact: &Path,
+    sidecar: &Sidecar,
+    is_over: &dyn Fn(&Path, Option<&str>) -> bool,
+) -> Result<Settled, StoreError> {
+    let partial = partial_name(artifact, &sidecar.run_id);
+    match super::catalog::hash_file(&partial) {
+        Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
+            fsio::publish_no_replace(&partial, artifact)?;
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
+            Ok(Settled::Completed)
+        }
+        Ok(_) if !is_over(&partial, Some(&run_part(&sidecar.run_id))) => Ok(Settled::Left),
+        Ok(_) => {
+            remove(&partial)?;
+            remove(sidecar_path)?;
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(sidecar = %sidecar_path.display(), "removed the sidecar and partial file of an interrupted run whose file does not match its sidecar");
+            Ok(Settled::Removed)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // No file to publish: the artifact was pruned (artifact first,
+            // sidecar second) or deleted; the sidecar describes nothing.
+            remove(sidecar_path)?;
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(sidecar = %sidecar_path.display(), "removed a sidecar whose artifact is gone");
+            Ok(Settled::Removed)
+        }
+        Err(e) => Err(StoreError::io("read", &partial, e)),
+    }
 }
 
 /// What [`ArtifactStore::recover`] did.
