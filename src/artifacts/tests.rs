@@ -509,3 +509,45 @@ async fn a_commit_that_another_runs_recovery_completed_keeps_its_sidecar() {
         .unwrap();
     assert!(back == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_racing_the_runs_own_commit_leaves_the_artifact_whole() {
+    // Run B's recovery listed the directory while run A was between its two commit
+    // steps (a sidecar, no artifact); then A went on. Whatever A had done by the time B
+    // settles the sidecar, B must neither remove the sidecar of A's published artifact
+    // nor fail.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let never_over = |_: &std::path::Path, _: Option<&str>| false;
+    for a_unlinked_its_partial in [true, false] {
+        let (pending, sidecar) =
+            encode_pending(&store, Some("nightly"), "run-a", payload(30_000)).await;
+        let partial = pending.partial_path().to_owned();
+        let written = pending.commit(sidecar).unwrap();
+        if !a_unlinked_its_partial {
+            // A is between the hard link and the unlink of its publication.
+            std::fs::hard_link(&written.path, &partial).unwrap();
+        }
+        let sidecar_path = layout::with_suffix(&written.path, layout::SIDECAR_SUFFIX);
+        let settled = writer::settle_sidecar(
+            written.path.parent().unwrap(),
+            &sidecar_path,
+            &written.path,
+            &written.sidecar,
+            &never_over,
+        );
+        let case = if a_unlinked_its_partial {
+            "after A's publication"
+        } else {
+            "during A's publication"
+        };
+        assert!(
+            matches!(settled, Ok(writer::Settled::PublishedByItsRun)),
+            "{case}: {settled:?}"
+        );
+        assert!(sidecar_path.exists(), "{case}: A's sidecar was removed");
+        let report = catalog::verify(&written.path).unwrap();
+        assert!(report.problems.is_empty(), "{case}: {:?}", report.problems);
+        let _ = std::fs::remove_file(&partial);
+    }
+}

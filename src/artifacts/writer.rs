@@ -188,7 +188,7 @@ pub fn recover_dirs(
             match settle_sidecar(date_dir, sidecar_path, &artifact, &sidecar, &is_over)? {
                 Settled::Completed => recovery.completed.push(artifact),
                 Settled::Removed => recovery.removed.push(sidecar_path.clone()),
-                Settled::Left => {}
+                Settled::Left | Settled::PublishedByItsRun => {}
             }
         }
         for path in files.iter().filter(|f| is_partial(f)) {
@@ -211,19 +211,29 @@ pub fn recover_dirs(
 
 /// What recovery did with a sidecar whose artifact was not there.
 #[derive(Debug, PartialEq, Eq)]
-enum Settled {
+pub(super) enum Settled {
     /// The run's partial file matched the sidecar and was published.
     Completed,
     /// The sidecar (and the partial file, if any) were removed.
     Removed,
     /// Left alone: the run may still be live.
     Left,
+    /// The run was live after all and published the artifact itself meanwhile (after
+    /// the directory was listed); nothing to do.
+    PublishedByItsRun,
+}
+
+fn published_by_its_run(artifact: &Path, sidecar: &Sidecar) -> Settled {
+    tracing::info!(artifact = %artifact.display(), run_id = sidecar.run_id, "its run published the artifact meanwhile: it was live, not interrupted");
+    Settled::PublishedByItsRun
 }
 
 /// Finish or undo the interrupted commit of the sidecar at `sidecar_path` (in `date_dir`),
 /// whose artifact `artifact` was not there when the directory was listed. `is_over` says
-/// whether a partial file's run is over.
-fn settle_sidecar(
+/// whether a partial file's run is over. The run may have been live and published the
+/// artifact since (a sidecar without its artifact is also the instant between a live
+/// run's two commit steps): then its sidecar is left alone, and that is no error.
+pub(super) fn settle_sidecar(
     date_dir: &Path,
     sidecar_path: &Path,
     artifact: &Path,
@@ -233,7 +243,13 @@ fn settle_sidecar(
     let partial = partial_name(artifact, &sidecar.run_id);
     match super::catalog::hash_file(&partial) {
         Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
-            fsio::publish_no_replace(&partial, artifact)?;
+            match fsio::publish_no_replace(&partial, artifact) {
+                Ok(()) => {}
+                Err(StoreError::Exists(_)) if holds(artifact, sidecar) => {
+                    return Ok(published_by_its_run(artifact, sidecar));
+                }
+                Err(e) => return Err(e),
+            }
             fsio::sync_dir(date_dir)?;
             tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
             Ok(Settled::Completed)
@@ -247,6 +263,9 @@ fn settle_sidecar(
             Ok(Settled::Removed)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if holds(artifact, sidecar) {
+                return Ok(published_by_its_run(artifact, sidecar));
+            }
             // No file to publish: the artifact was pruned (artifact first,
             // sidecar second) or deleted; the sidecar describes nothing.
             remove(sidecar_path)?;
