@@ -213,7 +213,7 @@ fn run_backup_with_the_http_plugin_writes_artifact_sidecar_and_result() {
     let relative = result["artifact"].as_str().unwrap();
     assert_eq!(
         relative,
-        "shop/exporter/2026-11-21/http-20261121T023000Z.json.zst"
+        "shop/exporter/2026-11-21/http-20261121T023000Z-nightly.json.zst"
     );
 
     // The artifact: its stored bytes hash to the reported sha256, and decompress to the body.
