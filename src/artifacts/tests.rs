@@ -478,3 +478,76 @@ async fn leftovers_of_runs_that_are_over_are_removed_and_live_ones_kept() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     live.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_another_runs_recovery_completed_keeps_its_sidecar() {
+    // Run A is between its two commit steps when run B of the same target starts: B's
+    // recovery sees A's sidecar and A's whole partial file and publishes it. A's own
+    // publication then finds the name taken; it must not remove the sidecar of the
+    // artifact that is now there (a final-named artifact without its sidecar).
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let target = TargetDir::new("shop", "app-db").unwrap();
+    let data = payload(60_000);
+    let (pending, sidecar) = encode_pending(&store, Some("nightly"), "run-a", data.clone()).await;
+    let final_path = dir.path().join(pending.relative());
+    let written = pending.commit_observed(sidecar, &mut |step| {
+        if step == CommitStep::SidecarWritten {
+            let recovery = store.recover(&target, "run-b", DAY).unwrap();
+            assert_eq!(recovery.completed, vec![final_path.clone()]);
+        }
+    });
+    let report = catalog::verify(dir.path()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.ok, vec![final_path.clone()]);
+    let written = written.expect("A's artifact is published (by B's recovery)");
+    assert_eq!(written.path, final_path);
+    let mut back = Vec::new();
+    Decoded::open(&final_path, Compression::Zstd)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_racing_the_runs_own_commit_leaves_the_artifact_whole() {
+    // Run B's recovery listed the directory while run A was between its two commit
+    // steps (a sidecar, no artifact); then A went on. Whatever A had done by the time B
+    // settles the sidecar, B must neither remove the sidecar of A's published artifact
+    // nor fail.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let never_over = |_: &std::path::Path, _: Option<&str>| false;
+    for a_unlinked_its_partial in [true, false] {
+        let (pending, sidecar) =
+            encode_pending(&store, Some("nightly"), "run-a", payload(30_000)).await;
+        let partial = pending.partial_path().to_owned();
+        let written = pending.commit(sidecar).unwrap();
+        if !a_unlinked_its_partial {
+            // A is between the hard link and the unlink of its publication.
+            std::fs::hard_link(&written.path, &partial).unwrap();
+        }
+        let sidecar_path = layout::with_suffix(&written.path, layout::SIDECAR_SUFFIX);
+        let settled = writer::settle_sidecar(
+            written.path.parent().unwrap(),
+            &sidecar_path,
+            &written.path,
+            &written.sidecar,
+            &never_over,
+        );
+        let case = if a_unlinked_its_partial {
+            "after A's publication"
+        } else {
+            "during A's publication"
+        };
+        assert!(
+            matches!(settled, Ok(writer::Settled::PublishedByItsRun)),
+            "{case}: {settled:?}"
+        );
+        assert!(sidecar_path.exists(), "{case}: A's sidecar was removed");
+        let report = catalog::verify(&written.path).unwrap();
+        assert!(report.problems.is_empty(), "{case}: {:?}", report.problems);
+        let _ = std::fs::remove_file(&partial);
+    }
+}

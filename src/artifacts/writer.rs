@@ -185,31 +185,10 @@ pub fn recover_dirs(
                     continue;
                 }
             };
-            let partial = partial_name(&artifact, &sidecar.run_id);
-            match super::catalog::hash_file(&partial) {
-                Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
-                    fsio::publish_no_replace(&partial, &artifact)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
-                    recovery.completed.push(artifact);
-                }
-                Ok(_) if !is_over(&partial, Some(&run_part(&sidecar.run_id))) => {}
-                Ok(_) => {
-                    remove(&partial)?;
-                    remove(sidecar_path)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(sidecar = %sidecar_path.display(), "removed the sidecar and partial file of an interrupted run whose file does not match its sidecar");
-                    recovery.removed.push(sidecar_path.clone());
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    // No file to publish: the artifact was pruned (artifact first,
-                    // sidecar second) or deleted; the sidecar describes nothing.
-                    remove(sidecar_path)?;
-                    fsio::sync_dir(date_dir)?;
-                    tracing::warn!(sidecar = %sidecar_path.display(), "removed a sidecar whose artifact is gone");
-                    recovery.removed.push(sidecar_path.clone());
-                }
-                Err(e) => return Err(StoreError::io("read", &partial, e)),
+            match settle_sidecar(date_dir, sidecar_path, &artifact, &sidecar, &is_over)? {
+                Settled::Completed => recovery.completed.push(artifact),
+                Settled::Removed => recovery.removed.push(sidecar_path.clone()),
+                Settled::Left | Settled::PublishedByItsRun => {}
             }
         }
         for path in files.iter().filter(|f| is_partial(f)) {
@@ -230,6 +209,74 @@ pub fn recover_dirs(
     Ok(recovery)
 }
 
+/// What recovery did with a sidecar whose artifact was not there.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Settled {
+    /// The run's partial file matched the sidecar and was published.
+    Completed,
+    /// The sidecar (and the partial file, if any) were removed.
+    Removed,
+    /// Left alone: the run may still be live.
+    Left,
+    /// The run was live after all and published the artifact itself meanwhile (after
+    /// the directory was listed); nothing to do.
+    PublishedByItsRun,
+}
+
+fn published_by_its_run(artifact: &Path, sidecar: &Sidecar) -> Settled {
+    tracing::info!(artifact = %artifact.display(), run_id = sidecar.run_id, "its run published the artifact meanwhile: it was live, not interrupted");
+    Settled::PublishedByItsRun
+}
+
+/// Finish or undo the interrupted commit of the sidecar at `sidecar_path` (in `date_dir`),
+/// whose artifact `artifact` was not there when the directory was listed. `is_over` says
+/// whether a partial file's run is over. The run may have been live and published the
+/// artifact since (a sidecar without its artifact is also the instant between a live
+/// run's two commit steps): then its sidecar is left alone, and that is no error.
+pub(super) fn settle_sidecar(
+    date_dir: &Path,
+    sidecar_path: &Path,
+    artifact: &Path,
+    sidecar: &Sidecar,
+    is_over: &dyn Fn(&Path, Option<&str>) -> bool,
+) -> Result<Settled, StoreError> {
+    let partial = partial_name(artifact, &sidecar.run_id);
+    match super::catalog::hash_file(&partial) {
+        Ok((size, sha)) if size == sidecar.stored_bytes && sha == sidecar.sha256 => {
+            match fsio::publish_no_replace(&partial, artifact) {
+                Ok(()) => {}
+                Err(StoreError::Exists(_)) if holds(artifact, sidecar) => {
+                    return Ok(published_by_its_run(artifact, sidecar));
+                }
+                Err(e) => return Err(e),
+            }
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(artifact = %artifact.display(), run_id = sidecar.run_id, "completed a commit that an interrupted run left half done");
+            Ok(Settled::Completed)
+        }
+        Ok(_) if !is_over(&partial, Some(&run_part(&sidecar.run_id))) => Ok(Settled::Left),
+        Ok(_) => {
+            remove(&partial)?;
+            remove(sidecar_path)?;
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(sidecar = %sidecar_path.display(), "removed the sidecar and partial file of an interrupted run whose file does not match its sidecar");
+            Ok(Settled::Removed)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if holds(artifact, sidecar) {
+                return Ok(published_by_its_run(artifact, sidecar));
+            }
+            // No file to publish: the artifact was pruned (artifact first,
+            // sidecar second) or deleted; the sidecar describes nothing.
+            remove(sidecar_path)?;
+            fsio::sync_dir(date_dir)?;
+            tracing::warn!(sidecar = %sidecar_path.display(), "removed a sidecar whose artifact is gone");
+            Ok(Settled::Removed)
+        }
+        Err(e) => Err(StoreError::io("read", &partial, e)),
+    }
+}
+
 /// What [`ArtifactStore::recover`] did.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -239,6 +286,12 @@ pub struct Recovery {
     pub removed: Vec<PathBuf>,
     /// Partial files of other runs left alone because they may still be written.
     pub kept_live: Vec<PathBuf>,
+}
+
+/// Whether the file at `path` holds exactly the bytes `sidecar` describes.
+fn holds(path: &Path, sidecar: &Sidecar) -> bool {
+    super::catalog::hash_file(path)
+        .is_ok_and(|(size, sha)| size == sidecar.stored_bytes && sha == sidecar.sha256)
 }
 
 fn is_sidecar(path: &Path) -> bool {
@@ -433,8 +486,17 @@ impl PendingArtifact {
         observe(CommitStep::SidecarWritten);
         fault_point("commit-after-sidecar");
         if let Err(e) = fsio::publish_no_replace(&self.partial_path, &self.final_path) {
-            let _ = std::fs::remove_file(&sidecar_path);
-            return Err(e);
+            // The name was reserved for this run, so if it is taken now it is by this
+            // run's own bytes: another run's recovery saw the sidecar and the whole
+            // partial file, and completed the commit first. The sidecar is that
+            // artifact's; removing it would leave an artifact without its sidecar.
+            let completed_by_another_run =
+                matches!(e, StoreError::Exists(_)) && holds(&self.final_path, &sidecar);
+            if !completed_by_another_run {
+                let _ = std::fs::remove_file(&sidecar_path);
+                return Err(e);
+            }
+            tracing::info!(artifact = %self.final_path.display(), "another run's recovery published this artifact first");
         }
         observe(CommitStep::Published);
         let parent = self.final_path.parent().unwrap_or(Path::new("."));
