@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
@@ -21,9 +21,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{BackupSchedule, BackupScheduleStatus, BackupTarget, conditions};
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
-use crate::schedule::{
-    CronSchedule, DEFAULT_STARTING_DEADLINE, TickDecision, decide, requeue_after,
-};
+use crate::schedule::{CronSchedule, TickDecision, decide, requeue_after};
 
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger, WaitReason};
@@ -34,10 +32,6 @@ use super::{Context, Error, LABEL_KIND, LABEL_TARGET};
 pub const CONTROLLER: &str = "backupschedule";
 /// How long a run waiting for a ReadWriteOnce claim waits before looking again.
 pub const CLAIM_RETRY: Duration = Duration::from_secs(15);
-/// The smallest starting deadline the controller uses: a smaller
-/// `startingDeadlineSeconds` would let a tick be missed by a reconcile that merely ran a
-/// few seconds late.
-pub const MIN_STARTING_DEADLINE_SECONDS: i64 = 10;
 /// Default of `successfulJobsHistoryLimit` and `failedJobsHistoryLimit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 3;
 
@@ -250,11 +244,7 @@ async fn reconcile_inner(
 
     // Decide the tick (from the clock and the status alone).
     let since = active_since(schedule, !spec.suspend, now);
-    let deadline = spec
-        .starting_deadline_seconds
-        .map_or(DEFAULT_STARTING_DEADLINE, |s| {
-            SignedDuration::from_secs(s.max(MIN_STARTING_DEADLINE_SECONDS))
-        });
+    let deadline = crate::schedule::starting_deadline(spec.starting_deadline_seconds);
     let last = prev.last_schedule_time.as_ref().map(|t| t.0);
     let decision = decide(&cron, last, since, now, deadline, spec.suspend);
 
