@@ -6,6 +6,7 @@
 //! - [`crd`]: CRD generation (`stowage crd`, `crds/`).
 //! - [`retention`]: GFS retention of artifacts.
 //! - [`cli`]: the `stowage` command line.
+//! - [`fault`]: fault-injection points for the fault suites (debug builds only).
 
 pub mod api;
 pub mod artifacts;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod controller;
 pub mod copy_self;
 pub mod crd;
+pub mod fault;
 pub mod jobs;
 pub mod registry;
 pub mod retention;

@@ -364,20 +364,6 @@ pub enum CommitStep {
     Synced,
 }
 
-/// A fault-injection point for the fault suite: in a debug build (the one tests run) with
-/// `STOWAGE_FAULT=<name>[,<name>...]` in its environment, the process stops dead here
-/// (`abort`: no destructor, no cleanup, like a SIGKILL). Compiled to nothing in release
-/// builds.
-pub fn fault_point(name: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var("STOWAGE_FAULT").is_ok_and(|v| v.split(',').any(|p| p == name)) {
-        eprintln!("fault injection: stopping dead at {name}");
-        std::process::abort();
-    }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
-}
-
 /// An artifact being written: its `.partial` file exists, its final name does not.
 #[derive(Debug)]
 pub struct PendingArtifact {
@@ -484,7 +470,7 @@ impl PendingArtifact {
         let sidecar_path = with_suffix(&self.final_path, SIDECAR_SUFFIX);
         sidecar.write_new(&sidecar_path)?;
         observe(CommitStep::SidecarWritten);
-        fault_point("commit-after-sidecar");
+        crate::fault::point("commit-after-sidecar");
         if let Err(e) = fsio::publish_no_replace(&self.partial_path, &self.final_path) {
             // The name was reserved for this run, so if it is taken now it is by this
             // run's own bytes: another run's recovery saw the sidecar and the whole

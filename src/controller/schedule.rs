@@ -651,6 +651,7 @@ async fn apply_tick(
                 }
                 match jobs_api.create(&Default::default(), job).await {
                     Ok(_) => {
+                        crate::fault::point("schedule-after-create");
                         planner.started(&step);
                         tracing::info!(target = target_name, job = job_name, %tick, "created scheduled backup Job");
                         events::publish(

@@ -524,6 +524,7 @@ async fn reconcile_inner(
                 let job_name = job.name_any();
                 match jobs_api.create(&PostParams::default(), &job).await {
                     Ok(_) => {
+                        crate::fault::point("backup-now-after-create");
                         tracing::info!(job = job_name, token, "created on-demand backup Job");
                         events_now.push(PlannedEvent::normal(
                             reasons::BACKUP_STARTED,

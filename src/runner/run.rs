@@ -241,7 +241,7 @@ async fn backup_inner(
     )?
     .for_schedule(spec.schedule.as_deref());
     let mut pending = store.create(&name, &spec.run_id)?;
-    crate::artifacts::writer::fault_point("backup-after-create");
+    crate::fault::point("backup-after-create");
     tracing::info!(
         namespace = %spec.namespace,
         target = %spec.target,
@@ -264,7 +264,7 @@ async fn backup_inner(
         (report, closed)
     };
     let ((report, closed), encoded) = tokio::join!(produce, pipeline);
-    crate::artifacts::writer::fault_point("backup-before-commit");
+    crate::fault::point("backup-before-commit");
     let report = match (report, encoded) {
         (_, Err(store_error)) => {
             pending.abort();
@@ -307,7 +307,7 @@ async fn backup_inner(
         facts: report.facts.clone(),
     };
     let written = pending.commit(sidecar)?;
-    crate::artifacts::writer::fault_point("backup-after-commit");
+    crate::fault::point("backup-after-commit");
     tracing::info!(
         artifact = %written.relative.display(),
         raw_bytes = encoded.raw_bytes,
