@@ -423,8 +423,8 @@ struct StoreState {
     interrupted: BTreeMap<PathBuf, PathBuf>,
     /// Partial files of artifacts (`<final>.<run>.partial`), with their run.
     partials: BTreeMap<PathBuf, String>,
-    /// Temporary files of sidecars (`<final>.meta.json.partial`): a run killed while
-    /// writing its sidecar.
+    /// Temporary files of sidecars (`<final>.meta.json.<run>.partial`): a run killed
+    /// while writing its sidecar.
     sidecar_temps: BTreeSet<PathBuf>,
     /// Sidecars, with the run that wrote them.
     sidecars: BTreeMap<PathBuf, String>,
@@ -447,10 +447,7 @@ fn check_store(root: &Path, body: &(u64, String), proven: &mut Proven) -> StoreS
     let files = files_under(root);
     for path in &files {
         let name = name_of(path);
-        if let Some(sidecar_of) = name.strip_suffix(".meta.json.partial") {
-            assert!(!sidecar_of.is_empty(), "{}", path.display());
-            state.sidecar_temps.insert(path.clone());
-        } else if let Some(stem) = name.strip_suffix(".partial") {
+        if let Some(stem) = name.strip_suffix(".partial") {
             let (final_name, run) = stem
                 .rsplit_once('.')
                 .unwrap_or_else(|| panic!("a partial file without a run: {}", path.display()));
@@ -459,6 +456,11 @@ fn check_store(root: &Path, body: &(u64, String), proven: &mut Proven) -> StoreS
                 "a partial file of an unknown run: {}",
                 path.display()
             );
+            if final_name.ends_with(".meta.json") {
+                // The temporary file of a sidecar (`<sidecar>.<run>.partial`).
+                state.sidecar_temps.insert(path.clone());
+                continue;
+            }
             assert!(
                 final_name.ends_with(".json.zst"),
                 "a partial file of no artifact: {}",

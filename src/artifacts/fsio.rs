@@ -18,52 +18,48 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// write `<path>.partial`, fsync it, rename it over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let partial = with_suffix(path, PARTIAL_SUFFIX);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&partial, path)
-    })();
-    if let Err(source) = result {
+    write_synced(&partial, path, bytes)?;
+    if let Err(source) = std::fs::rename(&partial, path) {
         let _ = std::fs::remove_file(&partial);
         return Err(StoreError::io("write", path, source));
     }
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    sync_parent(path)
 }
 
 /// Write `bytes` to `path`, which must not exist yet, so that a reader sees either nothing
-/// or the whole file: a temporary file, fsynced, published without replacing, directory
-/// fsynced. Fails with [`StoreError::Exists`] when `path` exists.
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let partial = with_suffix(path, PARTIAL_SUFFIX);
+/// or the whole file: the temporary file `partial`, fsynced, published without replacing,
+/// directory fsynced. Fails with [`StoreError::Exists`] when `path` exists.
+pub fn write_new(path: &Path, partial: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_synced(partial, path, bytes)?;
+    if let Err(e) = publish_no_replace(partial, path) {
+        let _ = std::fs::remove_file(partial);
+        return Err(e);
+    }
+    sync_parent(path)
+}
+
+/// Write and fsync `partial` (removed again on failure); errors name `path`.
+fn write_synced(partial: &Path, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&partial)?;
+            .open(partial)?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
-    if let Err(source) = written {
-        let _ = std::fs::remove_file(&partial);
-        return Err(StoreError::io("write", path, source));
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(partial);
+        StoreError::io("write", path, source)
+    })
+}
+
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    if let Err(e) = publish_no_replace(&partial, path) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e);
-    }
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 /// Move `from` to `to` without ever replacing an existing `to`.

@@ -89,9 +89,11 @@ impl Sidecar {
     }
 
     /// Write the sidecar atomically to `path`, which must not exist: never replaces the
-    /// sidecar of another artifact.
+    /// sidecar of another artifact. Its temporary file is `<path>.<run id>.partial`, so a
+    /// retried run recognises and removes it like its other partial files.
     pub fn write_new(&self, path: &Path) -> Result<(), StoreError> {
-        fsio::write_new(path, &self.to_json(path)?)
+        let partial = super::layout::partial_name(path, &self.run_id);
+        fsio::write_new(path, &partial, &self.to_json(path)?)
     }
 
     fn to_json(&self, path: &Path) -> Result<Vec<u8>, StoreError> {
