@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stowage_testenv::eventually;
-use support::{Env, PG_PASSWORD, at, condition, condition_summary, job_name, reconciles_at};
+use support::{
+    Env, LEASE_DURATION_SECONDS, LEASE_NAME, PG_PASSWORD, at, condition, condition_summary,
+    job_name, reconciles_at,
+};
 
 /// A target's last backup finished (any outcome) in a Job other than `not_job`.
 fn last_backup_done(not_job: Option<String>) -> impl Fn(&Value) -> Result<(), String> {
@@ -1005,4 +1008,176 @@ async fn of_two_replicas_one_acts_and_the_other_takes_over_when_it_dies() {
     assert_eq!(leaderships(&env), 2, "{}", env.operator_log());
     assert_eq!(env.jobs("stowage.dev/kind=backup").await.len(), 2);
     assert_backup_matches_claim(&env, &target, "app-db");
+}
+
+/// Wait until the operator serving on `port` answers `/healthz`.
+async fn wait_healthz(env: &Env, port: u16) {
+    eventually(
+        "the replica serves /healthz",
+        Duration::from_secs(60),
+        || async move {
+            let ok = std::process::Command::new("curl")
+                .args(["-sf", "--max-time", "5"])
+                .arg(format!("http://127.0.0.1:{port}/healthz"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                Ok(())
+            } else {
+                Err("no answer".to_owned())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics()));
+}
+
+/// Wait until the leader-election Lease is held by `identity`.
+async fn wait_lease_holder(env: &Env, identity: &str) {
+    eventually(
+        &format!("Lease {LEASE_NAME} held by {identity}"),
+        Duration::from_secs(60),
+        || async move {
+            match env.lease_holder() {
+                Some(h) if h == identity => Ok(()),
+                other => Err(format!("holder {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", env.diagnostics()));
+}
+
+/// Events published by `instance` (their `reportingInstance`) at or after `since`.
+fn events_by_since(env: &Env, instance: &str, since: jiff::Timestamp) -> Vec<String> {
+    let events: Value =
+        serde_json::from_str(&env.kubectl(&["get", "events.events.k8s.io", "-o", "json"]))
+            .expect("events JSON");
+    let time = |v: &Value| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reportingInstance"] == instance)
+        .filter(|e| {
+            [&e["eventTime"], &e["series"]["lastObservedTime"]]
+                .into_iter()
+                .filter_map(time)
+                .any(|t| t >= since)
+        })
+        .map(|e| format!("{} {}: {}", e["reason"], e["regarding"]["name"], e["note"]))
+        .collect()
+}
+
+/// A leader that stops renewing its Lease (SIGSTOP here; a stalled VM or a network
+/// partition alike) is replaced by the standby. When it runs again it has work it would do
+/// at once (its clock moved past a schedule's tick while it was stopped, and a requeue is
+/// due), but it must write nothing: its fence expired while it was stopped, so it refuses
+/// writes, logs why and exits non-zero.
+#[tokio::test]
+async fn a_paused_leader_writes_nothing_after_the_standby_took_over() {
+    let mut env = Env::new("e2e-fence", PG_PASSWORD).await;
+    env.create_target("app-db", json!({"tier": "db"}));
+    // Work for the new leader, apart from the schedule's target (a run the schedule waits
+    // to see recorded would hold its tick back).
+    env.create_target("other-db", json!({"tier": "web"}));
+    env.set_time(&at("06-11T00:29:00Z"));
+    env.start_operator();
+    let old = env.operator_identity().expect("the operator's identity");
+    wait_lease_holder(&env, &old).await;
+    env.create_schedule(
+        "nightly",
+        json!({"schedule": "30 2 * * *", "timeZone": "Europe/Paris",
+               "targets": {"matchLabels": {"tier": "db"}}}),
+    );
+    let tick = at("06-11T00:30:00Z");
+    wait_scheduled(&env, "nightly", &tick).await;
+
+    // The standby's clock stays before the tick: the only replica that would create the
+    // tick's Job is the old leader.
+    let standby = env.start_replica_apart(&at("06-11T00:29:00Z"));
+    wait_healthz(&env, standby.port).await;
+    assert_eq!(env.lease_holder().as_deref(), Some(old.as_str()));
+
+    env.signal_operator("STOP");
+    env.set_time(&at("06-11T00:30:05Z"));
+    wait_lease_holder(&env, &standby.identity).await;
+
+    // The new leader acts.
+    env.kubectl(&[
+        "annotate",
+        "backuptarget",
+        "other-db",
+        "stowage.dev/backup-now=fence",
+    ]);
+    let target = env
+        .wait_target(
+            "backup-now finishes under the new leader",
+            "other-db",
+            last_backup_done(None),
+        )
+        .await;
+    assert_eq!(target["status"]["lastHandledBackupNow"], "fence");
+    assert!(
+        reconciles_at(standby.port, "backuptarget") > 0,
+        "the standby never acted"
+    );
+
+    // The old leader runs again, with a due requeue and a clock past the tick.
+    let before = env.operator_log().len();
+    let resumed = jiff::Timestamp::now();
+    env.signal_operator("CONT");
+    let status = env
+        .wait_operator_exit(Duration::from_secs(LEASE_DURATION_SECONDS * 5))
+        .await;
+    let after = env.operator_log()[before..].to_owned();
+    eprintln!("----- the old leader's log after it resumed ({status}):\n{after}");
+
+    let jobs = env.jobs(&selector_of("nightly")).await;
+    assert!(
+        jobs.is_empty(),
+        "the old leader created {:?} after it resumed:\n{after}",
+        jobs.iter().map(job_name).collect::<Vec<_>>()
+    );
+    for write in [
+        "created scheduled backup Job",
+        "created on-demand backup Job",
+        "created probe Job",
+        "status written",
+    ] {
+        assert!(
+            !after.contains(write),
+            "the old leader logged {write:?} after it resumed:\n{after}"
+        );
+    }
+    let events = events_by_since(&env, &old, resumed);
+    assert!(
+        events.is_empty(),
+        "the old leader published events after it resumed: {events:?}"
+    );
+    assert!(
+        !status.success(),
+        "it exits non-zero so that it restarts as a standby: {status}\n{after}"
+    );
+    let expired = after
+        .lines()
+        .find(|l| l.contains("leader fence expired"))
+        .unwrap_or_else(|| panic!("no fence expiry logged after the resume:\n{after}"));
+    assert!(expired.contains("ERROR"), "{expired}");
+    assert!(expired.contains(LEASE_NAME), "{expired}");
+    assert!(expired.contains("since_last_renewal_seconds"), "{expired}");
+    assert_eq!(
+        env.lease_holder().as_deref(),
+        Some(standby.identity.as_str()),
+        "the Lease stays with the new leader"
+    );
+
+    // The tick runs once, under the new leader, when its clock gets there.
+    standby.set_time(&at("06-11T00:30:05Z"));
+    let jobs = env.wait_jobs(&selector_of("nightly"), 1).await;
+    assert_eq!(jobs.len(), 1, "one Job for the tick");
+    assert!(
+        standby.log().contains("created scheduled backup Job"),
+        "the new leader created it"
+    );
 }

@@ -121,6 +121,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The leader fence, when leader election is on; see [`Context::may_write`].
+    pub fence: Option<leader::LeaderFence>,
     /// The schedule controllers' caches, to tell whether a schedule still exists.
     schedules: ScheduleIndex,
     /// One lock per namespace, held from reading the namespace's runs to creating a new
@@ -155,7 +157,15 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             schedules: ScheduleIndex::default(),
             start_locks: Mutex::new(HashMap::new()),
+            fence: None,
         }
+    }
+
+    /// Whether this replica may write now: always without leader election, otherwise only
+    /// while it holds the leader fence. The client refuses writes without it anyway;
+    /// reconcilers check it first to stop early instead of failing.
+    pub fn may_write(&self) -> bool {
+        self.fence.as_ref().is_none_or(leader::LeaderFence::is_held)
     }
 
     /// Hold the namespace's start lock: read the runs of the namespace and create new
@@ -331,8 +341,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         allowed_plugins: args.allowed_plugin_keys()?,
         job_defaults: job_defaults(&args),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
+    // With leader election, the reconcilers' client refuses writes while this replica does
+    // not hold the leader fence; the election itself writes the Lease with `client`.
+    let fence = args.leader_election.then(|| {
+        leader::LeaderFence::new(
+            &args.lease_name,
+            &args.lease_namespace(),
+            leader::LeaseTiming::from_seconds(args.lease_duration_seconds),
+        )
+    });
+    let writer = match &fence {
+        Some(fence) => leader::fenced_client(client.clone(), fence.clone()),
+        None => client.clone(),
+    };
+    let mut context = Context::new(
+        writer,
         settings,
         args.clock(),
         metrics,
@@ -340,7 +363,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             controller: "stowage-controller".into(),
             instance: Some(identity.clone()),
         },
-    ));
+    );
+    context.fence = fence.clone();
+    let ctx = Arc::new(context);
     let health = server::Health::default();
     let shutdown = shutdown_signal();
 
@@ -358,15 +383,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         "stowage controller starting"
     );
 
-    let lease = if args.leader_election {
-        let elector = leader::Elector::start(
-            client.clone(),
-            &args.lease_name,
-            &args.lease_namespace(),
-            &identity,
-            args.lease_duration_seconds,
-        )
-        .await?;
+    let lease = if let Some(fence) = fence {
+        let elector = leader::Elector::start(client.clone(), &identity, fence).await?;
         health.set_standby();
         tokio::select! {
             leading = elector.wait_until_leader() => {
@@ -397,7 +415,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         async move {
             tokio::select! {
                 _ = shutdown => {}
-                _ = lost_leadership => tracing::error!("lost the leader Lease; stopping the controllers"),
+                // Elector::lost logged why.
+                _ = lost_leadership => {}
             }
         }
         .boxed()
@@ -789,7 +808,10 @@ mod tests {
         assert!(grants("", "pods", "list"));
         assert!(grants("", "persistentvolumeclaims", "get"));
         assert!(grants("events.k8s.io", "events", "create"));
-        assert!(grants("coordination.k8s.io", "leases", "patch"));
+        // The election reads, creates and replaces its Lease (see `leader`).
+        for verb in ["get", "create", "update"] {
+            assert!(grants("coordination.k8s.io", "leases", verb), "{verb}");
+        }
         assert!(!grants("batch", "jobs", "update"), "no more than used");
     }
 }

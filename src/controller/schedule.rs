@@ -132,6 +132,11 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
             kind: "BackupSchedule",
             name: name.clone(),
         })?;
+    if !ctx.may_write() {
+        // Not (or no longer) the leader: the client would refuse every write anyway.
+        tracing::debug!(name, "not holding the leader fence; skipping the reconcile");
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let key = super::object_key(schedule.as_ref());
     if schedule.metadata.deletion_timestamp.is_some() {
         // Being deleted (another controller's finalizer holds it): start nothing, and drop

@@ -249,6 +249,11 @@ pub async fn reconcile(target: Arc<BackupTarget>, ctx: Arc<Context>) -> Result<A
         kind: "BackupTarget",
         name: name.clone(),
     })?;
+    if !ctx.may_write() {
+        // Not (or no longer) the leader: the client would refuse every write anyway.
+        tracing::debug!(name, "not holding the leader fence; skipping the reconcile");
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let key = super::object_key(target.as_ref());
     if target.metadata.deletion_timestamp.is_some() {
         // Being deleted (another controller's finalizer holds it): start nothing, and drop

@@ -24,6 +24,11 @@ pub const CLAIM: &str = "backups";
 pub const PG_PASSWORD: &str = "e2e-Correct-Horse-7";
 /// Guard timeout for one backup to finish (never a performance assertion).
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
+/// `--lease-duration-seconds` of every operator process: a standby takes over about this
+/// long after the leader stops renewing.
+pub const LEASE_DURATION_SECONDS: u64 = 6;
+/// The leader-election Lease's name (the Role of `deploy/rbac/operator.yaml` allows only it).
+pub const LEASE_NAME: &str = "stowage-controller";
 
 /// The PostgreSQL server shared by the tests running at the same time (started again
 /// when every test holding it has finished, so it never outlives the test process).
@@ -114,6 +119,7 @@ pub struct Env {
     pub db: String,
     dir: tempfile::TempDir,
     operator: Option<Child>,
+    operator_identity: Option<String>,
     metrics_port: u16,
     starts: u32,
 }
@@ -150,6 +156,7 @@ impl Env {
             db,
             dir: tempfile::tempdir().expect("a temp dir"),
             operator: None,
+            operator_identity: None,
             metrics_port: free_port(),
             starts: 0,
         };
@@ -307,10 +314,7 @@ impl Env {
 
     /// Write the operator's "now".
     pub fn set_time(&self, rfc3339: &str) {
-        let path = self.time_file();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, rfc3339).expect("write the fake time");
-        std::fs::rename(&tmp, &path).expect("move the fake time in place");
+        write_time(&self.time_file(), rfc3339);
     }
 
     fn time_file(&self) -> PathBuf {
@@ -331,8 +335,16 @@ impl Env {
     pub fn start_operator(&mut self) {
         assert!(self.operator.is_none(), "the operator is already running");
         self.starts += 1;
-        let child = self.spawn_operator(self.metrics_port, &format!("start #{}", self.starts));
+        let identity = self.identity();
+        let child = self.spawn_operator(
+            self.metrics_port,
+            &format!("start #{}", self.starts),
+            &self.time_file(),
+            &self.log_path(),
+            &identity,
+        );
         self.operator = Some(child);
+        self.operator_identity = Some(identity);
     }
 
     /// Start another replica of the operator (same namespace and Lease, its own identity
@@ -340,16 +352,112 @@ impl Env {
     pub fn start_replica(&mut self) -> (Child, u16) {
         self.starts += 1;
         let port = free_port();
-        let child = self.spawn_operator(port, &format!("replica start #{}", self.starts));
+        let identity = self.identity();
+        let child = self.spawn_operator(
+            port,
+            &format!("replica start #{}", self.starts),
+            &self.time_file(),
+            &self.log_path(),
+            &identity,
+        );
         (child, port)
     }
 
-    fn spawn_operator(&self, metrics_port: u16, label: &str) -> Child {
+    /// Start another replica with its own clock file (set to `now`) and its own log, so a
+    /// test can tell the replicas' actions apart.
+    pub fn start_replica_apart(&mut self, now: &str) -> Replica {
+        self.starts += 1;
+        let port = free_port();
+        let identity = self.identity();
+        let time_file = self.dir.path().join(format!("now-{}", self.starts));
+        let log = self.dir.path().join(format!("replica-{}.log", self.starts));
+        write_time(&time_file, now);
+        let child = self.spawn_operator(
+            port,
+            &format!("replica start #{}", self.starts),
+            &time_file,
+            &log,
+            &identity,
+        );
+        Replica {
+            child,
+            port,
+            identity,
+            time_file,
+            log,
+        }
+    }
+
+    fn identity(&self) -> String {
+        format!("e2e-{}-{}", self.name(), self.starts)
+    }
+
+    /// The Lease identity of the running operator (`None` before the first start).
+    pub fn operator_identity(&self) -> Option<String> {
+        self.operator_identity.clone()
+    }
+
+    /// Send `signal` (`STOP`, `CONT`, ...) to the running operator.
+    pub fn signal_operator(&self, signal: &str) {
+        let child = self.operator.as_ref().expect("the operator runs");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Wait (at most `timeout`) for the operator to exit on its own; its exit status.
+    pub async fn wait_operator_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.operator.take().expect("the operator runs");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the operator did not exit within {timeout:?}");
+                }
+                Err(e) => panic!("cannot wait for the operator: {e}"),
+            }
+        }
+    }
+
+    /// `spec.holderIdentity` of the leader-election Lease (`None` when missing or free).
+    pub fn lease_holder(&self) -> Option<String> {
+        let out = self
+            .cluster
+            .kubectl_output(&[
+                "get",
+                "lease",
+                LEASE_NAME,
+                "-n",
+                self.name(),
+                "--ignore-not-found",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        Some(out.trim().to_owned()).filter(|h| !h.is_empty())
+    }
+
+    fn spawn_operator(
+        &self,
+        metrics_port: u16,
+        label: &str,
+        time_file: &Path,
+        log_path: &Path,
+        identity: &str,
+    ) -> Child {
         let kubeconfig = operator_kubeconfig(self.cluster);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path())
+            .open(log_path)
             .expect("open the operator log");
         writeln!(&log, "===== operator {label} =====").expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
@@ -357,15 +465,15 @@ impl Env {
             .args(["--namespaces", self.name()])
             .args(["--bind-address", &format!("127.0.0.1:{metrics_port}")])
             .arg("--fake-time-file")
-            .arg(self.time_file())
+            .arg(time_file)
             .args(["--runner-image", RUNNER_IMAGE])
             .args(["--leader-election", "true"])
             .args(["--lease-namespace", self.name()])
-            .args(["--lease-duration-seconds", "5"])
             .args([
-                "--identity",
-                &format!("e2e-{}-{}", self.name(), self.starts),
+                "--lease-duration-seconds",
+                &LEASE_DURATION_SECONDS.to_string(),
             ])
+            .args(["--identity", identity])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
@@ -392,6 +500,7 @@ impl Env {
 
     /// SIGKILL the operator (a crash).
     pub fn kill_operator(&mut self) {
+        self.operator_identity = None;
         if let Some(mut child) = self.operator.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -400,6 +509,7 @@ impl Env {
 
     /// SIGTERM the operator and wait for it to exit.
     pub fn stop_operator(&mut self) {
+        self.operator_identity = None;
         if let Some(mut child) = self.operator.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -579,6 +689,23 @@ impl Env {
             out.push_str(line);
             out.push('\n');
         }
+        let mut replica_logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".log") && *p != self.log_path())
+            .collect();
+        replica_logs.sort();
+        for path in replica_logs {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            out.push_str(&format!("----- {}, last 80 lines:\n", path.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
         for args in [
             &["get", "backuptargets,backupschedules", "-o", "yaml"][..],
             &["get", "jobs,pods", "-o", "yaml"][..],
@@ -616,6 +743,44 @@ impl Drop for Env {
             );
         }
         self.kill_operator();
+    }
+}
+
+/// Write an RFC 3339 "now" into a clock file, atomically.
+fn write_time(path: &Path, rfc3339: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, rfc3339).expect("write the fake time");
+    std::fs::rename(&tmp, path).expect("move the fake time in place");
+}
+
+/// A replica started by [`Env::start_replica_apart`]: its own clock file and log; killed
+/// when dropped.
+pub struct Replica {
+    child: Child,
+    /// Its metrics port.
+    pub port: u16,
+    /// Its Lease identity.
+    pub identity: String,
+    time_file: PathBuf,
+    log: PathBuf,
+}
+
+impl Replica {
+    /// Write this replica's "now".
+    pub fn set_time(&self, rfc3339: &str) {
+        write_time(&self.time_file, rfc3339);
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
