@@ -27,6 +27,23 @@ use std::thread;
 const PASSWORD: &str = "pw-Sekr3t-4711";
 /// The bearer token the HTTP server echoes.
 const TOKEN: &str = "tok-Sekr3t-0815";
+/// A token a URL carries only percent-encoded.
+const SPECIAL_TOKEN: &str = "tok Sekr3t/\"q\"+=";
+
+/// `value` percent-encoded as `encodeURIComponent` does (how a server puts a value into a
+/// URL).
+fn url_encoded(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
 
 /// One `stowage run` in a temp dir: its store, termination message and stand-in tools.
 struct Run {
@@ -54,13 +71,13 @@ impl Run {
 
     /// `stowage run <operation>` of `plugin` with `config`, the secret bound as the
     /// controller binds it, and a clean environment.
-    fn command(&self, operation: &str, plugin: &str, config: &serde_json::Value) -> Command {
+    fn command(&self, operation: &str, secret: &str, config: &serde_json::Value) -> Command {
         let bindings = stowage_plugin_sdk::secret_bindings(config);
         assert_eq!(bindings.len(), 1, "{config}");
-        let secret = if plugin == "postgres" {
-            PASSWORD
+        let plugin = if config.get("url").is_some() {
+            "http"
         } else {
-            TOKEN
+            "postgres"
         };
         let mut command = Command::new(env!("CARGO_BIN_EXE_stowage"));
         command
@@ -83,7 +100,8 @@ impl Run {
         command
     }
 
-    /// Run `command` and check that `secret` is nowhere a user could read it; the result.
+    /// Run `command` and check that `secret` (as is or URL-encoded) is nowhere a user
+    /// could read it; the result.
     fn run_without_leaking(&self, mut command: Command, secret: &str) -> Checked {
         let output = command.output().unwrap();
         let termination = std::fs::read_to_string(self.termination()).unwrap_or_default();
@@ -101,7 +119,7 @@ impl Run {
         for (place, bytes) in &places {
             let text = String::from_utf8_lossy(bytes);
             assert!(
-                !text.contains(secret),
+                !text.contains(secret) && !text.contains(&url_encoded(secret)),
                 "the secret leaked into {place}:\n{text}\n--- stderr:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             );
@@ -242,10 +260,8 @@ fn postgres_tools_that_echo_the_password_leak_it_nowhere() {
     write_postgres_tools(&run);
 
     // A probe: the facts come from the tools' version strings, which name the password.
-    let probe = run.run_without_leaking(
-        run.command("probe", "postgres", &postgres_config()),
-        PASSWORD,
-    );
+    let probe =
+        run.run_without_leaking(run.command("probe", PASSWORD, &postgres_config()), PASSWORD);
     probe.assert_ok();
     assert!(
         probe.fact("serverVersion").contains("<redacted>"),
@@ -260,7 +276,7 @@ fn postgres_tools_that_echo_the_password_leak_it_nowhere() {
 
     // A successful backup: the same facts go into the sidecar; pg_dump's stderr is logged.
     let backup = run.run_without_leaking(
-        run.command("backup", "postgres", &postgres_config()),
+        run.command("backup", PASSWORD, &postgres_config()),
         PASSWORD,
     );
     backup.assert_ok();
@@ -307,7 +323,7 @@ fn postgres_tools_that_echo_the_password_leak_it_nowhere() {
             "Unreachable",
         ),
     ] {
-        let mut command = run.command(operation, "postgres", &postgres_config());
+        let mut command = run.command(operation, PASSWORD, &postgres_config());
         command
             .env("STANDIN_FAIL", tool)
             .env("STANDIN_ERROR", error);
@@ -323,7 +339,7 @@ fn postgres_tools_that_echo_the_password_leak_it_nowhere() {
     // Restores of that artifact: a tool failing with the password, and one succeeding
     // while printing it.
     for fail in ["pg_restore", "psql", ""] {
-        let mut command = run.command("restore", "postgres", &postgres_config());
+        let mut command = run.command("restore", PASSWORD, &postgres_config());
         command
             .env("STOWAGE_RESTORE_ARTIFACT", &artifact)
             .env("STANDIN_FAIL", fail)
@@ -399,6 +415,8 @@ fn answer(stream: TcpStream, addr: SocketAddr) {
             token = value;
         }
     }
+    // As a server puts it into a URL.
+    let in_url = url_encoded(&token);
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let (status, headers, body) = match path {
         "/unauthorized" => (
@@ -413,18 +431,20 @@ fn answer(stream: TcpStream, addr: SocketAddr) {
         ),
         "/moved" => (
             "302 Found",
-            format!("Location: http://user:{token}@{addr}/final/{token}?access_token={token}\r\n"),
+            format!(
+                "Location: http://user:{in_url}@{addr}/final/{in_url}?access_token={in_url}\r\n"
+            ),
             String::new(),
         ),
         "/moved-to-nothing" => (
             "302 Found",
-            format!("Location: /missing/{token}?access_token={token}\r\n"),
+            format!("Location: /missing/{in_url}?access_token={in_url}\r\n"),
             String::new(),
         ),
         "/moved-away" => (
             "302 Found",
             format!(
-                "Location: http://localhost:{}/elsewhere/{token}?access_token={token}\r\n",
+                "Location: http://localhost:{}/elsewhere/{in_url}?access_token={in_url}\r\n",
                 addr.port()
             ),
             String::new(),
@@ -464,13 +484,18 @@ fn http_config(addr: SocketAddr, path: &str) -> serde_json::Value {
 #[test]
 fn an_http_server_that_echoes_the_token_leaks_it_nowhere() {
     let server = echo_server();
+    for token in [TOKEN, SPECIAL_TOKEN] {
+        http_runs_do_not_leak(&server, token);
+    }
+}
 
+fn http_runs_do_not_leak(server: &EchoServer, token: &str) {
     // Followed redirects whose URL carries the token (userinfo, path, query), to a
     // response whose headers (which become facts) carry it too.
     let run = Run::new();
     let backup = run.run_without_leaking(
-        run.command("backup", "http", &http_config(server.addr, "/moved")),
-        TOKEN,
+        run.command("backup", token, &http_config(server.addr, "/moved")),
+        token,
     );
     backup.assert_ok();
     for fact in ["finalUrl", "etag", "lastModified", "contentType"] {
@@ -493,8 +518,8 @@ fn an_http_server_that_echoes_the_token_leaks_it_nowhere() {
 
     let run = Run::new();
     let probe = run.run_without_leaking(
-        run.command("probe", "http", &http_config(server.addr, "/moved")),
-        TOKEN,
+        run.command("probe", token, &http_config(server.addr, "/moved")),
+        token,
     );
     probe.assert_ok();
     assert!(
@@ -514,8 +539,8 @@ fn an_http_server_that_echoes_the_token_leaks_it_nowhere() {
     ] {
         let run = Run::new();
         let failed = run.run_without_leaking(
-            run.command(operation, "http", &http_config(server.addr, path)),
-            TOKEN,
+            run.command(operation, token, &http_config(server.addr, path)),
+            token,
         );
         let message = failed.assert_failed(kind);
         assert_eq!(
