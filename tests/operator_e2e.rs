@@ -1,8 +1,9 @@
 //! The operator end to end on a real control plane: `stowage controller` runs as a local
 //! process under its own RBAC (`deploy/rbac/operator.yaml`: ServiceAccount
 //! `stowage-system/stowage`, no access to Secrets), with a fake clock file; its Jobs run on
-//! the node agent (the runner is the locally built binary, pg_dump the host's) against a
-//! real PostgreSQL on 127.0.0.1, and the artifacts land in the claim's host directory.
+//! the node agent (the runner is the locally built binary, pg_dump the host's, or stand-ins
+//! that misbehave on purpose) against a real PostgreSQL on 127.0.0.1, and the artifacts
+//! land in the claim's host directory.
 //!
 //! Each test has its own namespace, claim, Secret, database and operator process. Polls
 //! use generous timeouts as hang guards only. On failure, the operator's log, the
@@ -225,6 +226,168 @@ async fn a_failed_backup_reports_the_plugin_error_without_the_password() {
         !log.contains(wrong),
         "the password leaked into the operator log"
     );
+}
+
+/// Stand-in `psql` and `pg_dump` that echo `$PGPASSWORD`: on stderr always, in the
+/// server's version string (the `serverVersion` fact), and in `pg_dump`'s error when the
+/// database is `fails`. Shared by every test of the cluster, so they vary by environment
+/// only.
+fn write_echoing_postgres_tools(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tools = [
+        (
+            "psql",
+            r#"#!/bin/sh
+echo "psql: WARNING: connected with password $PGPASSWORD" >&2
+echo "170002|17.2 (stand-in server, password $PGPASSWORD)"
+"#,
+        ),
+        (
+            "pg_dump",
+            r#"#!/bin/sh
+if [ "$1" = "--version" ]; then echo "pg_dump (PostgreSQL) 17.2"; exit 0; fi
+echo "pg_dump: WARNING: connected with password $PGPASSWORD" >&2
+if [ "$PGDATABASE" = "fails" ]; then
+  echo "pg_dump: error: query failed: ERROR:  permission denied for table orders (password \"$PGPASSWORD\")" >&2
+  exit 1
+fi
+echo "-- stand-in dump"
+"#,
+        ),
+    ];
+    for (name, text) in tools {
+        // Written aside and renamed: a container starting now sees the old or the new file.
+        let path = dir.join(name);
+        let staged = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::write(&staged, text).expect("write a stand-in tool");
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+        std::fs::rename(&staged, &path).expect("install the stand-in tool");
+    }
+}
+
+#[tokio::test]
+async fn tools_that_echo_the_password_leak_it_into_no_status_event_log_or_sidecar() {
+    let password = "Echo-e2e-Secret-5b7e21";
+    let mut env = Env::new("e2e-echo", password).await;
+    write_echoing_postgres_tools(&env.standin_tools_dir());
+    for (name, database) in [("echo-ok", "shop"), ("echo-fail", "fails")] {
+        env.apply(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+            "metadata": {"name": name},
+            "spec": {
+                "postgres": {
+                    "host": "127.0.0.1",
+                    "port": 5432,
+                    "username": "backup",
+                    "database": database,
+                    "passwordSecretRef": {
+                        "name": stowage_testenv::postgres::SECRET_NAME,
+                        "key": stowage_testenv::postgres::SECRET_KEY,
+                    },
+                    "image": format!("{}:17", stowage_testenv::STANDIN_TOOLS_IMAGE),
+                },
+                "storage": {"claimName": support::CLAIM},
+                "compression": "none",
+                "job": {"backoffLimit": 0}
+            }
+        }));
+    }
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    for name in ["echo-ok", "echo-fail"] {
+        env.kubectl(&[
+            "annotate",
+            "backuptarget",
+            name,
+            "stowage.dev/backup-now=echo-1",
+        ]);
+    }
+    let finished = |t: &Value| match (
+        condition(t, "LastBackupSucceeded"),
+        t["status"]["lastHandledBackupNow"].as_str(),
+    ) {
+        (Some(c), Some("echo-1")) if c["status"] == "True" || c["status"] == "False" => Ok(()),
+        _ => Err(condition_summary(t, "LastBackupSucceeded")),
+    };
+    let ok = env
+        .wait_target("the echoing backup", "echo-ok", finished)
+        .await;
+    let failed = env
+        .wait_target("the failing backup", "echo-fail", finished)
+        .await;
+    assert_eq!(
+        condition(&ok, "LastBackupSucceeded").unwrap()["status"],
+        "True",
+        "{ok}"
+    );
+    let cond = condition(&failed, "LastBackupSucceeded").unwrap();
+    assert_eq!(cond["reason"], "Unauthorized", "{cond}");
+    let message = cond["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("(password \"<redacted>\")"),
+        "the tool's error is shown, redacted: {message}"
+    );
+    eventually("a BackupFailed event", Duration::from_secs(60), || async {
+        let events = env.kubectl(&["get", "events", "-o", "json"]);
+        if events.contains("BackupFailed") {
+            Ok(())
+        } else {
+            Err("no BackupFailed event yet".to_owned())
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The echo really happened: the sidecar's facts and the runner's log show it redacted.
+    let sidecars = env.sidecars("echo-ok");
+    assert_eq!(sidecars.len(), 1, "{sidecars:?}");
+    let server_version = sidecars[0].1["facts"]["serverVersion"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        server_version.contains("password <redacted>"),
+        "{}",
+        sidecars[0].1
+    );
+    let container_logs = env.container_logs();
+    assert!(
+        container_logs.contains("connected with password <redacted>"),
+        "{container_logs}"
+    );
+
+    let mut places = vec![
+        (
+            "the targets",
+            env.kubectl(&["get", "backuptargets", "-o", "json"]),
+        ),
+        ("events", env.kubectl(&["get", "events", "-o", "json"])),
+        (
+            "events.k8s.io",
+            env.kubectl(&["get", "events.events.k8s.io", "-o", "json"]),
+        ),
+        (
+            "Jobs and pods (termination messages)",
+            env.kubectl(&["get", "jobs,pods", "-o", "json"]),
+        ),
+        ("container logs", container_logs),
+        ("the operator's log", env.operator_log()),
+    ];
+    let files = env.claim_files();
+    assert!(files.len() >= 2, "artifact and sidecar: {files:?}");
+    for file in &files {
+        let bytes = std::fs::read(file).expect("read a file of the claim");
+        places.push((
+            "a file of the claim",
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+    }
+    for (place, text) in places {
+        assert!(
+            !text.contains(password),
+            "the password leaked into {place}:\n{text}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,12 +1,14 @@
 //! The three operations, independent of how their inputs arrived.
 
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use stowage_plugin_sdk::{
-    ArtifactSink, ArtifactSource, ErrorKind, PluginError, RestoreRequest, RunContext, Secrets,
+    ArtifactSink, ArtifactSource, ErrorKind, PluginError, Redactor, RestoreRequest, RunContext,
+    Secrets,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -252,6 +254,7 @@ async fn backup_inner(
         compression = spec.compression.as_str(),
         "backup started"
     );
+    let redactor = secrets.redactor();
     let ctx = spec.context(secrets);
     let (writer, pipeline) = pending.start()?;
     let _progress = spawn_progress(pending.counters(), spec.progress_interval, |s| {
@@ -286,6 +289,10 @@ async fn backup_inner(
         }
     };
     let (report, encoded) = report;
+    // The facts go into the sidecar, which outlives the run: redact them here, not only in
+    // the result (a fact may hold what the service said, such as a header or a version
+    // string that echoes a credential).
+    let facts = redact_facts(&redactor, report.facts);
     let end = Timestamp::now();
     let sidecar = Sidecar {
         format_version: sidecar::FORMAT_VERSION,
@@ -304,7 +311,7 @@ async fn backup_inner(
         sha256: encoded.sha256.clone(),
         compression: spec.compression,
         content_type: info.content_type.to_owned(),
-        facts: report.facts.clone(),
+        facts: facts.clone(),
     };
     let written = pending.commit(sidecar)?;
     crate::fault::point("backup-after-commit");
@@ -320,7 +327,7 @@ async fn backup_inner(
     result.raw_bytes = Some(encoded.raw_bytes);
     result.stored_bytes = Some(encoded.stored_bytes);
     result.sha256 = Some(encoded.sha256);
-    result.facts = report.facts;
+    result.facts = facts;
     if let (Some(schedule), Some(policy)) = (&spec.schedule, &spec.retention) {
         match retention::apply(
             &store,
@@ -360,6 +367,14 @@ async fn backup_inner(
         }
     }
     Ok(result)
+}
+
+/// `facts` with every secret value in their values replaced by `<redacted>`.
+fn redact_facts(redactor: &Redactor, facts: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    facts
+        .into_iter()
+        .map(|(key, value)| (key, redactor.redact(&value)))
+        .collect()
 }
 
 /// Resolve an artifact path given relative to the store root (or absolute inside it).

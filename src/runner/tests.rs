@@ -62,7 +62,10 @@ impl Plugin for Pattern {
         let token = ctx.secret(&config.token_secret_ref)?;
         Ok(ProbeReport {
             message: format!("reachable with token {}", token.expose()),
-            facts: BTreeMap::from([("serverVersion".into(), "1.2".into())]),
+            facts: BTreeMap::from([
+                ("serverVersion".into(), "1.2".into()),
+                ("greeting".into(), format!("hello {}", token.expose())),
+            ]),
         })
     }
 
@@ -268,6 +271,11 @@ async fn probe_reports_message_and_facts() {
     assert_eq!(
         result.message.as_deref(),
         Some("reachable with token <redacted>")
+    );
+    // A probe's facts reach the status only through the result: they are redacted too.
+    assert_eq!(
+        result.facts.get("greeting").map(String::as_str),
+        Some("hello <redacted>")
     );
     let no_secret = probe(&plugin(0, None), &spec(dir.path()), Secrets::default()).await;
     assert_eq!(no_secret.error_kind, Some(ErrorKind::NotFound));

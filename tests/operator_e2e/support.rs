@@ -676,6 +676,54 @@ impl Env {
         out
     }
 
+    /// Every file under this namespace's directory on the claim.
+    pub fn claim_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.cluster.claim_dir(self.name(), CLAIM)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The logs of every container of this namespace's pods (what `kubectl logs` shows),
+    /// each after a `----- <file>` line.
+    pub fn container_logs(&self) -> String {
+        let mut out = String::new();
+        let logs = self.cluster.agent_state_dir().join("logs");
+        let mut files: Vec<_> = std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}_", self.name()))
+            })
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for file in files {
+            out.push_str(&format!("----- {}\n", file.display()));
+            out.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+        }
+        out
+    }
+
+    /// The host directory containers of image [`stowage_testenv::STANDIN_TOOLS_IMAGE`]
+    /// see first on their `PATH`.
+    pub fn standin_tools_dir(&self) -> PathBuf {
+        self.cluster.standin_tools_dir()
+    }
+
     /// Everything useful when a test fails.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();

@@ -15,7 +15,9 @@
 //! credentials from a Secret: that fails with a message naming the redirect's target.
 //!
 //! Messages never contain a secret value, the URL's userinfo or its query string (which
-//! may carry a token): URLs are shown as `scheme://host[:port]/path`.
+//! may carry a token): URLs are shown as `scheme://host[:port]/path`, and a secret value
+//! in the path of a URL the server redirected to is redacted before it is logged or
+//! reported (the runner redacts the result and the sidecar's facts again).
 
 mod client;
 mod config;
@@ -34,7 +36,7 @@ use futures::StreamExt;
 use reqwest::{Response, Url};
 use stowage_plugin_sdk::{
     ArtifactSink, BackupReport, Capabilities, Execution, Plugin, PluginError, PluginInfo,
-    ProbeReport, RunContext, ValidationErrors,
+    ProbeReport, Redactor, RunContext, ValidationErrors,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -103,7 +105,8 @@ impl Plugin for HttpPlugin {
         };
         let elapsed = started.elapsed();
         let status = response.status();
-        let final_url = shown_url(response.url());
+        // A redirect's target comes from the server, which may echo a secret in its path.
+        let final_url = ctx.secrets.redactor().redact(&shown_url(response.url()));
         // The body (of a GET probe) is not read: dropping the response closes it.
         drop(response);
         if !(status.is_success() || status.is_redirection()) {
@@ -148,7 +151,8 @@ impl Plugin for HttpPlugin {
 
         // reqwest's own timeout covers the body too; this outer bound also covers time spent
         // waiting on the sink.
-        match tokio::time::timeout(total, download(config, &url, request, sink)).await {
+        let redactor = ctx.secrets.redactor();
+        match tokio::time::timeout(total, download(config, &url, request, sink, &redactor)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(timeout_error(
                 &shown,
@@ -159,12 +163,14 @@ impl Plugin for HttpPlugin {
     }
 }
 
-/// Sends the download request and streams the body into the sink.
+/// Sends the download request and streams the body into the sink. The final URL (which
+/// the server chose if it redirected) is redacted before it is logged or reported.
 async fn download(
     config: &HttpConfig,
     url: &Url,
     request: reqwest::RequestBuilder,
     sink: &mut ArtifactSink<'_>,
+    redactor: &Redactor,
 ) -> Result<BackupReport, PluginError> {
     let transport = |e: &reqwest::Error| {
         transport_error(
@@ -177,7 +183,7 @@ async fn download(
     };
     let response = request.send().await.map_err(|e| transport(&e))?;
     let status = response.status();
-    let final_url = shown_url(response.url());
+    let final_url = redactor.redact(&shown_url(response.url()));
     let accepted = match config.expected_status {
         Some(expected) => status.as_u16() == expected,
         None => status.is_success(),

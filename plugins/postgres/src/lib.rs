@@ -6,7 +6,8 @@
 //! the image's client tools with the connection in libpq's environment variables
 //! (`PGHOST`, `PGPORT`, `PGUSER`, `PGDATABASE`, `PGSSLMODE`, `PGCONNECT_TIMEOUT`, and the
 //! password in `PGPASSWORD`): a secret never appears in a tool's argv, and every tool
-//! output that reaches an error message is redacted first.
+//! output (the stdout facts are read from, the stderr errors and warnings quote) comes
+//! back from the SDK's `ToolCommand` already redacted.
 //!
 //! - **probe** asks the server for its version with `psql` and checks that the image's
 //!   `pg_dump` (or `pg_dumpall`) is at least as new: PostgreSQL's dump tools refuse newer
@@ -153,10 +154,7 @@ impl PostgresPlugin {
             session.dump_tool(),
             dump_tool.short()
         );
-        Ok(ProbeReport {
-            message: session.redactor.redact(&message),
-            facts: redact_facts(&session.redactor, facts),
-        })
+        Ok(ProbeReport { message, facts })
     }
 
     /// [`Plugin::backup`] with the tools from `tools`: checks versions, then streams
@@ -211,9 +209,7 @@ impl PostgresPlugin {
         } else {
             facts.insert(FACT_DATABASE.to_owned(), database.to_owned());
         }
-        Ok(BackupReport {
-            facts: redact_facts(&session.redactor, facts),
-        })
+        Ok(BackupReport { facts })
     }
 
     /// [`Plugin::restore`] with the tools from `tools`.
@@ -341,11 +337,11 @@ impl PostgresPlugin {
             "restored"
         };
         Ok(RestoreReport {
-            message: session.redactor.redact(&format!(
+            message: format!(
                 "{how} database {database:?} on PostgreSQL at {} from a {} dump",
                 session.address(),
                 format_name(format)
-            )),
+            ),
         })
     }
 }
@@ -468,7 +464,7 @@ impl<'a> Session<'a> {
     }
 
     fn log_warnings(&self, tool: &str, output: &ToolOutput) {
-        let said = excerpt(&self.redactor.redact(&output.stderr));
+        let said = excerpt(&output.stderr);
         if !said.is_empty() {
             tracing::warn!(tool, stderr = %said, "the tool reported warnings");
         }
@@ -696,13 +692,6 @@ fn conninfo_quote(value: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-fn redact_facts(redactor: &Redactor, facts: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    facts
-        .into_iter()
-        .map(|(k, v)| (k, redactor.redact(&v)))
-        .collect()
 }
 
 /// Whether the user chose pg_dump's compression in `extraDumpOptions` (`-Z`, `--compress`,

@@ -180,17 +180,58 @@ fn env_name(path: &[String]) -> String {
     name
 }
 
-/// Replaces secret values in text with `<redacted>`.
+/// Replaces secret values in text with `<redacted>`: each value as is and as a URL
+/// carries it percent-encoded (a server may echo a token into a redirect's path, which a
+/// plugin shows).
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
     // Longest first, so a value that contains another is replaced whole.
     values: Vec<String>,
 }
 
+/// The percent-encoded spellings of `value` that differ from it: every byte but the
+/// unreserved ones encoded (as `encodeURIComponent` does; upper- and lowercase hex), and
+/// only what a URL path must encode (as a URL parser normalizes a raw value).
+fn percent_encodings(value: &str) -> Vec<String> {
+    fn encode(value: &str, keep: impl Fn(u8) -> bool, upper: bool) -> String {
+        let mut out = String::with_capacity(value.len() * 3);
+        for &byte in value.as_bytes() {
+            if keep(byte) {
+                out.push(char::from(byte));
+            } else if upper {
+                out.push_str(&format!("%{byte:02X}"));
+            } else {
+                out.push_str(&format!("%{byte:02x}"));
+            }
+        }
+        out
+    }
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let path_safe = |b: u8| {
+        b.is_ascii_graphic() && !matches!(b, b'"' | b'#' | b'<' | b'>' | b'?' | b'`' | b'{' | b'}')
+    };
+    let mut out = vec![
+        encode(value, unreserved, true),
+        encode(value, unreserved, false),
+        encode(value, path_safe, true),
+    ];
+    out.retain(|encoded| encoded != value);
+    out
+}
+
 impl Redactor {
-    /// A redactor for the given values (empty values are ignored).
+    /// A redactor for the given values (empty values are ignored) and their
+    /// percent-encoded spellings.
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        let mut values: Vec<String> = values
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .flat_map(|v| {
+                let mut all = percent_encodings(&v);
+                all.push(v);
+                all
+            })
+            .collect();
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Redactor { values }
@@ -249,6 +290,22 @@ mod tests {
             format!("{value:?} {value}"),
             "SecretValue(<redacted>) <redacted>"
         );
+    }
+
+    #[test]
+    fn redactor_replaces_percent_encoded_values_too() {
+        let redactor = Redactor::new(["a b/c+\"é".to_owned()]);
+        for text in [
+            "raw a b/c+\"é end",
+            "component a%20b%2Fc%2B%22%C3%A9 end",
+            "lower a%20b%2fc%2b%22%c3%a9 end",
+            "path a%20b/c+%22%C3%A9 end",
+        ] {
+            let redacted = redactor.redact(text);
+            assert!(redacted.ends_with("<redacted> end"), "{text}: {redacted}");
+        }
+        // A value without anything to encode has one spelling.
+        assert_eq!(Redactor::new(["Tok-3n_x.y~z".to_owned()]).values.len(), 1);
     }
 
     #[test]

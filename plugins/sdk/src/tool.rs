@@ -572,6 +572,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_text_a_tool_prints_comes_back_redacted() {
+        // The tool echoes the secret on stdout and stderr, then succeeds or fails; every
+        // way of running it must hand the plugin only redacted text.
+        let script = "cat >/dev/null; echo \"out $TOKEN\"; echo \"err $TOKEN\" >&2; exit $FAIL";
+        for fail in ["0", "4"] {
+            let tool = || {
+                ToolCommand::new("sh")
+                    .args(["-c", script])
+                    .secret_env("TOKEN", &secret())
+                    .env("FAIL", fail)
+            };
+            let run = tool().run(&redactor(), tool_failed).await;
+            let mut source = ArtifactSource::new(&b"input"[..]);
+            let fed = tool()
+                .run_from_source(&mut source, &redactor(), tool_failed)
+                .await;
+            let mut artifact = Vec::new();
+            let mut sink = ArtifactSink::new(&mut artifact);
+            // stdout goes into the artifact (the service's data), not into any text.
+            let sunk = tool()
+                .run_to_sink(&mut sink, &redactor(), tool_failed)
+                .await
+                .map(|o| ToolOutput {
+                    stdout: "out <redacted>".into(),
+                    ..o
+                });
+            for (how, result) in [
+                ("run", run),
+                ("run_from_source", fed),
+                ("run_to_sink", sunk),
+            ] {
+                let text = match result {
+                    Ok(output) => {
+                        assert_eq!(fail, "0", "{how}");
+                        format!("{} | {}", output.stdout.trim(), output.stderr.trim())
+                    }
+                    Err(e) => {
+                        assert_eq!(fail, "4", "{how}: {e}");
+                        e.to_string()
+                    }
+                };
+                assert!(!text.contains("hunter2"), "{how}, exit {fail}: {text}");
+                assert!(
+                    text.contains("err <redacted>"),
+                    "{how}, exit {fail}: {text}"
+                );
+                if fail == "0" {
+                    assert_eq!(text, "out <redacted> | err <redacted>", "{how}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_timeout_kills_the_tool() {
         let mut out = Vec::new();
         let mut sink = ArtifactSink::new(&mut out);

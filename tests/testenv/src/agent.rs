@@ -10,6 +10,16 @@ use crate::{TestCluster, TestEnvError};
 /// The node name the agent registers.
 pub const NODE_NAME: &str = "stowage-local";
 
+/// Image whose containers see [`standin_tools_dir`] at `/usr/local/sbin`, the first
+/// directory of their default `PATH`: a test writes stand-ins of a service's tools there
+/// (e.g. a `pg_dump` that misbehaves on purpose) and names this image in its target.
+pub const STANDIN_TOOLS_IMAGE: &str = "stowage-standin-tools";
+
+/// The host directory shown at `/usr/local/sbin` to containers of [`STANDIN_TOOLS_IMAGE`].
+pub fn standin_tools_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("standin-tools")
+}
+
 /// Finds the agent binary: `$STOWAGE_NODE_AGENT_BIN`, else next to the test executable
 /// (`target/<triple>/debug/deps/<test>` -> `target/<triple>/debug/stowage-node-agent`).
 fn locate_binary() -> Result<PathBuf, TestEnvError> {
@@ -95,6 +105,18 @@ pub fn ensure_running(plane: &Plane, agent_state: &Path) -> Result<(), TestEnvEr
             ));
         }
     }
+    // Containers of the stand-in tools image find the files a test puts into the
+    // stand-in tools directory first on their PATH (`/usr/local/sbin` leads the default
+    // PATH), ahead of the host's real tools.
+    let standin = standin_tools_dir(&plane.state_dir);
+    std::fs::create_dir_all(&standin).map_err(|source| TestEnvError::Io {
+        path: standin.clone(),
+        source,
+    })?;
+    cmd.arg("--image-map").arg(format!(
+        "{STANDIN_TOOLS_IMAGE}={}:/usr/local/sbin",
+        standin.display()
+    ));
     if let Ok(extra) = std::env::var("STOWAGE_NODE_AGENT_ARGS") {
         cmd.args(extra.split_whitespace());
     }

@@ -30,6 +30,7 @@ use std::sync::OnceLock;
 /// A real PostgreSQL server for tests (the `stowage-test-postgres` crate).
 pub use stowage_test_postgres as postgres;
 
+pub use agent::STANDIN_TOOLS_IMAGE;
 pub use error::TestEnvError;
 pub use namespace::TestNamespace;
 pub use wait::eventually;
@@ -137,6 +138,13 @@ impl TestCluster {
     /// The node agent's state directory.
     pub fn agent_state_dir(&self) -> &Path {
         &self.agent_state
+    }
+
+    /// The host directory containers of [`STANDIN_TOOLS_IMAGE`] see first on their `PATH`
+    /// (at `/usr/local/sbin`). It is shared by every test of the cluster: put tools there
+    /// that behave the same for all of them, varying by their environment only.
+    pub fn standin_tools_dir(&self) -> PathBuf {
+        agent::standin_tools_dir(&self.state_dir)
     }
 
     /// The host directory backing PersistentVolumeClaim `claim` in `namespace`.
