@@ -1291,7 +1291,7 @@ async fn a_paused_leader_writes_nothing_after_the_standby_took_over() {
     let resumed = jiff::Timestamp::now();
     env.signal_operator("CONT");
     let status = env
-        .wait_operator_exit(Duration::from_secs(LEASE_DURATION_SECONDS * 5))
+        .expect_operator_exit(Duration::from_secs(LEASE_DURATION_SECONDS * 5))
         .await;
     let after = env.operator_log()[before..].to_owned();
     eprintln!("----- the old leader's log after it resumed ({status}):\n{after}");

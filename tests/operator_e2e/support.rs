@@ -333,18 +333,61 @@ impl Env {
 
     /// Start `stowage controller` for this namespace, as ServiceAccount `stowage`.
     pub fn start_operator(&mut self) {
+        self.start_operator_with_env(&[]);
+    }
+
+    /// [`Env::start_operator`] with extra environment variables for this start only
+    /// (e.g. `STOWAGE_FAULT=schedule-after-create`, see `src/fault.rs`).
+    pub fn start_operator_with_env(&mut self, extra: &[(&str, &str)]) {
         assert!(self.operator.is_none(), "the operator is already running");
         self.starts += 1;
         let identity = self.identity();
+        let mut label = format!("start #{}", self.starts);
+        for (key, value) in extra {
+            label.push_str(&format!(" {key}={value}"));
+        }
         let child = self.spawn_operator(
             self.metrics_port,
-            &format!("start #{}", self.starts),
+            &label,
             &self.time_file(),
             &self.log_path(),
             &identity,
+            extra,
         );
         self.operator = Some(child);
         self.operator_identity = Some(identity);
+    }
+
+    /// How the operator exited, if it has (it is then forgotten, so it can be started
+    /// again); `None` while it runs or when none was started.
+    #[allow(dead_code)] // used by tests/operator_faults.rs only
+    pub fn operator_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .operator
+            .as_mut()?
+            .try_wait()
+            .expect("wait for the operator")?;
+        self.operator = None;
+        Some(status)
+    }
+
+    /// Wait until the operator exits on its own (a fault point); `None` if it is still
+    /// running after `timeout` (it is left running).
+    #[allow(dead_code)] // used by tests/operator_faults.rs only
+    pub async fn wait_operator_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.operator_exit() {
+                return Some(status);
+            }
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Start another replica of the operator (same namespace and Lease, its own identity
@@ -359,6 +402,7 @@ impl Env {
             &self.time_file(),
             &self.log_path(),
             &identity,
+            &[],
         );
         (child, port)
     }
@@ -378,6 +422,7 @@ impl Env {
             &time_file,
             &log,
             &identity,
+            &[],
         );
         Replica {
             child,
@@ -407,8 +452,9 @@ impl Env {
         assert!(status.success(), "kill -{signal} failed: {status}");
     }
 
-    /// Wait (at most `timeout`) for the operator to exit on its own; its exit status.
-    pub async fn wait_operator_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    /// Wait (at most `timeout`) for the operator to exit on its own; its exit status
+    /// (panics when it does not exit).
+    pub async fn expect_operator_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.operator.take().expect("the operator runs");
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -452,6 +498,7 @@ impl Env {
         time_file: &Path,
         log_path: &Path,
         identity: &str,
+        extra: &[(&str, &str)],
     ) -> Child {
         let kubeconfig = operator_kubeconfig(self.cluster);
         let log = std::fs::OpenOptions::new()
@@ -478,6 +525,7 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,stowage=debug")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);

@@ -1,10 +1,12 @@
-//! Starting (or reusing) the control plane with `deploy/local/up.sh`, and installing the
-//! repository's CRDs.
+//! Starting (or reusing) the control plane with `deploy/local/up.sh`, installing the
+//! repository's CRDs, and restarting its API server (for fault tests).
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::{TestCluster, TestEnvError, repo_root};
 
@@ -205,6 +207,194 @@ pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvErro
         }
     }
     Ok(())
+}
+
+/// The API server process stopped by [`stop_api_server`]: its command line and
+/// environment, to start it again exactly as `up.sh` did.
+#[derive(Debug)]
+pub struct StoppedApiServer {
+    argv: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    /// How long it took to exit.
+    pub stop_took: Duration,
+}
+
+/// The pid of the state dir's kube-apiserver, checked like `down.sh` does (its command
+/// line names the state dir, so a reused pid is never signalled).
+fn apiserver_pid(state_dir: &Path) -> Result<i32, TestEnvError> {
+    let file = state_dir.join("pids").join("kube-apiserver.pid");
+    let text = std::fs::read_to_string(&file).map_err(|source| TestEnvError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let pid: i32 = text.trim().parse().map_err(|_| {
+        TestEnvError::Startup(format!("{} does not hold a pid: {text:?}", file.display()))
+    })?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let needle = format!("{}/", state_dir.display());
+    if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+        return Err(TestEnvError::Startup(format!(
+            "kube-apiserver (pid {pid} from {}) is not running for {}",
+            file.display(),
+            state_dir.display()
+        )));
+    }
+    Ok(pid)
+}
+
+/// Whether process `pid` has exited (gone, or a zombie waiting for its parent).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses: `pid (comm) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// How long a stopping kube-apiserver gets before SIGKILL: it stops listening at once,
+/// then waits up to a minute for open connections (watches) to close.
+const API_SERVER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Stops the state dir's kube-apiserver (SIGTERM, SIGKILL after [`API_SERVER_STOP_GRACE`]),
+/// remembering how it was started.
+pub fn stop_api_server(state_dir: &Path) -> Result<StoppedApiServer, TestEnvError> {
+    let pid = apiserver_pid(state_dir)?;
+    let split = |bytes: Vec<u8>| -> Vec<OsString> {
+        bytes
+            .split(|b| *b == 0)
+            .filter(|part| !part.is_empty())
+            .map(|part| OsString::from_vec(part.to_vec()))
+            .collect()
+    };
+    let read = |what: &str| {
+        let path = PathBuf::from(format!("/proc/{pid}/{what}"));
+        std::fs::read(&path).map_err(|source| TestEnvError::Io { path, source })
+    };
+    let argv = split(read("cmdline")?);
+    let env = split(read("environ")?)
+        .into_iter()
+        .filter_map(|kv| {
+            let bytes = kv.into_vec();
+            let at = bytes.iter().position(|b| *b == b'=')?;
+            Some((
+                OsString::from_vec(bytes[..at].to_vec()),
+                OsString::from_vec(bytes[at + 1..].to_vec()),
+            ))
+        })
+        .collect();
+    if argv.is_empty() {
+        return Err(TestEnvError::Startup(format!(
+            "kube-apiserver (pid {pid}) has an empty command line"
+        )));
+    }
+    let start = Instant::now();
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let mut killed = false;
+    while !exited(pid) {
+        if start.elapsed() > API_SERVER_STOP_GRACE && !killed {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+            killed = true;
+        }
+        if start.elapsed() > API_SERVER_STOP_GRACE + Duration::from_secs(15) {
+            return Err(TestEnvError::Startup(format!(
+                "kube-apiserver (pid {pid}) survived SIGTERM and SIGKILL"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(StoppedApiServer {
+        argv,
+        env,
+        stop_took: start.elapsed(),
+    })
+}
+
+/// Starts the API server `stopped` again (same flags, ports, certificates and
+/// environment, detached like `up.sh` starts it, logging to `logs/kube-apiserver.log`),
+/// records its pid for `down.sh`, and waits until `/readyz` answers (120 s guard).
+/// Returns how long it took to be ready.
+pub fn start_api_server(
+    state_dir: &Path,
+    kubectl: &Path,
+    kubeconfig: &Path,
+    stopped: StoppedApiServer,
+) -> Result<Duration, TestEnvError> {
+    let log = state_dir.join("logs").join("kube-apiserver.log");
+    let start = Instant::now();
+    // Through a shell that exits at once: the server is re-parented like up.sh's, and no
+    // zombie of it stays behind in this test process.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("log=\"$1\"; shift; setsid \"$@\" >>\"$log\" 2>&1 </dev/null & echo $!")
+        .arg("restart-apiserver")
+        .arg(&log)
+        .args(&stopped.argv)
+        .env_clear()
+        .envs(stopped.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(|e| TestEnvError::Command {
+            command: "sh -c setsid kube-apiserver".into(),
+            message: e.to_string(),
+        })?;
+    let pid_text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let pid: i32 = pid_text.parse().map_err(|_| {
+        TestEnvError::Startup(format!(
+            "restarting kube-apiserver printed no pid: {pid_text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })?;
+    let pid_file = state_dir.join("pids").join("kube-apiserver.pid");
+    std::fs::write(&pid_file, format!("{pid}\n")).map_err(|source| TestEnvError::Io {
+        path: pid_file,
+        source,
+    })?;
+    let env_file = state_dir.join("env");
+    if let Ok(text) = std::fs::read_to_string(&env_file) {
+        let updated: String = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("export STOWAGE_APISERVER_PID=") {
+                    format!("export STOWAGE_APISERVER_PID={pid}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        let _ = std::fs::write(&env_file, updated);
+    }
+    loop {
+        let ready = Command::new(kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--request-timeout", "5s", "get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ready {
+            return Ok(start.elapsed());
+        }
+        let log_tail = || tail(&std::fs::read_to_string(&log).unwrap_or_default(), 25);
+        if exited(pid) {
+            return Err(TestEnvError::Startup(format!(
+                "the restarted kube-apiserver exited; last lines of {}:\n{}",
+                log.display(),
+                log_tail()
+            )));
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            return Err(TestEnvError::Startup(format!(
+                "the restarted kube-apiserver was not ready after 120s; last lines of {}:\n{}",
+                log.display(),
+                log_tail()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use std::sync::OnceLock;
 pub use stowage_test_postgres as postgres;
 
 pub use agent::STANDIN_TOOLS_IMAGE;
+pub use control_plane::StoppedApiServer;
 pub use error::TestEnvError;
 pub use namespace::TestNamespace;
 pub use wait::eventually;
@@ -133,6 +134,32 @@ impl TestCluster {
     /// The API server's port on 127.0.0.1.
     pub fn api_port(&self) -> u16 {
         self.api_port
+    }
+
+    /// Stops this cluster's kube-apiserver (SIGTERM, as an upgrade would; SIGKILL after
+    /// 10 s, as it otherwise waits up to a minute for open watches to close). Every client sees connection errors until
+    /// [`TestCluster::start_api_server`]. Tests sharing the cluster see the outage too:
+    /// a test that stops it must not run alongside tests that need the API.
+    pub fn stop_api_server(&self) -> Result<StoppedApiServer, TestEnvError> {
+        control_plane::stop_api_server(&self.state_dir)
+    }
+
+    /// Starts the API server stopped by [`TestCluster::stop_api_server`] again, with the
+    /// same flags, ports and certificates, and waits until it is ready (120 s guard);
+    /// returns how long that took.
+    pub fn start_api_server(
+        &self,
+        stopped: StoppedApiServer,
+    ) -> Result<std::time::Duration, TestEnvError> {
+        control_plane::start_api_server(&self.state_dir, &self.kubectl, &self.kubeconfig, stopped)
+    }
+
+    /// Stops and starts the API server ([`TestCluster::stop_api_server`],
+    /// [`TestCluster::start_api_server`]); returns how long it was unavailable.
+    pub fn restart_api_server(&self) -> Result<std::time::Duration, TestEnvError> {
+        let stopped = self.stop_api_server()?;
+        let stop_took = stopped.stop_took;
+        Ok(stop_took + self.start_api_server(stopped)?)
     }
 
     /// The node agent's state directory.
