@@ -878,7 +878,7 @@ async fn two_schedules_and_backup_now_on_a_shared_claim_take_turns_and_all_verif
             );
         }
     }
-    // Never two runs of the target at once, and none needed a retry.
+    // None of the Jobs still kept needed a retry or overlapped another.
     let jobs = env.jobs("stowage.dev/kind=backup").await;
     let intervals = run_intervals(&env, &jobs).await;
     for pair in intervals.windows(2) {
@@ -887,6 +887,30 @@ async fn two_schedules_and_backup_now_on_a_shared_claim_take_turns_and_all_verif
         assert!(
             a_end <= b_start,
             "{a} ran until {a_end}, {b} started at {b_start}"
+        );
+    }
+    // Never two writes at once over all runs (history limits deleted older Jobs; the
+    // runners' own times are in the sidecars).
+    let mut writes: Vec<(jiff::Timestamp, jiff::Timestamp, String)> = sidecars
+        .iter()
+        .map(|(path, s)| {
+            let time = |k: &str| -> jiff::Timestamp { s[k].as_str().unwrap().parse().unwrap() };
+            (
+                time("startTime"),
+                time("endTime"),
+                path.display().to_string(),
+            )
+        })
+        .collect();
+    writes.sort();
+    for pair in writes.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "{} was written until {}, {} started at {}",
+            pair[0].2,
+            pair[0].1,
+            pair[1].2,
+            pair[1].0
         );
     }
     // Every record in the status is a file on the claim with that checksum.
@@ -909,8 +933,9 @@ async fn two_schedules_and_backup_now_on_a_shared_claim_take_turns_and_all_verif
         assert_eq!(sidecar["sha256"], record["sha256"], "{}", path.display());
     }
     println!(
-        "turns: {} ticks, {} runs, {} artifacts verified, 0 overlaps, 0 retries",
+        "turns: {} ticks, {} runs ({} Jobs still kept, each with one pod), {} artifacts verified, 0 overlapping writes, 0 retries",
         ticks,
+        writes.len(),
         intervals.len(),
         sidecars.len()
     );
