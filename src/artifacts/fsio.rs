@@ -5,25 +5,12 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::StoreError;
-use super::layout::{PARTIAL_SUFFIX, with_suffix};
 
 /// fsync a directory so a rename or a new entry in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| StoreError::io("fsync directory", dir, source))
-}
-
-/// Write `bytes` to `path` so that a reader sees either nothing or the whole file:
-/// write `<path>.partial`, fsync it, rename it over `path`, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let partial = with_suffix(path, PARTIAL_SUFFIX);
-    write_synced(&partial, path, bytes)?;
-    if let Err(source) = std::fs::rename(&partial, path) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(StoreError::io("write", path, source));
-    }
-    sync_parent(path)
 }
 
 /// Write `bytes` to `path`, which must not exist yet, so that a reader sees either nothing

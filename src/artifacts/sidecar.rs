@@ -83,11 +83,6 @@ impl Sidecar {
         Ok(sidecar)
     }
 
-    /// Write the sidecar atomically (a `.partial` file, fsynced, renamed, directory fsynced).
-    pub fn write(&self, path: &Path) -> Result<(), StoreError> {
-        fsio::write_atomic(path, &self.to_json(path)?)
-    }
-
     /// Write the sidecar atomically to `path`, which must not exist: never replaces the
     /// sidecar of another artifact. Its temporary file is `<path>.<run id>.partial`, so a
     /// retried run recognises and removes it like its other partial files.
@@ -139,9 +134,14 @@ mod tests {
         let mut sidecar = sample();
         sidecar.schedule = Some("nightly".into());
         sidecar.scheduled_time = Some("2026-11-21T02:30:00Z".parse().unwrap());
-        sidecar.write(&path).unwrap();
+        sidecar.write_new(&path).unwrap();
         assert_eq!(Sidecar::read(&path).unwrap(), sidecar);
-        assert!(!dir.path().join("x.dump.zst.meta.json.partial").exists());
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
+        assert!(
+            sidecar.write_new(&path).is_err(),
+            "a sidecar is never replaced"
+        );
 
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -183,7 +183,7 @@ mod tests {
         let path = dir.path().join("a.meta.json");
         let mut sidecar = sample();
         sidecar.format_version = 99;
-        sidecar.write(&path).unwrap();
+        sidecar.write_new(&path).unwrap();
         let err = Sidecar::read(&path).unwrap_err().to_string();
         assert!(err.contains("newer stowage"), "{err}");
     }

@@ -271,6 +271,47 @@ where
     Action::requeue(delay)
 }
 
+/// The namespace's Jobs of runs that write (backups and restores): what
+/// [`runs::active_runs`] decides from. Read under [`Context::start_lock`].
+pub async fn list_writing_jobs(ctx: &Context, namespace: &str) -> Result<Vec<Job>, Error> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{LABEL_KIND} in (backup,restore)");
+    Ok(jobs
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// Whether `claim` can be mounted by one node only; a claim that does not exist yet
+/// counts as single-node, the safe side.
+pub async fn claim_single_node(ctx: &Context, namespace: &str, claim: &str) -> Result<bool, Error> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(pvcs
+        .get_opt(claim)
+        .await?
+        .is_none_or(|pvc| is_single_node_claim(&pvc)))
+}
+
+/// Delete a Job and its pods (background propagation); a Job already gone is fine.
+pub async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), Error> {
+    let params = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..kube::api::DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether an API error status means retrying the same request cannot help (the request is
+/// invalid, forbidden or refused by admission); conflicts, throttling and server errors
+/// are retried.
+pub fn is_rejection(code: u16) -> bool {
+    (400..500).contains(&code) && code != 409 && code != 429
+}
+
 /// Whether a claim can be mounted by one node only.
 pub fn is_single_node_claim(pvc: &PersistentVolumeClaim) -> bool {
     let modes = pvc

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -26,7 +26,7 @@ use crate::schedule::{CronSchedule, TickDecision, decide, requeue_after};
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger, WaitReason};
 use super::status::{self, JobState, job_state, upsert_condition};
-use super::{Context, Error, LABEL_KIND, LABEL_TARGET};
+use super::{Context, Error, LABEL_TARGET};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupschedule";
@@ -67,15 +67,6 @@ pub fn active_since(schedule: &BackupSchedule, will_be_ready: bool, now: Timesta
     became_active.max(created)
 }
 
-fn job_time(job: &Job) -> Option<Timestamp> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions
-        .iter()
-        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0)
-}
-
 /// Finished Jobs beyond the history limits: per target, the oldest successful ones past
 /// `successful_limit` and failed ones past `failed_limit`. A Job whose run its target has
 /// not recorded yet is kept (its result would be lost).
@@ -107,7 +98,7 @@ pub fn history_to_delete<'a>(
                 .copied()
                 .filter(|j| job_state(j) == state)
                 .collect();
-            of_state.sort_by_key(|j| std::cmp::Reverse(job_time(j)));
+            of_state.sort_by_key(|j| std::cmp::Reverse(status::job_finish_time(j)));
             out.extend(of_state.into_iter().skip(limit).filter(|job| {
                 known.is_none_or(|t| {
                     !super::status::may_be_unrecorded(&t.status.clone().unwrap_or_default(), job)
@@ -266,10 +257,7 @@ async fn reconcile_inner(
         .await?
         .items;
     targets.sort_by_key(|t| t.name_any());
-    let jobs = jobs_api
-        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
-        .await?
-        .items;
+    let jobs = super::list_writing_jobs(ctx, namespace).await?;
     let observed = Observed { targets, jobs };
     let own_jobs: Vec<Job> = observed
         .jobs
@@ -326,7 +314,7 @@ async fn reconcile_inner(
     );
     let doomed_names: Vec<String> = doomed.iter().map(|j| j.name_any()).collect();
     for job in doomed_names.iter() {
-        delete_job(&jobs_api, job).await?;
+        super::delete_job(&jobs_api, job).await?;
         tracing::debug!(job, "deleted a finished Job beyond the history limit");
     }
 
@@ -338,7 +326,7 @@ async fn reconcile_inner(
     let newest_success = own_jobs
         .iter()
         .filter(|j| job_state(j) == JobState::Succeeded)
-        .filter_map(job_time)
+        .filter_map(status::job_finish_time)
         .max();
     if let Some(success) = newest_success
         && status
@@ -400,18 +388,6 @@ async fn reconcile_inner(
     Ok(ctx.requeue(requeue))
 }
 
-async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), Error> {
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether each selected target's claim is single-node (one GET per distinct claim; a
 /// claim that does not exist yet counts as single-node, the safe side).
 async fn observe_claims(
@@ -419,18 +395,13 @@ async fn observe_claims(
     namespace: &str,
     targets: &[BackupTarget],
 ) -> Result<BTreeMap<String, bool>, Error> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let mut claims = BTreeMap::new();
     for target in targets {
         let claim = &target.spec.storage.claim_name;
-        if claims.contains_key(claim) {
-            continue;
+        if !claims.contains_key(claim) {
+            let single = super::claim_single_node(ctx, namespace, claim).await?;
+            claims.insert(claim.clone(), single);
         }
-        let single = match pvcs.get_opt(claim).await? {
-            Some(pvc) => super::is_single_node_claim(&pvc),
-            None => true,
-        };
-        claims.insert(claim.clone(), single);
     }
     Ok(claims)
 }
@@ -544,8 +515,9 @@ impl<'a> TickPlanner<'a> {
     }
 }
 
-/// The plan of a whole tick if every Job is created (tests, and what the log shows).
-pub fn plan_tick(
+/// The plan of a whole tick if every Job is created.
+#[cfg(test)]
+fn plan_tick(
     schedule: &BackupSchedule,
     targets: &[BackupTarget],
     jobs: &[Job],
@@ -571,12 +543,6 @@ struct TickOutcome {
     /// Every target is done for this tick (started, skipped, already started, or
     /// rejected); `false` when some wait or hit a transient API error.
     all_done: bool,
-}
-
-/// Whether an API error will not go away by retrying the same request (the request is
-/// invalid, forbidden or refused by admission); anything else is retried.
-fn is_rejection(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 409 && s.code != 429)
 }
 
 /// Apply a tick's plan: each target on its own, so one target's failure never stops the
@@ -639,7 +605,7 @@ async fn apply_tick(
                 let job_name = job.name_any();
                 let mut replaced_all = true;
                 for old in replace {
-                    if let Err(e) = delete_job(&jobs_api, old).await {
+                    if let Err(e) = super::delete_job(&jobs_api, old).await {
                         tracing::warn!(target = target_name, job = old, error = %e, "cannot stop the running Job (concurrencyPolicy Replace); retrying");
                         replaced_all = false;
                     } else {
@@ -671,16 +637,12 @@ async fn apply_tick(
                         record_acceptance(ctx, target).await;
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => planner.started(&step),
-                    Err(e) if is_rejection(&e) => {
-                        let message = match &e {
-                            kube::Error::Api(s) => s.message.clone(),
-                            other => other.to_string(),
-                        };
+                    Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
                         record_rejection(
                             ctx,
                             target,
                             &prefix,
-                            &format!("the API server rejected Job {job_name}: {message}"),
+                            &format!("the API server rejected Job {job_name}: {}", s.message),
                         )
                         .await;
                     }
@@ -841,7 +803,7 @@ mod tests {
         let req = api.expect(Method::GET, JOBS).await;
         assert_eq!(
             req.query("labelSelector").as_deref(),
-            Some("stowage.dev/kind=backup")
+            Some("stowage.dev/kind in (backup,restore)")
         );
         req.respond(200, list("JobList", vec![]));
         api.expect(

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -27,7 +27,7 @@ use super::runs::{self, StartDecision, StartRequest, StartTrigger};
 use super::status::{
     self, ConfigCheck, JobState, TargetObservation, derive_target_status, job_state,
 };
-use super::{Context, Error, LABEL_JOB_NAME, LABEL_KIND, LABEL_SCHEDULE, LABEL_TARGET};
+use super::{Context, Error, LABEL_JOB_NAME, LABEL_SCHEDULE, LABEL_TARGET};
 use crate::jobs::{RunKind, job_kind};
 
 /// Name of this controller in metrics and logs.
@@ -332,6 +332,8 @@ struct OnDemand {
     token: String,
     decision: StartDecision,
     job: Option<Job>,
+    /// The namespace's start lock, held until the decision is applied (see `runs`).
+    _start_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Plan the pending `backup-now`, if any: skipped (suspended, invalid), waiting (the
@@ -371,20 +373,14 @@ async fn plan_backup_now(
             token,
             decision,
             job: None,
+            _start_lock: None,
         }));
     }
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let backups = jobs_api
-        .list(&ListParams::default().labels(&format!("{LABEL_KIND}=backup")))
-        .await?
-        .items;
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
-    start.claim_single_node = match pvcs.get_opt(&start.claim).await? {
-        Some(pvc) => super::is_single_node_claim(&pvc),
-        None => true,
-    };
-    start.job_exists = backups.iter().any(|j| j.name_any() == job_name);
-    let decision = runs::plan_start(&start, &runs::active_runs(&backups));
+    let start_lock = ctx.start_lock(namespace).await;
+    let writers = super::list_writing_jobs(ctx, namespace).await?;
+    start.claim_single_node = super::claim_single_node(ctx, namespace, &start.claim).await?;
+    start.job_exists = writers.iter().any(|j| j.name_any() == job_name);
+    let decision = runs::plan_start(&start, &runs::active_runs(&writers));
     let job = match decision {
         StartDecision::Create { .. } => Some(build(target, &request, ctx)?),
         _ => None,
@@ -393,6 +389,7 @@ async fn plan_backup_now(
         token,
         decision,
         job,
+        _start_lock: Some(start_lock),
     }))
 }
 
@@ -469,7 +466,7 @@ async fn reconcile_inner(
     // Their failure is recorded: stop them, so they free their claim.
     for job in &observed.stuck_jobs {
         tracing::warn!(job, "stopping a run whose pod could not start");
-        delete_job(&jobs_api, job).await?;
+        super::delete_job(&jobs_api, job).await?;
     }
 
     // Plan and apply the runs that are due.
@@ -484,13 +481,6 @@ async fn reconcile_inner(
     };
     let mut handled_backup_now = None;
     let mut rejected_runs = Vec::new();
-    // Held from reading the namespace's runs to creating the Job (see `runs`).
-    let start_lock = match annotation(target, ANNOTATION_BACKUP_NOW) {
-        Some(token) if prev.last_handled_backup_now.as_deref() != Some(token.as_str()) => {
-            Some(ctx.start_lock(namespace).await)
-        }
-        _ => None,
-    };
     if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid).await? {
         let token = on_demand.token;
         match on_demand.decision {
@@ -538,7 +528,7 @@ async fn reconcile_inner(
                         handled_backup_now = Some(token);
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => handled_backup_now = Some(token),
-                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) && s.code != 429 => {
+                    Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
                         // Retrying the same Job cannot help: the run fails, named.
                         tracing::warn!(job = job_name, error = s.message, "on-demand Job rejected");
                         rejected_runs.push(status::FinishedRun {
@@ -562,8 +552,6 @@ async fn reconcile_inner(
             }
         }
     }
-
-    drop(start_lock);
 
     // Probe.
     let mut handled_probe_now = None;
@@ -620,7 +608,7 @@ async fn reconcile_inner(
     // Jobs no longer needed: stuck runs now recorded, and history beyond the limits.
     let schedule_exists = |schedule: &str| ctx.schedule_exists(namespace, schedule);
     for job in jobs_to_delete(&observed.jobs, &status_now, &schedule_exists) {
-        delete_job(&jobs_api, &job.name_any()).await?;
+        super::delete_job(&jobs_api, &job.name_any()).await?;
     }
 
     Ok(ctx.requeue(requeue))
@@ -664,21 +652,6 @@ pub fn jobs_to_delete<'a>(
             }),
     );
     out
-}
-
-async fn delete_job(api: &Api<Job>, name: &str) -> Result<(), Error> {
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {
-            tracing::debug!(job = name, "deleted a Job no longer needed");
-            Ok(())
-        }
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]
@@ -856,7 +829,7 @@ mod tests {
         let req = api.expect(Method::GET, JOBS).await;
         assert_eq!(
             req.query("labelSelector").as_deref(),
-            Some("stowage.dev/kind=backup")
+            Some("stowage.dev/kind in (backup,restore)")
         );
         req.respond(200, list("JobList", vec![]));
         api.expect(
