@@ -1065,16 +1065,27 @@ async fn a_missing_secret_shows_within_a_minute_and_clears_when_it_appears() {
         "the missing Secret took {waited:?} to show"
     );
     println!("missing Secret shown on the target after {waited:?}");
-    let events: Value =
-        serde_json::from_str(&env.kubectl(&["get", "events", "-o", "json"])).unwrap();
-    assert!(
-        events["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["reason"] == "RunCannotStart"),
-        "no RunCannotStart event"
-    );
+    // Events are published right after the status write.
+    eventually(
+        "a RunCannotStart event",
+        Duration::from_secs(30),
+        || async {
+            let events: Value =
+                serde_json::from_str(&env.kubectl(&["get", "events", "-o", "json"])).unwrap();
+            if events["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["reason"] == "RunCannotStart")
+            {
+                Ok(())
+            } else {
+                Err("no RunCannotStart event yet".to_owned())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // The Secret appears: the waiting probe starts and succeeds.
     env.apply(json!({

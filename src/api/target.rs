@@ -224,6 +224,11 @@ pub struct BackupTargetStatus {
     /// The last `stowage.dev/probe-now` annotation value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_probe_now: Option<String>,
+    /// The `metadata.generation` whose connectivity probe has been started. While it is
+    /// older than `observedGeneration`, the probe waits for a free slot: the operator runs
+    /// at most `--max-concurrent-probes` probe Jobs at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_generation: Option<i64>,
     /// When the last probe finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<Time>,

@@ -57,6 +57,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "STOWAGE_JOB_BACKOFF_LIMIT", default_value_t = 2)]
     pub job_backoff_limit: i32,
 
+    /// Most probe Jobs running at once, over all namespaces. Probes of many new or changed
+    /// targets (an install, a GitOps sync) wait for a free slot instead of all starting
+    /// at once; backups are not limited by it.
+    #[arg(long, env = "STOWAGE_MAX_CONCURRENT_PROBES", default_value_t = 10)]
+    pub max_concurrent_probes: u32,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "STOWAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -174,6 +180,13 @@ impl ControllerArgs {
                 flag: "--job-backoff-limit",
                 expected: "between 0 and 10",
                 value: i64::from(self.job_backoff_limit),
+            });
+        }
+        if self.max_concurrent_probes < 1 {
+            return Err(ConfigError::OutOfRange {
+                flag: "--max-concurrent-probes",
+                expected: "at least 1",
+                value: i64::from(self.max_concurrent_probes),
             });
         }
         if self.lease_duration_seconds < 5 {

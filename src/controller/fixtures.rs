@@ -111,11 +111,6 @@ impl ApiServer {
     }
 }
 
-/// A `List` response.
-pub fn list(kind: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
-}
-
 /// The test "now".
 pub fn now() -> Timestamp {
     "2030-03-01T02:30:10Z".parse().unwrap()
@@ -140,6 +135,7 @@ pub fn context() -> (
             service_account_name: Some("stowage-runner".into()),
             ..JobDefaults::default()
         },
+        max_concurrent_probes: 10,
     };
     let ctx = Context::new(
         client,
@@ -154,12 +150,13 @@ pub fn context() -> (
     (Arc::new(ctx), ApiServer(handle), clock, registry)
 }
 
-/// A valid postgres target `shop/app-db` at generation 1, without status.
+/// A valid postgres target `shop/app-db` (label `tier: db`) at generation 1, without status.
 pub fn target() -> BackupTarget {
     serde_json::from_value(json!({
         "apiVersion": "stowage.dev/v1alpha1",
         "kind": "BackupTarget",
         "metadata": {"name": "app-db", "namespace": "shop", "uid": "uid-app-db", "generation": 1,
+                     "labels": {"tier": "db"},
                      "creationTimestamp": "2030-03-01T00:00:00Z"},
         "spec": {
             "postgres": {"host": "db.shop.svc", "database": "shop", "username": "backup",

@@ -7,11 +7,13 @@
 //! - [`runs`]: whether a run may start now (one writer per target, concurrency policy,
 //!   ReadWriteOnce claims), pure.
 //! - [`status`]: pure status derivation; [`events`], [`metrics`]: what users observe.
+//! - [`cache`]: the watch caches every reconcile reads from (no LIST per reconcile).
 //! - [`server`]: `/metrics`, `/healthz`, `/readyz`; [`leader`]: Lease-based election.
 //! - [`config`]: flags and the clock.
 //!
 //! Every reconcile reads "now" from [`Context::clock`], so tests drive time.
 
+pub mod cache;
 pub mod config;
 pub mod events;
 pub mod leader;
@@ -105,7 +107,13 @@ pub struct Settings {
     pub allowed_plugins: Option<Vec<String>>,
     /// Defaults of the Jobs built for runs.
     pub job_defaults: JobDefaults,
+    /// Most probe Jobs running at once (`--max-concurrent-probes`).
+    pub max_concurrent_probes: usize,
 }
+
+/// Most Job creations in flight at once, over all reconcilers: a tick of hundreds of
+/// schedules creates its Jobs in parallel without flooding the API server.
+pub const JOB_CREATE_CONCURRENCY: usize = 32;
 
 /// State shared by the reconcilers and the HTTP server.
 pub struct Context {
@@ -123,19 +131,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The leader fence, when leader election is on; see [`Context::may_write`].
     pub fence: Option<leader::LeaderFence>,
-    /// The schedule controllers' caches, to tell whether a schedule still exists.
-    schedules: ScheduleIndex,
-    /// One lock per namespace, held from reading the namespace's runs to creating a new
-    /// one, so two reconcilers (two schedules, a schedule and `backup-now`) never both
-    /// see an idle target and both start it.
-    start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The BackupSchedules the schedule controllers hold in their caches, once synced.
-#[derive(Default)]
-pub struct ScheduleIndex {
-    stores: Mutex<Vec<kube::runtime::reflector::Store<BackupSchedule>>>,
-    synced: std::sync::atomic::AtomicBool,
+    /// What the watches show, and the runs started but not seen yet.
+    pub cache: Arc<cache::Cache>,
+    /// Bounds the Job creations in flight ([`JOB_CREATE_CONCURRENCY`]).
+    pub job_creates: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -148,6 +147,7 @@ impl Context {
         reporter: Reporter,
     ) -> Self {
         let recorder = Recorder::new(client.clone(), reporter);
+        let cache = Arc::new(cache::Cache::new(settings.max_concurrent_probes));
         Context {
             client,
             settings,
@@ -155,9 +155,9 @@ impl Context {
             metrics,
             recorder,
             failures: Mutex::new(HashMap::new()),
-            schedules: ScheduleIndex::default(),
-            start_locks: Mutex::new(HashMap::new()),
             fence: None,
+            cache,
+            job_creates: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
         }
     }
 
@@ -168,40 +168,9 @@ impl Context {
         self.fence.as_ref().is_none_or(leader::LeaderFence::is_held)
     }
 
-    /// Hold the namespace's start lock: read the runs of the namespace and create new
-    /// Jobs only while holding it (see [`runs`]). Uncontended, it costs nothing; it
-    /// serializes only the start decisions of one namespace within this (leading) replica.
-    pub async fn start_lock(&self, namespace: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .start_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(namespace.to_owned())
-            .or_default()
-            .clone();
-        lock.lock_owned().await
-    }
-
-    /// Whether BackupSchedule `namespace/name` exists; `None` until the schedule caches
-    /// are synced (or when there are none, as in unit tests): callers then do nothing.
+    /// Whether BackupSchedule `namespace/name` exists; `None` until the caches are synced.
     pub fn schedule_exists(&self, namespace: &str, name: &str) -> Option<bool> {
-        if !self
-            .schedules
-            .synced
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return None;
-        }
-        let stores = self
-            .schedules
-            .stores
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if stores.is_empty() {
-            return None;
-        }
-        let key = ObjectRef::new(name).within(namespace);
-        Some(stores.iter().any(|store| store.get(&key).is_some()))
+        self.cache.schedule_exists(namespace, name)
     }
 
     /// Cap a requeue delay by the clock's limit (a test clock that jumps needs short ones).
@@ -271,25 +240,16 @@ where
     Action::requeue(delay)
 }
 
-/// The namespace's Jobs of runs that write (backups and restores): what
-/// [`runs::active_runs`] decides from. Read under [`Context::start_lock`].
-pub async fn list_writing_jobs(ctx: &Context, namespace: &str) -> Result<Vec<Job>, Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let selector = format!("{LABEL_KIND} in (backup,restore)");
-    Ok(jobs
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items)
-}
-
-/// Whether `claim` can be mounted by one node only; a claim that does not exist yet
-/// counts as single-node, the safe side.
-pub async fn claim_single_node(ctx: &Context, namespace: &str, claim: &str) -> Result<bool, Error> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
-    Ok(pvcs
-        .get_opt(claim)
-        .await?
-        .is_none_or(|pvc| is_single_node_claim(&pvc)))
+/// Create the Job of a run reserved in the cache, waiting for one of the
+/// [`JOB_CREATE_CONCURRENCY`] slots, and tell the cache how it went.
+pub async fn create_job(ctx: &Context, api: &Api<Job>, job: &Job) -> Result<Job, kube::Error> {
+    let created = {
+        let _slot = ctx.job_creates.acquire().await;
+        api.create(&kube::api::PostParams::default(), job).await
+    };
+    let namespace = job.namespace().unwrap_or_default();
+    ctx.cache.created(&namespace, &job.name_any(), &created);
+    created
 }
 
 /// Delete a Job and its pods (background propagation); a Job already gone is fine.
@@ -381,6 +341,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings {
         allowed_plugins: args.allowed_plugin_keys()?,
         job_defaults: job_defaults(&args),
+        max_concurrent_probes: usize::try_from(args.max_concurrent_probes).unwrap_or(usize::MAX),
     };
     // With leader election, the reconcilers' client refuses writes while this replica does
     // not hold the leader fence; the election itself writes the Lease with `client`.
@@ -470,27 +431,15 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         namespaces.into_iter().map(Some).collect()
     };
     let mut runs = Vec::new();
-    let mut readiness = Vec::new();
     for scope in scopes {
-        let (targets, ready_t) = target_controller(&ctx, scope.as_deref(), stop.clone());
-        let (schedules, ready_s) = schedule_controller(&ctx, scope.as_deref(), stop.clone());
-        runs.push(targets);
-        runs.push(schedules);
-        readiness.push(ready_t);
-        readiness.push(ready_s);
+        runs.extend(scope_controllers(&ctx, scope, stop.clone()));
     }
     {
         let health = health.clone();
         let ctx_ready = ctx.clone();
         tokio::spawn(async move {
-            for ready in readiness {
-                ready.await;
-            }
-            tracing::info!("controllers synced; ready");
-            ctx_ready
-                .schedules
-                .synced
-                .store(true, std::sync::atomic::Ordering::Release);
+            ctx_ready.cache.wait_synced().await;
+            tracing::info!("caches synced; ready");
             health.set_leader_ready();
         });
     }
@@ -552,23 +501,7 @@ where
     }
 }
 
-/// Resolves once the store has its first full list. `Store::wait_until_ready` wakes only
-/// its most recent waiter (the controller itself also waits), so poll it again each second.
-async fn store_ready<K>(store: kube::runtime::reflector::Store<K>)
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
-            Ok(_) => return,
-            Err(_) => continue,
-        }
-    }
-}
-
 type Running = BoxFuture<'static, ()>;
-type Ready = BoxFuture<'static, ()>;
 
 /// One item of a controller's `run` stream.
 type ReconcileOutcome<K> =
@@ -609,118 +542,205 @@ fn forget_deleted(
     );
 }
 
-fn target_controller(
-    ctx: &Arc<Context>,
-    namespace: Option<&str>,
-    stop: ShutdownSignal,
-) -> (Running, Ready) {
-    let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
-    let jobs: Api<Job> = api_in(&ctx.client, namespace);
-    let pods: Api<Pod> = api_in(&ctx.client, namespace);
-    let controller = Controller::new(targets, watcher::Config::default().any_semantic())
-        .owns(jobs, watcher::Config::default().labels(LABEL_TARGET))
-        // A run's pod that cannot start (missing Secret, image pull failure) shows in its
-        // target's conditions as soon as the kubelet or scheduler says so.
-        .watches(
-            pods,
-            watcher::Config::default().labels(LABEL_TARGET),
-            |pod: Pod| {
-                let target = pod
-                    .annotations()
-                    .get(crate::jobs::annotations::TARGET)
-                    .cloned();
-                let namespace = pod.namespace();
-                target.into_iter().map(move |name| match &namespace {
-                    Some(ns) => ObjectRef::new(&name).within(ns),
-                    None => ObjectRef::new(&name),
-                })
-            },
-        )
-        .graceful_shutdown_on(stop);
-    let store = controller.store();
-    let ready = store_ready(store).boxed();
-    let ctx = ctx.clone();
-    let ctx_for_results = ctx.clone();
-    let running = controller
-        .run(
-            target::reconcile,
-            |obj, err, ctx| error_policy(obj, err, ctx, target::CONTROLLER),
-            ctx,
-        )
-        .for_each(handle_result::<BackupTarget>(
-            target::CONTROLLER,
-            ctx_for_results,
-            Metrics::target_deleted,
-        ))
-        .boxed();
-    (running, ready)
+/// What the caches keep of an object: everything but `managedFields`, which the
+/// controllers never read and which can be larger than the rest.
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
 }
 
-fn schedule_controller(
+/// Log a watch error; the watch retries with backoff.
+fn log_watch_error(kind: &'static str, error: &watcher::Error) {
+    tracing::warn!(kind, error = %error, "watch failed; retrying");
+}
+
+/// Everything that runs for one watched scope (a namespace, or all): one watch per kind
+/// feeding [`cache::Cache`], and the two controllers, woken by the cache's triggers.
+fn scope_controllers(
     ctx: &Arc<Context>,
-    namespace: Option<&str>,
+    scope: Option<String>,
     stop: ShutdownSignal,
-) -> (Running, Ready) {
-    let schedules: Api<BackupSchedule> = api_in(&ctx.client, namespace);
-    let jobs: Api<Job> = api_in(&ctx.client, namespace);
-    let targets: Api<BackupTarget> = api_in(&ctx.client, namespace);
-    let controller = Controller::new(schedules, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    ctx.schedules
-        .stores
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(store.clone());
-    let by_namespace = store.clone();
-    let controller = controller
-        .watches(
-            jobs,
-            watcher::Config::default().labels(LABEL_SCHEDULE),
-            |job: Job| {
-                // The label may be shortened; the annotation holds the full name.
-                let schedule = job
-                    .annotations()
-                    .get(crate::jobs::annotations::SCHEDULE)
-                    .cloned();
-                let namespace = job.namespace();
-                schedule.into_iter().map(move |name| match &namespace {
-                    Some(ns) => ObjectRef::new(&name).within(ns),
-                    None => ObjectRef::new(&name),
-                })
-            },
+) -> Vec<Running> {
+    use kube::runtime::reflector::{self, reflector};
+    use kube::runtime::{WatchStreamExt, watcher::Event};
+
+    let ns = scope.as_deref();
+    let cache = ctx.cache.clone();
+    let (target_tx, target_rx) = futures::channel::mpsc::unbounded();
+    let (schedule_tx, schedule_rx) = futures::channel::mpsc::unbounded();
+    let (target_reader, target_writer) = reflector::store::<BackupTarget>();
+    let (schedule_reader, schedule_writer) = reflector::store::<BackupSchedule>();
+    cache.add_scope(
+        scope.clone(),
+        target_reader.clone(),
+        schedule_reader.clone(),
+        target_tx,
+        schedule_tx,
+    );
+    // Registered before anything runs, so readiness and reconcilers wait for all five.
+    let mut target_sync = cache.syncing();
+    let mut schedule_sync = cache.syncing();
+    let mut job_sync = cache.syncing();
+    let mut pod_sync = cache.syncing();
+    let mut claim_sync = cache.syncing();
+
+    // BackupTargets: the target controller's store; their changes wake the schedules that
+    // select them, only when what schedules read changed.
+    let targets = {
+        let cache = cache.clone();
+        let mut digests: HashMap<ObjectRef<BackupTarget>, cache::TargetDigest> = HashMap::new();
+        let mut listed: Option<std::collections::HashSet<ObjectRef<BackupTarget>>> = None;
+        let mut on_event = move |event: &Event<BackupTarget>| match event {
+            Event::Apply(t) | Event::InitApply(t) => {
+                let key = ObjectRef::from_obj(t);
+                if let Some(seen) = listed.as_mut() {
+                    seen.insert(key.clone());
+                }
+                let new = cache::TargetDigest::of(t);
+                let old = digests.insert(key, new.clone());
+                cache.target_changed(old.as_ref(), Some(&new), &t.namespace().unwrap_or_default());
+            }
+            Event::Delete(t) => {
+                let old = digests.remove(&ObjectRef::from_obj(t));
+                cache.target_changed(old.as_ref(), None, &t.namespace().unwrap_or_default());
+            }
+            Event::Init => listed = Some(Default::default()),
+            Event::InitDone => {
+                let seen = listed.take().unwrap_or_default();
+                let gone: Vec<ObjectRef<BackupTarget>> = digests
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    let old = digests.remove(&key);
+                    cache.target_changed(
+                        old.as_ref(),
+                        None,
+                        key.namespace.as_deref().unwrap_or_default(),
+                    );
+                }
+                target_sync.done();
+            }
+        };
+        let stream = reflector(
+            target_writer,
+            watcher::watcher(
+                api_in::<BackupTarget>(&ctx.client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(strip_managed_fields),
         )
-        // A target's labels or status (the history limits wait for a run to be recorded)
-        // may change what its namespace's schedules do.
-        .watches(
-            targets,
+        .inspect(move |event| match event {
+            Ok(event) => on_event(event),
+            Err(e) => log_watch_error("BackupTarget", e),
+        })
+        .applied_objects();
+        let ctx_for_results = ctx.clone();
+        Controller::for_stream(stream, target_reader)
+            .reconcile_on(target_rx)
+            .graceful_shutdown_on(stop.clone())
+            .run(
+                target::reconcile,
+                |obj, err, ctx| error_policy(obj, err, ctx, target::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(handle_result::<BackupTarget>(
+                target::CONTROLLER,
+                ctx_for_results,
+                Metrics::target_deleted,
+            ))
+            .boxed()
+    };
+
+    let schedules = {
+        let stream = reflector(
+            schedule_writer,
+            watcher::watcher(
+                api_in::<BackupSchedule>(&ctx.client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(strip_managed_fields),
+        )
+        .inspect(move |event| match event {
+            Ok(Event::InitDone) => schedule_sync.done(),
+            Ok(_) => {}
+            Err(e) => log_watch_error("BackupSchedule", e),
+        })
+        .applied_objects();
+        let ctx_for_results = ctx.clone();
+        Controller::for_stream(stream, schedule_reader)
+            .reconcile_on(schedule_rx)
+            .graceful_shutdown_on(stop.clone())
+            .run(
+                schedule::reconcile,
+                |obj, err, ctx| error_policy(obj, err, ctx, schedule::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(handle_result::<BackupSchedule>(
+                schedule::CONTROLLER,
+                ctx_for_results,
+                Metrics::schedule_deleted,
+            ))
+            .boxed()
+    };
+
+    // Jobs and their pods: compact, in the cache; a change wakes its target and schedule.
+    let jobs = {
+        let cache = cache.clone();
+        watcher(
+            api_in::<Job>(&ctx.client, ns),
+            watcher::Config::default().labels(LABEL_TARGET),
+        )
+        .default_backoff()
+        .take_until(stop.clone())
+        .for_each(move |event| {
+            match event {
+                Ok(event) => cache.apply_job_event(event, &mut job_sync),
+                Err(e) => log_watch_error("Job", &e),
+            }
+            futures::future::ready(())
+        })
+        .boxed()
+    };
+    // A run's pod that cannot start (missing Secret, image pull failure) shows in its
+    // target's conditions as soon as the kubelet or scheduler says so.
+    let pods = {
+        let cache = cache.clone();
+        watcher(
+            api_in::<Pod>(&ctx.client, ns),
+            watcher::Config::default().labels(LABEL_TARGET),
+        )
+        .default_backoff()
+        .take_until(stop.clone())
+        .for_each(move |event| {
+            match event {
+                Ok(event) => cache.apply_pod_event(event, &mut pod_sync),
+                Err(e) => log_watch_error("Pod", &e),
+            }
+            futures::future::ready(())
+        })
+        .boxed()
+    };
+    let claims = {
+        let cache = cache.clone();
+        watcher(
+            api_in::<PersistentVolumeClaim>(&ctx.client, ns),
             watcher::Config::default(),
-            move |target: BackupTarget| {
-                let namespace = target.namespace();
-                by_namespace
-                    .state()
-                    .into_iter()
-                    .filter(|s| s.namespace() == namespace)
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            },
         )
-        .graceful_shutdown_on(stop);
-    let ready = store_ready(store).boxed();
-    let ctx = ctx.clone();
-    let ctx_for_results = ctx.clone();
-    let running = controller
-        .run(
-            schedule::reconcile,
-            |obj, err, ctx| error_policy(obj, err, ctx, schedule::CONTROLLER),
-            ctx,
-        )
-        .for_each(handle_result::<BackupSchedule>(
-            schedule::CONTROLLER,
-            ctx_for_results,
-            Metrics::schedule_deleted,
-        ))
-        .boxed();
-    (running, ready)
+        .default_backoff()
+        .take_until(stop)
+        .for_each(move |event| {
+            match event {
+                Ok(event) => cache.apply_claim_event(event, &mut claim_sync),
+                Err(e) => log_watch_error("PersistentVolumeClaim", &e),
+            }
+            futures::future::ready(())
+        })
+        .boxed()
+    };
+    vec![targets, schedules, jobs, pods, claims]
 }
 
 #[cfg(test)]

@@ -13,14 +13,11 @@
 //! Everything here is pure: the reconcilers observe the Jobs, ask [`plan_start`], and apply
 //! the answer.
 
-use k8s_openapi::api::batch::v1::Job;
-use kube::ResourceExt;
-
 use crate::api::ConcurrencyPolicy;
+use crate::jobs::RunKind;
 
-use crate::jobs::{RunKind, job_kind};
-
-use super::status::{JobState, job_state};
+use super::cache::RunJob;
+use super::status::JobState;
 
 /// An active run that writes (a backup or a restore), as seen from its Job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,32 +34,32 @@ pub struct ActiveRun {
 
 /// The active writing runs among `jobs` (backups and restores; Jobs being deleted no
 /// longer count: their pods are stopping).
-pub fn active_runs(jobs: &[Job]) -> Vec<ActiveRun> {
+pub fn active_runs(jobs: &[RunJob]) -> Vec<ActiveRun> {
     jobs.iter()
-        .filter(|job| job_kind(job).is_some_and(RunKind::writes))
-        .filter(|job| job_state(job) == JobState::Active)
-        .filter(|job| job.metadata.deletion_timestamp.is_none())
-        .map(|job| {
-            let annotation = |key: &str| job.annotations().get(key).cloned();
-            ActiveRun {
-                job: job.name_any(),
-                target: annotation(crate::jobs::annotations::TARGET)
-                    .or_else(|| job.labels().get(super::LABEL_TARGET).cloned())
-                    .unwrap_or_default(),
-                schedule: annotation(crate::jobs::annotations::SCHEDULE),
-                claim: job
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.spec.as_ref())
-                    .and_then(|p| p.volumes.as_ref())
-                    .and_then(|vols| {
-                        vols.iter()
-                            .find_map(|v| v.persistent_volume_claim.as_ref())
-                            .map(|c| c.claim_name.clone())
-                    }),
-            }
+        .filter(|job| job.kind.is_some_and(RunKind::writes))
+        .filter(|job| job.state == JobState::Active && !job.deleting)
+        .map(|job| ActiveRun {
+            job: job.name.clone(),
+            target: job.target.clone(),
+            schedule: job.schedule.clone(),
+            claim: job.claim.clone(),
         })
         .collect()
+}
+
+impl ActiveRun {
+    /// The run `request` starts, as it will be seen once its Job exists.
+    pub fn from_request(request: &StartRequest) -> ActiveRun {
+        ActiveRun {
+            job: request.job.clone(),
+            target: request.target.clone(),
+            schedule: match &request.trigger {
+                StartTrigger::Schedule { name, .. } => Some(name.clone()),
+                StartTrigger::OnDemand => None,
+            },
+            claim: Some(request.claim.clone()),
+        }
+    }
 }
 
 /// What asks for a run.
@@ -193,8 +190,10 @@ pub fn plan_start(request: &StartRequest, active: &[ActiveRun]) -> StartDecision
     if let Some(why) = &request.config_invalid {
         return StartDecision::Skip(SkipReason::InvalidConfig(why.clone()));
     }
-    let of_target: Vec<&ActiveRun> = active
-        .iter()
+    // The run itself may be among them: started before, with an unknown outcome.
+    let others = active.iter().filter(|run| run.job != request.job);
+    let of_target: Vec<&ActiveRun> = others
+        .clone()
         .filter(|run| run.target == request.target)
         .collect();
     let mut replace = Vec::new();
@@ -220,8 +219,7 @@ pub fn plan_start(request: &StartRequest, active: &[ActiveRun]) -> StartDecision
         });
     }
     if request.claim_single_node
-        && let Some(holder) = active
-            .iter()
+        && let Some(holder) = others
             .filter(|run| run.target != request.target)
             .find(|run| run.claim.as_deref() == Some(request.claim.as_str()))
     {
@@ -231,6 +229,23 @@ pub fn plan_start(request: &StartRequest, active: &[ActiveRun]) -> StartDecision
         });
     }
     StartDecision::Create { replace }
+}
+
+/// Decide `requests` in order, each against `active` plus the runs the earlier ones
+/// start (a tick of many targets sharing a ReadWriteOnce claim starts one of them).
+/// `active` ends with every run started.
+pub fn plan_starts(requests: &[StartRequest], active: &mut Vec<ActiveRun>) -> Vec<StartDecision> {
+    requests
+        .iter()
+        .map(|request| {
+            let decision = plan_start(request, active);
+            if let StartDecision::Create { replace } = &decision {
+                active.retain(|run| !replace.contains(&run.job));
+                active.push(ActiveRun::from_request(request));
+            }
+            decision
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -388,8 +403,8 @@ mod tests {
 
     #[test]
     fn active_runs_come_from_active_backup_jobs_only() {
-        let job = |name: &str, kind: &str, finished: bool, deleting: bool| -> Job {
-            serde_json::from_value(serde_json::json!({
+        let job = |name: &str, kind: &str, finished: bool, deleting: bool| -> RunJob {
+            let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
                 "metadata": {
                     "name": name,
                     "labels": {"stowage.dev/kind": kind, "stowage.dev/target": "app-db"},
@@ -406,7 +421,8 @@ mod tests {
                     serde_json::json!({"active": 1})
                 }
             }))
-            .unwrap()
+            .unwrap();
+            RunJob::from_job(&job)
         };
         let jobs = [
             job("running", "backup", false, false),

@@ -1,9 +1,10 @@
 //! The BackupSchedule reconciler: at each tick, one backup Job per selected target.
 //!
-//! Observe → plan → apply → record: parse the cron expression and time zone; observe the
-//! selected targets and the namespace's backup Jobs; [`decide`] what the tick calls for and
-//! [`plan_tick`] each target's run with [`runs::plan_start`] (one writer per target,
-//! concurrency policy, ReadWriteOnce claims); apply each target's step on its own (a
+//! Observe → plan → apply → record: parse the cron expression and time zone; read the
+//! selected targets and the schedule's Jobs from the caches (no API read); [`decide`] what
+//! the tick calls for; build each target's run with [`TickPlanner`] and decide them all at
+//! once with [`runs::plan_start`] through the cache (one writer per target, concurrency
+//! policy, ReadWriteOnce claims); create the Jobs in parallel, each target on its own (a
 //! rejected Job is recorded on its target and never stops the others); apply the Job
 //! history limits; write the status if it changed; requeue at the next tick.
 
@@ -11,10 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -23,10 +25,11 @@ use crate::api::{BackupSchedule, BackupScheduleStatus, BackupTarget, conditions}
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::schedule::{CronSchedule, TickDecision, decide, requeue_after};
 
+use super::cache::RunJob;
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger, WaitReason};
-use super::status::{self, JobState, job_state, upsert_condition};
-use super::{Context, Error, LABEL_TARGET};
+use super::status::{self, JobState, upsert_condition};
+use super::{Context, Error};
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backupschedule";
@@ -71,33 +74,27 @@ pub fn active_since(schedule: &BackupSchedule, will_be_ready: bool, now: Timesta
 /// `successful_limit` and failed ones past `failed_limit`. A Job whose run its target has
 /// not recorded yet is kept (its result would be lost).
 pub fn history_to_delete<'a>(
-    jobs: &'a [Job],
-    targets: &[BackupTarget],
+    jobs: &'a [RunJob],
+    targets: &[Arc<BackupTarget>],
     successful_limit: usize,
     failed_limit: usize,
-) -> Vec<&'a Job> {
-    let mut by_target: BTreeMap<String, Vec<&Job>> = BTreeMap::new();
+) -> Vec<&'a RunJob> {
+    let mut by_target: BTreeMap<&str, Vec<&RunJob>> = BTreeMap::new();
     for job in jobs {
-        if job_state(job) == JobState::Active || job.metadata.deletion_timestamp.is_some() {
+        if job.state == JobState::Active || job.deleting {
             continue;
         }
-        let target = job.labels().get(LABEL_TARGET).cloned().unwrap_or_default();
-        by_target.entry(target).or_default().push(job);
+        by_target.entry(job.target.as_str()).or_default().push(job);
     }
     let mut out = Vec::new();
     for (target, jobs) in by_target {
-        let known = targets
-            .iter()
-            .find(|t| crate::jobs::label_value(&t.name_any()) == target);
+        let known = targets.iter().find(|t| t.name_any() == target);
         for (state, limit) in [
             (JobState::Succeeded, successful_limit),
             (JobState::Failed, failed_limit),
         ] {
-            let mut of_state: Vec<&Job> = jobs
-                .iter()
-                .copied()
-                .filter(|j| job_state(j) == state)
-                .collect();
+            let mut of_state: Vec<&RunJob> =
+                jobs.iter().copied().filter(|j| j.state == state).collect();
             of_state.sort_by_key(|j| std::cmp::Reverse(status::job_finish_time(j)));
             out.extend(of_state.into_iter().skip(limit).filter(|job| {
                 known.is_none_or(|t| {
@@ -141,6 +138,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
         ctx.succeeded(&key);
         return Ok(Action::await_change());
     }
+    ctx.cache.wait_synced().await;
     let action = reconcile_inner(&schedule, &ctx, &namespace, &name).await?;
     ctx.succeeded(&key);
     Ok(action)
@@ -197,15 +195,6 @@ fn invalid_status(
     status
 }
 
-/// What a schedule reconcile reads from the cluster.
-struct Observed {
-    /// The selected targets, by name.
-    targets: Vec<BackupTarget>,
-    /// Every stowage backup Job of the namespace (the runs of other schedules and
-    /// on-demand runs decide whether a target is busy).
-    jobs: Vec<Job>,
-}
-
 #[tracing::instrument(skip(schedule, ctx))]
 async fn reconcile_inner(
     schedule: &BackupSchedule,
@@ -244,45 +233,16 @@ async fn reconcile_inner(
     let last = prev.last_schedule_time.as_ref().map(|t| t.0);
     let decision = decide(&cron, last, since, now, deadline, spec.suspend);
 
-    // Observe. When runs may start, the namespace's runs are read under its start lock,
-    // held until the Jobs are created.
-    let start_lock = match decision {
-        TickDecision::Run { .. } => Some(ctx.start_lock(namespace).await),
-        _ => None,
-    };
-    let targets_api: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut targets = targets_api
-        .list(&ListParams::default().labels_from(&selector))
-        .await?
-        .items;
-    targets.sort_by_key(|t| t.name_any());
-    let jobs = super::list_writing_jobs(ctx, namespace).await?;
-    let observed = Observed { targets, jobs };
-    let own_jobs: Vec<Job> = observed
-        .jobs
-        .iter()
-        .filter(|j| {
-            j.annotations().get(crate::jobs::annotations::SCHEDULE) == Some(&name.to_owned())
-        })
-        .cloned()
-        .collect();
+    // Observe, from the caches.
+    let targets = ctx.cache.targets_selected(namespace, &selector);
+    let own_jobs = ctx.cache.jobs_of_schedule(namespace, name);
 
     let mut status = prev.clone();
     let mut schedule_events = Vec::new();
     let mut requeue = requeue_after(now, decision.next());
     match decision {
         TickDecision::Run { tick, .. } => {
-            let claims = observe_claims(ctx, namespace, &observed.targets).await?;
-            let planner = TickPlanner::new(
-                schedule,
-                &observed.jobs,
-                &claims,
-                tick,
-                &ctx.settings.job_defaults,
-            );
-            let outcome = apply_tick(ctx, schedule, &observed.targets, planner, tick).await;
-            drop(start_lock);
+            let outcome = apply_tick(ctx, schedule, &targets, tick).await;
             if outcome.all_done {
                 status.last_schedule_time = Some(status::time(tick));
             } else {
@@ -308,24 +268,23 @@ async fn reconcile_inner(
     // History limits, over this schedule's own Jobs.
     let doomed = history_to_delete(
         &own_jobs,
-        &observed.targets,
+        &targets,
         limit(spec.successful_jobs_history_limit),
         limit(spec.failed_jobs_history_limit),
     );
-    let doomed_names: Vec<String> = doomed.iter().map(|j| j.name_any()).collect();
-    for job in doomed_names.iter() {
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    for job in doomed.iter().map(|j| j.name.as_str()) {
         super::delete_job(&jobs_api, job).await?;
         tracing::debug!(job, "deleted a finished Job beyond the history limit");
     }
 
     // Record.
-    let targets = &observed.targets;
     status.observed_generation = schedule.metadata.generation;
     status.selected_targets = Some(u32::try_from(targets.len()).unwrap_or(u32::MAX));
     status.next_schedule_time = decision.next().map(status::time);
     let newest_success = own_jobs
         .iter()
-        .filter(|j| job_state(j) == JobState::Succeeded)
+        .filter(|j| j.state == JobState::Succeeded)
         .filter_map(status::job_finish_time)
         .max();
     if let Some(success) = newest_success
@@ -338,13 +297,13 @@ async fn reconcile_inner(
     }
     let mut active: Vec<ObjectReference> = own_jobs
         .iter()
-        .filter(|j| job_state(j) == JobState::Active && j.metadata.deletion_timestamp.is_none())
+        .filter(|j| j.state == JobState::Active && !j.deleting)
         .map(|j| ObjectReference {
             api_version: Some("batch/v1".into()),
             kind: Some("Job".into()),
-            name: j.metadata.name.clone(),
+            name: Some(j.name.clone()),
             namespace: Some(namespace.to_owned()),
-            uid: j.metadata.uid.clone(),
+            uid: j.uid.clone(),
             ..ObjectReference::default()
         })
         .collect();
@@ -388,73 +347,39 @@ async fn reconcile_inner(
     Ok(ctx.requeue(requeue))
 }
 
-/// Whether each selected target's claim is single-node (one GET per distinct claim; a
-/// claim that does not exist yet counts as single-node, the safe side).
-async fn observe_claims(
-    ctx: &Context,
-    namespace: &str,
-    targets: &[BackupTarget],
-) -> Result<BTreeMap<String, bool>, Error> {
-    let mut claims = BTreeMap::new();
-    for target in targets {
-        let claim = &target.spec.storage.claim_name;
-        if !claims.contains_key(claim) {
-            let single = super::claim_single_node(ctx, namespace, claim).await?;
-            claims.insert(claim.clone(), single);
-        }
-    }
-    Ok(claims)
-}
-
-/// What the tick does for one target.
+/// What a tick asks for one target: the run, and the Job that would carry it.
 #[derive(Debug)]
 pub struct TargetStep {
-    /// The target's name.
-    pub target: String,
-    /// The name of the run's Job.
-    pub job_name: String,
-    /// The target's claim.
-    pub claim: String,
+    /// The run to decide about with [`runs::plan_start`].
+    pub start: StartRequest,
     /// The Job the run would use (built from the spec), or why it cannot be built.
     pub job: Result<Job, String>,
-    /// What to do.
-    pub decision: StartDecision,
 }
 
-/// Plans a tick one target at a time: each step is decided with [`runs::plan_start`]
-/// against the namespace's active runs, including the runs this tick has started so far
-/// (a shared ReadWriteOnce claim). Pure; the reconciler tells it which Jobs it actually
-/// created, so a refused Job never makes the next target wait.
+/// Builds a tick's run for each target (pure); the decisions are taken for the whole
+/// tick at once by [`super::cache::Cache::plan_starts`].
 pub struct TickPlanner<'a> {
     schedule: &'a BackupSchedule,
-    jobs: &'a [Job],
-    claims: &'a BTreeMap<String, bool>,
     tick: Timestamp,
     defaults: &'a crate::jobs::JobDefaults,
-    active: Vec<runs::ActiveRun>,
 }
 
 impl<'a> TickPlanner<'a> {
-    /// A planner over the namespace's backup Jobs and the claims' access modes.
+    /// A planner for `tick` of `schedule`.
     pub fn new(
         schedule: &'a BackupSchedule,
-        jobs: &'a [Job],
-        claims: &'a BTreeMap<String, bool>,
         tick: Timestamp,
         defaults: &'a crate::jobs::JobDefaults,
     ) -> Self {
         TickPlanner {
             schedule,
-            jobs,
-            claims,
             tick,
             defaults,
-            active: runs::active_runs(jobs),
         }
     }
 
-    /// What the tick does for `target`.
-    pub fn step(&self, target: &BackupTarget) -> TargetStep {
+    /// The run the tick asks for `target`, whose claim is single-node or not.
+    pub fn step(&self, target: &BackupTarget, claim_single_node: bool) -> TargetStep {
         let spec = &self.schedule.spec;
         let schedule_name = self.schedule.name_any();
         let request = RunRequest {
@@ -467,7 +392,6 @@ impl<'a> TickPlanner<'a> {
             },
         };
         let job = build_job(target, &request, self.defaults).map_err(|e| e.to_string());
-        let job_name = crate::jobs::job_name(target, &request);
         let config_invalid = target
             .status
             .as_ref()
@@ -478,64 +402,23 @@ impl<'a> TickPlanner<'a> {
             })
             .filter(|c| c.status == "False")
             .map(|c| c.message.clone());
-        let claim = target.spec.storage.claim_name.clone();
-        let start = StartRequest {
-            target: target.name_any(),
-            job: job_name.clone(),
-            trigger: StartTrigger::Schedule {
-                name: schedule_name,
-                policy: spec.concurrency_policy,
-            },
-            claim_single_node: self.claims.get(&claim).copied().unwrap_or(true),
-            claim,
-            suspended: target.spec.suspend,
-            config_invalid,
-            job_exists: self.jobs.iter().any(|j| j.name_any() == job_name),
-        };
         TargetStep {
-            target: target.name_any(),
-            decision: runs::plan_start(&start, &self.active),
-            claim: start.claim,
-            job_name,
+            start: StartRequest {
+                target: target.name_any(),
+                job: crate::jobs::job_name(target, &request),
+                trigger: StartTrigger::Schedule {
+                    name: schedule_name,
+                    policy: spec.concurrency_policy,
+                },
+                claim_single_node,
+                claim: target.spec.storage.claim_name.clone(),
+                suspended: target.spec.suspend,
+                config_invalid,
+                job_exists: false,
+            },
             job,
         }
     }
-
-    /// Record that `step`'s Job was created (and the Jobs it replaced deleted).
-    pub fn started(&mut self, step: &TargetStep) {
-        if let StartDecision::Create { replace } = &step.decision {
-            self.active.retain(|run| !replace.contains(&run.job));
-        }
-        self.active.push(runs::ActiveRun {
-            job: step.job_name.clone(),
-            target: step.target.clone(),
-            schedule: Some(self.schedule.name_any()),
-            claim: Some(step.claim.clone()),
-        });
-    }
-}
-
-/// The plan of a whole tick if every Job is created.
-#[cfg(test)]
-fn plan_tick(
-    schedule: &BackupSchedule,
-    targets: &[BackupTarget],
-    jobs: &[Job],
-    claims: &BTreeMap<String, bool>,
-    tick: Timestamp,
-    defaults: &crate::jobs::JobDefaults,
-) -> Vec<TargetStep> {
-    let mut planner = TickPlanner::new(schedule, jobs, claims, tick, defaults);
-    targets
-        .iter()
-        .map(|target| {
-            let step = planner.step(target);
-            if matches!(step.decision, StartDecision::Create { .. }) {
-                planner.started(&step);
-            }
-            step
-        })
-        .collect()
 }
 
 /// How applying a tick went.
@@ -545,116 +428,184 @@ struct TickOutcome {
     all_done: bool,
 }
 
-/// Apply a tick's plan: each target on its own, so one target's failure never stops the
-/// others.
+/// What happened to one target's run in a tick.
+enum StepOutcome {
+    /// Its Job was created now.
+    Created(String),
+    /// Its Job exists already (an earlier attempt of this tick).
+    Exists,
+    /// Not run for this tick.
+    Skipped(runs::SkipReason),
+    /// Waits for another run.
+    Waiting(WaitReason),
+    /// The API server refused the Job, or it cannot be built: retrying cannot help.
+    Rejected(String),
+    /// A transient failure: the tick tries again.
+    Failed,
+}
+
+/// Apply a tick: decide every target's run at once, create the Jobs in parallel (one
+/// target's failure never stops the others), then tell each target what happened.
 async fn apply_tick(
     ctx: &Context,
     schedule: &BackupSchedule,
-    targets: &[BackupTarget],
-    mut planner: TickPlanner<'_>,
+    targets: &[Arc<BackupTarget>],
     tick: Timestamp,
 ) -> TickOutcome {
-    let schedule_name = schedule.name_any();
     let namespace = schedule.namespace().unwrap_or_default();
+    let planner = TickPlanner::new(schedule, tick, &ctx.settings.job_defaults);
+    let steps: Vec<TargetStep> = targets
+        .iter()
+        .map(|t| {
+            let single = ctx
+                .cache
+                .claim_single_node(&namespace, &t.spec.storage.claim_name);
+            planner.step(t, single)
+        })
+        .collect();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut all_done = true;
-    for target in targets {
-        let step = planner.step(target);
-        let target_ref = target.object_ref(&());
-        let target_name = step.target.as_str();
-        let prefix = format!("schedule {schedule_name}, tick {tick}");
-        match step.decision {
-            StartDecision::Exists => {}
-            StartDecision::Skip(why) => {
-                tracing::info!(target = target_name, reason = %why, "tick skipped for a target");
-                events::publish(
-                    &ctx.recorder,
-                    &target_ref,
-                    &[PlannedEvent::warning(
-                        reasons::BACKUP_SKIPPED,
-                        format!("{prefix}: {why}"),
-                    )],
-                )
+    let mut outcomes: Vec<Option<StepOutcome>> = steps.iter().map(|_| None).collect();
+    let mut todo: Vec<usize> = (0..steps.len()).collect();
+    // Rounds: a run that waits for a run of this tick whose Job was then refused is
+    // decided again at once, so a refused Job never makes the next target wait.
+    while !todo.is_empty() {
+        let decisions = ctx.cache.plan_starts(
+            &namespace,
+            todo.iter().map(|&i| steps[i].start.clone()).collect(),
+        );
+        let results: Vec<(usize, StepOutcome)> =
+            futures::stream::iter(todo.into_iter().zip(decisions))
+                .map(|(i, decision)| {
+                    let step = &steps[i];
+                    let jobs_api = &jobs_api;
+                    let namespace = namespace.as_str();
+                    async move {
+                        (
+                            i,
+                            apply_step(ctx, jobs_api, namespace, step, decision).await,
+                        )
+                    }
+                })
+                .buffered(super::JOB_CREATE_CONCURRENCY)
+                .collect()
                 .await;
+        let refused = results
+            .iter()
+            .any(|(_, o)| matches!(o, StepOutcome::Rejected(_)));
+        todo = results
+            .iter()
+            .filter(|(_, o)| matches!(o, StepOutcome::Waiting(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        for (i, outcome) in results {
+            outcomes[i] = Some(outcome);
+        }
+        if !refused {
+            break;
+        }
+    }
+
+    let schedule_name = schedule.name_any();
+    let prefix = format!("schedule {schedule_name}, tick {tick}");
+    let mut all_done = true;
+    for (target, outcome) in targets.iter().zip(outcomes.into_iter().flatten()) {
+        let target_ref = target.object_ref(&());
+        let target_name = target.name_any();
+        let event = match outcome {
+            StepOutcome::Exists => None,
+            StepOutcome::Created(job) => {
+                record_acceptance(ctx, target).await;
+                Some(PlannedEvent::normal(
+                    reasons::BACKUP_STARTED,
+                    format!("Job {job} started by schedule {schedule_name} for tick {tick}"),
+                ))
             }
-            StartDecision::Wait(why) => {
+            StepOutcome::Skipped(why) => {
+                tracing::info!(target = target_name, reason = %why, "tick skipped for a target");
+                Some(PlannedEvent::warning(
+                    reasons::BACKUP_SKIPPED,
+                    format!("{prefix}: {why}"),
+                ))
+            }
+            StepOutcome::Waiting(why) => {
                 all_done = false;
                 tracing::info!(target = target_name, reason = %why, "run waits");
                 let reason = match why {
                     WaitReason::ClaimBusy { .. } => reasons::WAITING_FOR_CLAIM,
                     WaitReason::TargetBusy { .. } => reasons::WAITING_FOR_RUN,
                 };
-                events::publish(
-                    &ctx.recorder,
-                    &target_ref,
-                    &[PlannedEvent::normal(
-                        reason,
-                        format!("{prefix}: waiting: {why}"),
-                    )],
-                )
-                .await;
+                Some(PlannedEvent::normal(
+                    reason,
+                    format!("{prefix}: waiting: {why}"),
+                ))
             }
-            StartDecision::Create { ref replace } => {
-                let job = match &step.job {
-                    Ok(job) => job,
-                    Err(message) => {
-                        record_rejection(ctx, target, &prefix, message).await;
-                        continue;
-                    }
-                };
-                let job_name = job.name_any();
-                let mut replaced_all = true;
-                for old in replace {
-                    if let Err(e) = super::delete_job(&jobs_api, old).await {
-                        tracing::warn!(target = target_name, job = old, error = %e, "cannot stop the running Job (concurrencyPolicy Replace); retrying");
-                        replaced_all = false;
-                    } else {
-                        tracing::info!(
-                            target = target_name,
-                            job = old,
-                            "stopped the running Job (concurrencyPolicy Replace)"
-                        );
-                    }
-                }
-                if !replaced_all {
-                    all_done = false;
-                    continue;
-                }
-                match jobs_api.create(&Default::default(), job).await {
-                    Ok(_) => {
-                        crate::fault::point("schedule-after-create");
-                        planner.started(&step);
-                        tracing::info!(target = target_name, job = job_name, %tick, "created scheduled backup Job");
-                        events::publish(
-                            &ctx.recorder,
-                            &target_ref,
-                            &[PlannedEvent::normal(
-                                reasons::BACKUP_STARTED,
-                                format!("Job {job_name} started by schedule {schedule_name} for tick {tick}"),
-                            )],
-                        )
-                        .await;
-                        record_acceptance(ctx, target).await;
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 409 => planner.started(&step),
-                    Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
-                        record_rejection(
-                            ctx,
-                            target,
-                            &prefix,
-                            &format!("the API server rejected Job {job_name}: {}", s.message),
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        all_done = false;
-                        tracing::warn!(target = target_name, job = job_name, error = %e, "cannot create the Job; retrying");
-                    }
-                }
+            StepOutcome::Rejected(message) => {
+                record_rejection(ctx, target, &prefix, &message).await;
+                None
             }
+            StepOutcome::Failed => {
+                all_done = false;
+                None
+            }
+        };
+        if let Some(event) = event {
+            events::publish(&ctx.recorder, &target_ref, &[event]).await;
         }
     }
     TickOutcome { all_done }
+}
+
+/// Carry out one target's decision: stop the runs it replaces, create its Job.
+async fn apply_step(
+    ctx: &Context,
+    jobs_api: &Api<Job>,
+    namespace: &str,
+    step: &TargetStep,
+    decision: StartDecision,
+) -> StepOutcome {
+    let target = step.start.target.as_str();
+    let replace = match decision {
+        StartDecision::Exists => return StepOutcome::Exists,
+        StartDecision::Skip(why) => return StepOutcome::Skipped(why),
+        StartDecision::Wait(why) => return StepOutcome::Waiting(why),
+        StartDecision::Create { replace } => replace,
+    };
+    let job = match &step.job {
+        Ok(job) => job,
+        Err(message) => {
+            ctx.cache.release(namespace, &step.start.job);
+            return StepOutcome::Rejected(message.clone());
+        }
+    };
+    for old in &replace {
+        if let Err(e) = super::delete_job(jobs_api, old).await {
+            tracing::warn!(target, job = old, error = %e, "cannot stop the running Job (concurrencyPolicy Replace); retrying");
+            ctx.cache.release(namespace, &step.start.job);
+            return StepOutcome::Failed;
+        }
+        tracing::info!(
+            target,
+            job = old,
+            "stopped the running Job (concurrencyPolicy Replace)"
+        );
+    }
+    let job_name = step.start.job.clone();
+    match super::create_job(ctx, jobs_api, job).await {
+        Ok(_) => {
+            crate::fault::point("schedule-after-create");
+            tracing::info!(target, job = job_name, "created scheduled backup Job");
+            StepOutcome::Created(job_name)
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => StepOutcome::Exists,
+        Err(kube::Error::Api(s)) if super::is_rejection(s.code) => StepOutcome::Rejected(format!(
+            "the API server rejected Job {job_name}: {}",
+            s.message
+        )),
+        Err(e) => {
+            tracing::warn!(target, job = job_name, error = %e, "cannot create the Job; retrying");
+            StepOutcome::Failed
+        }
+    }
 }
 
 /// Field manager of the `JobsAccepted` condition that schedules write on targets (the
@@ -694,7 +645,9 @@ async fn record_acceptance(ctx: &Context, target: &BackupTarget) {
             .iter()
             .find(|c| c.type_ == conditions::JOBS_ACCEPTED)
     });
-    if accepted.is_some_and(|c| c.status == "True") {
+    // Written only to clear a refusal: the condition is absent until a Job is refused,
+    // so a tick of thousands of targets costs no status write.
+    if accepted.is_none_or(|c| c.status == "True") {
         return;
     }
     set_jobs_accepted(
@@ -755,17 +708,14 @@ async fn set_jobs_accepted(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::fixtures::{self, list, rwo_claim};
+    use crate::controller::fixtures::{self, rwo_claim};
     use http::Method;
     use serde_json::json;
 
-    const TARGETS: &str = "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets";
     const JOBS: &str = "/apis/batch/v1/namespaces/shop/jobs";
     const STATUS: &str =
         "/apis/stowage.dev/v1alpha1/namespaces/shop/backupschedules/nightly/status";
     const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
-    const TARGET_STATUS: &str =
-        "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets/app-db/status";
 
     fn schedule(time_zone: &str) -> BackupSchedule {
         serde_json::from_value(json!({
@@ -789,29 +739,13 @@ mod tests {
     async fn a_due_tick_creates_one_job_per_target_and_records_the_tick() {
         let (ctx, mut api, _clock, registry) = fixtures::context();
         let schedule = schedule("UTC");
+        // Everything is read from the caches: the only requests are writes.
+        let mut unselected: BackupTarget = serde_json::from_value(named_target("web-db")).unwrap();
+        unselected.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
+        ctx.cache.seed_targets(&[fixtures::target(), unselected]);
+        ctx.cache.seed_claims(&[rwo_claim()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
 
-        let req = api.expect(Method::GET, TARGETS).await;
-        assert_eq!(req.query("labelSelector").as_deref(), Some("tier=db"));
-        req.respond(
-            200,
-            list(
-                "BackupTargetList",
-                vec![serde_json::to_value(fixtures::target()).unwrap()],
-            ),
-        );
-        let req = api.expect(Method::GET, JOBS).await;
-        assert_eq!(
-            req.query("labelSelector").as_deref(),
-            Some("stowage.dev/kind in (backup,restore)")
-        );
-        req.respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(
             req.body["metadata"]["labels"]["stowage.dev/schedule"],
@@ -825,16 +759,7 @@ mod tests {
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "BackupStarted");
         req.echo();
-        let req = api.expect(Method::PATCH, TARGET_STATUS).await;
-        assert_eq!(
-            req.query("fieldManager").as_deref(),
-            Some(SCHEDULES_FIELD_MANAGER)
-        );
-        let conds = req.body["status"]["conditions"].clone();
-        assert_eq!(conds.as_array().unwrap().len(), 1, "{conds}");
-        assert_eq!(conds[0]["type"], "JobsAccepted");
-        assert_eq!(conds[0]["status"], "True");
-        req.respond(200, serde_json::to_value(fixtures::target()).unwrap());
+        // No status write on the target: JobsAccepted is written only to clear a refusal.
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = respond_schedule(req, &schedule);
         assert_eq!(status["lastScheduleTime"], "2030-03-01T02:30:00Z");
@@ -868,17 +793,8 @@ mod tests {
         assert!(next_run_gauge(&ctx).is_some());
         let mut schedule = schedule("UTC");
         schedule.spec.suspend = true;
+        ctx.cache.seed_targets(&[fixtures::target()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
-        api.expect(Method::GET, TARGETS).await.respond(
-            200,
-            list(
-                "BackupTargetList",
-                vec![serde_json::to_value(fixtures::target()).unwrap()],
-            ),
-        );
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
         assert_eq!(status["conditions"][0]["reason"], "Suspended");
         reconciled.await.unwrap().unwrap();
@@ -920,12 +836,6 @@ mod tests {
         clock.set("2030-03-01T05:00:00Z".parse().unwrap());
         let schedule = schedule("UTC");
         let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
-        api.expect(Method::GET, TARGETS)
-            .await
-            .respond(200, list("BackupTargetList", vec![]));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
         assert_eq!(status["lastMissedTime"], "2030-03-01T02:30:00Z");
         assert!(status.get("lastScheduleTime").is_none());
@@ -938,12 +848,6 @@ mod tests {
         let mut again = schedule.clone();
         again.status = Some(serde_json::from_value(status).unwrap());
         let reconciled = tokio::spawn(reconcile(Arc::new(again), ctx));
-        api.expect(Method::GET, TARGETS)
-            .await
-            .respond(200, list("BackupTargetList", vec![]));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         reconciled.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
@@ -975,23 +879,10 @@ mod tests {
     async fn a_rejected_job_does_not_stop_the_other_targets_of_the_tick() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let schedule = schedule("UTC");
+        let targets = ["a-db", "b-db"].map(|n| serde_json::from_value(named_target(n)).unwrap());
+        ctx.cache.seed_targets(&targets);
+        ctx.cache.seed_claims(&[rwo_claim()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
-        api.expect(Method::GET, TARGETS).await.respond(
-            200,
-            list(
-                "BackupTargetList",
-                vec![named_target("a-db"), named_target("b-db")],
-            ),
-        );
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         // a-db: the API server refuses its Job.
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(req.body["metadata"]["labels"]["stowage.dev/target"], "a-db");
@@ -1000,6 +891,11 @@ mod tests {
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
                    "message": "Job.batch \"a-db-b-1\" is invalid: spec.template.spec.nodeSelector: Invalid value"}),
         );
+        // b-db shares the ReadWriteOnce claim and waited for a-db's run: it still starts.
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/target"], "b-db");
+        req.echo();
+        // Then each target is told.
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "JobRejected");
         assert_eq!(req.body["type"], "Warning");
@@ -1022,17 +918,9 @@ mod tests {
         );
         assert!(cond["message"].as_str().unwrap().contains("nodeSelector"));
         req.respond(200, named_target("a-db"));
-        // b-db still starts.
-        let req = api.expect(Method::POST, JOBS).await;
-        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/target"], "b-db");
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "BackupStarted");
         req.echo();
-        api.expect(Method::POST, EVENTS).await.echo();
-        api.expect(
-            Method::PATCH,
-            "/apis/stowage.dev/v1alpha1/namespaces/shop/backuptargets/b-db/status",
-        )
-        .await
-        .respond(200, named_target("b-db"));
         // The tick is done: a rejected Job is not retried in a loop.
         let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
         assert_eq!(status["lastScheduleTime"], "2030-03-01T02:30:00Z");
@@ -1044,14 +932,8 @@ mod tests {
     async fn a_target_busy_with_another_schedules_run_waits_and_the_tick_is_retried() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let schedule = schedule("UTC");
-        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
-        api.expect(Method::GET, TARGETS).await.respond(
-            200,
-            list(
-                "BackupTargetList",
-                vec![serde_json::to_value(fixtures::target()).unwrap()],
-            ),
-        );
+        ctx.cache.seed_targets(&[fixtures::target()]);
+        ctx.cache.seed_claims(&[rwo_claim()]);
         let hourly = crate::jobs::build_job(
             &fixtures::target(),
             &RunRequest::scheduled("hourly", fixtures::now(), None, None),
@@ -1060,15 +942,8 @@ mod tests {
         .unwrap();
         let mut hourly = serde_json::to_value(hourly).unwrap();
         hourly["status"] = json!({"active": 1});
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![hourly]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
+        ctx.cache.seed_jobs(&[hourly]);
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx));
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "WaitingForRun");
         req.echo();
@@ -1088,12 +963,16 @@ mod tests {
         let targets = [target("a-db"), target("b-db")];
         let defaults = crate::jobs::JobDefaults::default();
         let tick = fixtures::now();
+        let schedule = schedule("UTC");
         let decisions = |single_node: bool| -> Vec<StartDecision> {
-            let claims = BTreeMap::from([("backups".to_owned(), single_node)]);
-            plan_tick(&schedule("UTC"), &targets, &[], &claims, tick, &defaults)
-                .into_iter()
-                .map(|step| step.decision)
-                .collect()
+            // A fresh cache each time: the runs of one call are reserved in its cache.
+            let cache = crate::controller::cache::Cache::new(10);
+            let planner = TickPlanner::new(&schedule, tick, &defaults);
+            let requests = targets
+                .iter()
+                .map(|t| planner.step(t, single_node).start)
+                .collect();
+            cache.plan_starts("shop", requests)
         };
         // A ReadWriteOnce claim shared by both: the second waits for the first.
         let rwo = decisions(true);
@@ -1140,10 +1019,11 @@ mod tests {
 
     #[test]
     fn history_limits_keep_the_newest_and_unrecorded_jobs() {
-        let job = |name: &str, ok: bool, at: &str| -> Job {
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"stowage.dev/target": "app-db", "stowage.dev/kind": "backup"}},
+        let job = |name: &str, ok: bool, at: &str| -> RunJob {
+            let job: Job = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"stowage.dev/target": "app-db", "stowage.dev/kind": "backup"}},
                 "status": {"conditions": [{"type": if ok { "Complete" } else { "Failed" }, "status": "True", "lastTransitionTime": at}]}}))
-            .unwrap()
+            .unwrap();
+            RunJob::from_job(&job)
         };
         let jobs = vec![
             job("s1", true, "2030-01-01T00:01:00Z"),
@@ -1152,10 +1032,10 @@ mod tests {
             job("f1", false, "2030-01-04T00:01:00Z"),
         ];
         let mut target = fixtures::target();
-        let names = |v: Vec<&Job>| v.into_iter().map(|j| j.name_any()).collect::<Vec<_>>();
+        let names = |v: Vec<&RunJob>| v.into_iter().map(|j| j.name.clone()).collect::<Vec<_>>();
         // Not recorded by the target yet: nothing is deleted.
         target.status = Some(Default::default());
-        assert!(history_to_delete(&jobs, std::slice::from_ref(&target), 1, 0).is_empty());
+        assert!(history_to_delete(&jobs, &[Arc::new(target.clone())], 1, 0).is_empty());
         let recorded = |name: &str| crate::api::BackupRecord {
             outcome: crate::api::RunOutcome::Succeeded,
             start_time: None,
@@ -1173,14 +1053,9 @@ mod tests {
         target.status.as_mut().unwrap().recent_backups =
             ["s1", "s2", "s3", "f1"].map(recorded).to_vec();
         assert_eq!(
-            names(history_to_delete(
-                &jobs,
-                std::slice::from_ref(&target),
-                1,
-                0
-            )),
+            names(history_to_delete(&jobs, &[Arc::new(target.clone())], 1, 0)),
             ["s2", "s1", "f1"]
         );
-        assert!(history_to_delete(&jobs, std::slice::from_ref(&target), 3, 3).is_empty());
+        assert!(history_to_delete(&jobs, &[Arc::new(target.clone())], 3, 3).is_empty());
     }
 }

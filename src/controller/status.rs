@@ -10,10 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{
     ArtifactSummary, BackupRecord, BackupTargetStatus, FailureRecord, RunOutcome, conditions,
 };
-use crate::jobs::{RunKind, job_kind};
+use crate::jobs::RunKind;
 use crate::runner::{Outcome, RunResult};
 
-use super::LABEL_SCHEDULE;
+use super::cache::RunJob;
 use super::events::{PlannedEvent, reasons};
 
 /// How many finished backups `status.recentBackups` keeps.
@@ -126,17 +126,6 @@ pub struct FinishedRun {
     pub message: Option<String>,
 }
 
-fn condition_time(job: &Job, type_: &str) -> Option<Timestamp> {
-    job.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == "True")
-        .and_then(|c| c.last_transition_time.as_ref())
-        .map(|t| t.0)
-}
-
 /// The newest parseable `RunResult` among the pods' terminated containers, newest pod first.
 pub fn run_result_from_pods(pods: &[Pod]) -> Option<RunResult> {
     let mut pods: Vec<&Pod> = pods.iter().collect();
@@ -183,30 +172,17 @@ fn pod_failure_note(pods: &[Pod]) -> Option<String> {
 
 /// The finished run a Job represents, or `None` while it runs (or when it is no stowage
 /// run). Never fails: a missing or unreadable result becomes a failure derived from the
-/// Job's conditions.
-pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedRun> {
-    let state = job_state(job);
+/// Job's conditions. `pods` are the Job's pods, read when the run is recorded.
+pub fn finished_run(job: &RunJob, pods: &[Pod], now: Timestamp) -> Option<FinishedRun> {
+    let state = job.state;
     if state == JobState::Active {
         return None;
     }
-    let kind = job_kind(job)?;
-    let name = job.metadata.name.clone().unwrap_or_default();
-    let schedule = job
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL_SCHEDULE))
-        .cloned();
-    let job_start = job
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .map(|t| t.0);
-    let job_end = match state {
-        JobState::Succeeded => condition_time(job, "Complete")
-            .or_else(|| job.status.as_ref()?.completion_time.as_ref().map(|t| t.0)),
-        _ => condition_time(job, "Failed"),
-    };
+    let kind = job.kind?;
+    let name = job.name.clone();
+    let schedule = job.schedule.clone();
+    let job_start = job.start_time;
+    let job_end = job.finish_time;
     let result = run_result_from_pods(pods).filter(|res| res.operation == kind);
     // The Job's own finish time first: it is known without the pods, so whether a run is
     // recorded can be decided from the Job alone.
@@ -244,23 +220,12 @@ pub fn finished_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedR
         }
         (_, _) => {
             // Failed Job without a (failed) result: the Job's condition says why.
-            let condition = job
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.type_ == "Failed" && c.status == "True")
-                });
-            let reason = match condition.and_then(|c| c.reason.as_deref()) {
+            let reason = match job.failed_reason.as_deref() {
                 Some("DeadlineExceeded") => r::DEADLINE_EXCEEDED,
                 _ => r::JOB_FAILED,
             };
             let mut parts: Vec<String> = Vec::new();
-            if let Some(m) = condition
-                .and_then(|c| c.message.clone())
-                .filter(|m| !m.is_empty())
-            {
+            if let Some(m) = job.failed_message.clone().filter(|m| !m.is_empty()) {
                 parts.push(m);
             }
             if let Some(note) = pod_failure_note(pods) {
@@ -362,37 +327,27 @@ pub fn start_failure(pods: &[Pod]) -> Option<StartFailure> {
 }
 
 /// An active Job whose pod has not been able to start for [`START_FAILURE_LIMIT`], as a
-/// failed run with the pod's reason; `None` while it may still start.
-pub fn stuck_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedRun> {
-    if job_state(job) != JobState::Active {
+/// failed run with the pod's reason (`failure`, from its newest pod); `None` while it may
+/// still start.
+pub fn stuck_run(job: &RunJob, failure: &StartFailure, now: Timestamp) -> Option<FinishedRun> {
+    if job.state != JobState::Active {
         return None;
     }
-    let kind = job_kind(job)?;
-    let failure = start_failure(pods)?;
-    let started = job
-        .status
-        .as_ref()
-        .and_then(|s| s.start_time.as_ref())
-        .or(job.metadata.creation_timestamp.as_ref())
-        .map(|t| t.0)?;
+    let kind = job.kind?;
+    let started = job.start_time.or(job.created)?;
     if now.duration_since(started) < START_FAILURE_LIMIT {
         return None;
     }
-    let name = job.metadata.name.clone().unwrap_or_default();
+    let name = job.name.clone();
     Some(FinishedRun {
         job: name.clone(),
         kind,
-        schedule: job
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SCHEDULE))
-            .cloned(),
+        schedule: job.schedule.clone(),
         succeeded: false,
         result: None,
         start_time: Some(started),
         finish_time: now,
-        reason: Some(failure.reason),
+        reason: Some(failure.reason.clone()),
         message: Some(format!(
             "the pod of Job {name} could not start for {}s: {}; the Job was stopped",
             START_FAILURE_LIMIT.as_secs(),
@@ -402,8 +357,8 @@ pub fn stuck_run(job: &Job, pods: &[Pod], now: Timestamp) -> Option<FinishedRun>
 }
 
 /// When a Job finished (its `Complete` or `Failed` condition), if it has.
-pub fn job_finish_time(job: &Job) -> Option<Timestamp> {
-    condition_time(job, "Complete").or_else(|| condition_time(job, "Failed"))
+pub fn job_finish_time(job: &RunJob) -> Option<Timestamp> {
+    job.finish_time
 }
 
 /// The completion time of the oldest record when `recentBackups` is full: a backup that
@@ -431,9 +386,9 @@ pub fn backup_recorded(status: &BackupTargetStatus, job: &str) -> bool {
 /// Whether a finished Job may hold a run the status has not recorded (cheap, without
 /// pods). A backup that finished before the oldest entry of a full `recentBackups` counts
 /// as recorded, so history limits can delete it.
-pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &Job) -> bool {
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    match job_kind(job) {
+pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &RunJob) -> bool {
+    let name = job.name.as_str();
+    match job.kind {
         Some(RunKind::Backup) => {
             if backup_recorded(status, name) {
                 return false;
@@ -521,6 +476,8 @@ pub struct TargetObservation {
     pub handled_backup_now: Option<String>,
     /// The probe-now token handled by this reconcile, if any.
     pub handled_probe_now: Option<String>,
+    /// Whether this reconcile started the probe of `generation`.
+    pub probe_started: bool,
     /// Why an active run's pod cannot start, if one cannot.
     pub start_failure: Option<StartFailure>,
     /// Now.
@@ -644,6 +601,9 @@ pub fn derive_target_status(
     }
     if let Some(token) = &obs.handled_probe_now {
         status.last_handled_probe_now = Some(token.clone());
+    }
+    if obs.probe_started {
+        status.probed_generation = obs.generation;
     }
 
     let mut probe_run: Option<&FinishedRun> = None;
@@ -943,7 +903,7 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn job(name: &str, kind: &str, state: Option<(&str, &str)>, schedule: Option<&str>) -> Job {
+    fn job(name: &str, kind: &str, state: Option<(&str, &str)>, schedule: Option<&str>) -> RunJob {
         let mut labels = json!({"stowage.dev/kind": kind});
         if let Some(s) = schedule {
             labels["stowage.dev/schedule"] = json!(s);
@@ -955,10 +915,16 @@ mod tests {
                  "reason": if type_ == "Failed" { "DeadlineExceeded" } else { "Completed" },
                  "message": "Job was active longer than specified deadline"}]}),
         };
-        serde_json::from_value(
+        let job: Job = serde_json::from_value(
             json!({"metadata": {"name": name, "labels": labels}, "status": status}),
         )
-        .unwrap()
+        .unwrap();
+        RunJob::from_job(&job)
+    }
+
+    /// What the cache computes from a pod that cannot start.
+    fn failure_of(pods: &[Pod]) -> StartFailure {
+        start_failure(pods).expect("the pod cannot start")
     }
 
     fn result(outcome: &str, extra: serde_json::Value) -> RunResult {
@@ -1019,6 +985,7 @@ mod tests {
             new_runs: runs,
             handled_backup_now: None,
             handled_probe_now: None,
+            probe_started: false,
             start_failure: None,
             now: ts("2030-01-01T01:00:00Z"),
         }
@@ -1038,7 +1005,7 @@ mod tests {
             ),
             None
         );
-        assert_eq!(job_state(&job("j", "backup", None, None)), JobState::Active);
+        assert_eq!(job("j", "backup", None, None).state, JobState::Active);
     }
 
     #[test]
@@ -1210,9 +1177,9 @@ mod tests {
         )];
         let early =
             ts("2030-01-01T00:00:00Z") + START_FAILURE_LIMIT - jiff::SignedDuration::from_secs(1);
-        assert_eq!(stuck_run(&j, &pods, early), None);
+        assert_eq!(stuck_run(&j, &failure_of(&pods), early), None);
         let late = ts("2030-01-01T00:00:00Z") + START_FAILURE_LIMIT;
-        let run = stuck_run(&j, &pods, late).unwrap();
+        let run = stuck_run(&j, &failure_of(&pods), late).unwrap();
         assert!(!run.succeeded);
         assert_eq!(run.reason.as_deref(), Some("SecretNotFound"));
         assert!(
@@ -1221,7 +1188,7 @@ mod tests {
                 .unwrap()
                 .contains(r#"secret "s" not found"#)
         );
-        assert_eq!(stuck_run(&j, &[pod(Some("{}"))], late), None);
+        assert_eq!(start_failure(&[pod(Some("{}"))]), None, "a pod that ran");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -22,19 +22,21 @@ use crate::api::{ANNOTATION_BACKUP_NOW, ANNOTATION_PROBE_NOW, BackupTarget, Back
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::registry::PluginConfig;
 
+use super::cache::{self, RunJob};
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger};
-use super::status::{
-    self, ConfigCheck, JobState, TargetObservation, derive_target_status, job_state,
-};
-use super::{Context, Error, LABEL_JOB_NAME, LABEL_SCHEDULE, LABEL_TARGET};
-use crate::jobs::{RunKind, job_kind};
+use super::status::{self, ConfigCheck, JobState, TargetObservation, derive_target_status};
+use super::{Context, Error};
+use crate::jobs::RunKind;
 
 /// Name of this controller in metrics and logs.
 pub const CONTROLLER: &str = "backuptarget";
 
 /// How long an on-demand backup waits before looking again at a busy ReadWriteOnce claim.
 pub const CLAIM_RETRY: Duration = Duration::from_secs(15);
+/// How often a target whose probe waits for a free slot looks again, in case it was not
+/// woken (it normally is, as soon as a probe finishes).
+pub const PROBE_SLOT_RETRY: Duration = Duration::from_secs(60);
 /// Periodic resync when nothing else is due.
 pub const RESYNC: Duration = Duration::from_secs(30 * 60);
 /// Finished on-demand backup Jobs kept per target (older recorded ones are deleted).
@@ -120,7 +122,7 @@ pub fn plan_probe(
             None,
         );
     }
-    if status.observed_generation != Some(generation) {
+    if probed_generation(&status) != Some(generation) {
         return (
             Some(ProbePlan {
                 token: format!("gen-{generation}"),
@@ -161,6 +163,17 @@ pub fn plan_probe(
     }
 }
 
+/// The generation whose probe was started. Statuses written before `probedGeneration`
+/// existed say it through `observedGeneration` once a probe has finished.
+fn probed_generation(status: &BackupTargetStatus) -> Option<i64> {
+    status.probed_generation.or_else(|| {
+        status
+            .last_probe_time
+            .as_ref()
+            .and(status.observed_generation)
+    })
+}
+
 fn annotation(target: &BackupTarget, key: &str) -> Option<String> {
     target
         .metadata
@@ -171,10 +184,10 @@ fn annotation(target: &BackupTarget, key: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// What a target reconcile reads from the cluster.
+/// What a target reconcile reads from the caches (and, for a run to record, its pods).
 struct Observed {
     /// The target's Jobs (backups and probes).
-    jobs: Vec<Job>,
+    jobs: Vec<RunJob>,
     /// Finished runs not recorded yet, and active runs stuck before their start past
     /// [`status::START_FAILURE_LIMIT`].
     new_runs: Vec<status::FinishedRun>,
@@ -192,37 +205,28 @@ async fn observe(
     now: Timestamp,
 ) -> Result<Observed, Error> {
     let prev = target.status.clone().unwrap_or_default();
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let jobs = jobs_api
-        .list(&ListParams::default().labels(&format!(
-            "{LABEL_TARGET}={}",
-            crate::jobs::label_value(name)
-        )))
-        .await?
-        .items;
+    let jobs = ctx.cache.jobs_of_target(namespace, name);
     let mut runs = Vec::new();
     let mut start_failure = None;
     let mut stuck_jobs = Vec::new();
     for job in &jobs {
-        let active = job_state(job) == JobState::Active;
-        if (!active && !status::may_be_unrecorded(&prev, job))
-            || job.metadata.deletion_timestamp.is_some()
-        {
+        let active = job.state == JobState::Active;
+        if (!active && !status::may_be_unrecorded(&prev, job)) || job.deleting {
             continue;
         }
-        let job_name = job.metadata.name.clone().unwrap_or_default();
-        let pods = pods_api
-            .list(&ListParams::default().labels(&format!("{LABEL_JOB_NAME}={job_name}")))
-            .await?
-            .items;
         if !active {
+            let pods = job_pods(ctx, namespace, &job.name).await?;
             runs.extend(status::finished_run(job, &pods, now));
-        } else if let Some(stuck) = status::stuck_run(job, &pods, now) {
-            stuck_jobs.push(job_name);
+            continue;
+        }
+        let pods = ctx.cache.pods_of_job(namespace, &job.name);
+        let Some(failure) = cache::newest_start_failure(&job.name, &pods) else {
+            continue;
+        };
+        if let Some(stuck) = status::stuck_run(job, &failure, now) {
+            stuck_jobs.push(job.name.clone());
             runs.push(stuck);
-        } else if let Some(mut failure) = status::start_failure(&pods) {
-            failure.job = job_name;
+        } else {
             start_failure = Some(failure);
         }
     }
@@ -232,6 +236,19 @@ async fn observe(
         start_failure,
         stuck_jobs,
     })
+}
+
+/// The pods of a finished Job whose run is being recorded, read by name (their
+/// termination messages hold the run's result, which the caches do not keep).
+async fn job_pods(ctx: &Context, namespace: &str, job: &str) -> Result<Vec<Pod>, Error> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut pods = Vec::new();
+    for summary in ctx.cache.pods_of_job(namespace, job) {
+        if let Some(pod) = api.get_opt(&summary.name).await? {
+            pods.push(pod);
+        }
+    }
+    Ok(pods)
 }
 
 fn build(target: &BackupTarget, request: &RunRequest, ctx: &Context) -> Result<Job, Error> {
@@ -267,6 +284,7 @@ pub async fn reconcile(target: Arc<BackupTarget>, ctx: Arc<Context>) -> Result<A
         ctx.succeeded(&key);
         return Ok(Action::await_change());
     }
+    ctx.cache.wait_synced().await;
     let action = reconcile_inner(&target, &ctx, &namespace, &name).await?;
     ctx.succeeded(&key);
     Ok(action)
@@ -332,13 +350,12 @@ struct OnDemand {
     token: String,
     decision: StartDecision,
     job: Option<Job>,
-    /// The namespace's start lock, held until the decision is applied (see `runs`).
-    _start_lock: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Plan the pending `backup-now`, if any: skipped (suspended, invalid), waiting (the
-/// target or its ReadWriteOnce claim is busy), or started.
-async fn plan_backup_now(
+/// target or its ReadWriteOnce claim is busy), or started (reserved in the cache; the
+/// caller creates the Job or releases the reservation).
+fn plan_backup_now(
     ctx: &Context,
     target: &BackupTarget,
     namespace: &str,
@@ -357,39 +374,29 @@ async fn plan_backup_now(
         },
     };
     let job_name = crate::jobs::job_name(target, &request);
-    let mut start = StartRequest {
+    let claim = target.spec.storage.claim_name.clone();
+    let start = StartRequest {
         target: target.name_any(),
         job: job_name.clone(),
         trigger: StartTrigger::OnDemand,
-        claim: target.spec.storage.claim_name.clone(),
-        claim_single_node: true,
+        claim_single_node: ctx.cache.claim_single_node(namespace, &claim),
+        claim,
         suspended: target.spec.suspend,
         config_invalid,
         job_exists: false,
     };
-    // A quick answer first: a skip needs nothing from the cluster.
-    if let decision @ StartDecision::Skip(_) = runs::plan_start(&start, &[]) {
-        return Ok(Some(OnDemand {
-            token,
-            decision,
-            job: None,
-            _start_lock: None,
-        }));
-    }
-    let start_lock = ctx.start_lock(namespace).await;
-    let writers = super::list_writing_jobs(ctx, namespace).await?;
-    start.claim_single_node = super::claim_single_node(ctx, namespace, &start.claim).await?;
-    start.job_exists = writers.iter().any(|j| j.name_any() == job_name);
-    let decision = runs::plan_start(&start, &runs::active_runs(&writers));
-    let job = match decision {
-        StartDecision::Create { .. } => Some(build(target, &request, ctx)?),
-        _ => None,
-    };
+    // Build first: a Job that cannot be built must not hold a reservation.
+    let job = build(target, &request, ctx)?;
+    let decision = ctx
+        .cache
+        .plan_starts(namespace, vec![start])
+        .pop()
+        .unwrap_or(StartDecision::Exists);
+    let job = matches!(decision, StartDecision::Create { .. }).then_some(job);
     Ok(Some(OnDemand {
         token,
         decision,
         job,
-        _start_lock: Some(start_lock),
     }))
 }
 
@@ -410,23 +417,33 @@ async fn reconcile_inner(
 
     // Observe.
     let observed = observe(ctx, target, namespace, name, now).await?;
-    let observation = |new_runs, handled_backup_now, handled_probe_now| TargetObservation {
-        generation: target.metadata.generation,
-        plugin: plugin.key().to_owned(),
-        plugin_version: info.version.to_owned(),
-        probe_supported: info.capabilities.probe,
-        config: config.clone(),
-        suspended: target.spec.suspend,
-        new_runs,
-        handled_backup_now,
-        handled_probe_now,
-        start_failure: observed.start_failure.clone(),
-        now,
-    };
+    let observation =
+        |new_runs, handled_backup_now, handled_probe_now, probe_started| TargetObservation {
+            generation: target.metadata.generation,
+            plugin: plugin.key().to_owned(),
+            plugin_version: info.version.to_owned(),
+            probe_supported: info.capabilities.probe,
+            config: config.clone(),
+            suspended: target.spec.suspend,
+            new_runs,
+            handled_backup_now,
+            handled_probe_now,
+            probe_started,
+            start_failure: observed.start_failure.clone(),
+            now,
+        };
 
-    // Record finished runs before anything new starts.
-    let recorded = derive(&prev, &observation(observed.new_runs.clone(), None, None));
-    write_status(ctx, namespace, name, &prev, &recorded.status).await?;
+    // Record finished runs before anything new starts (with nothing to record, the one
+    // status write comes at the end, with what was started).
+    let recorded = derive(
+        &prev,
+        &observation(observed.new_runs.clone(), None, None, false),
+    );
+    let mut written = prev.clone();
+    if !observed.new_runs.is_empty() {
+        write_status(ctx, namespace, name, &prev, &recorded.status).await?;
+        written = recorded.status.clone();
+    }
     let mut events_now: Vec<PlannedEvent> = recorded.events;
     if let Some(failure) = &observed.start_failure
         && prev
@@ -481,7 +498,7 @@ async fn reconcile_inner(
     };
     let mut handled_backup_now = None;
     let mut rejected_runs = Vec::new();
-    if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid).await? {
+    if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid)? {
         let token = on_demand.token;
         match on_demand.decision {
             StartDecision::Skip(why) => {
@@ -517,7 +534,8 @@ async fn reconcile_inner(
                     });
                 };
                 let job_name = job.name_any();
-                match jobs_api.create(&PostParams::default(), &job).await {
+                let created = super::create_job(ctx, &jobs_api, &job).await;
+                match created {
                     Ok(_) => {
                         crate::fault::point("backup-now-after-create");
                         tracing::info!(job = job_name, token, "created on-demand backup Job");
@@ -553,19 +571,23 @@ async fn reconcile_inner(
         }
     }
 
-    // Probe.
+    // Probe, when a slot is free (`--max-concurrent-probes`); otherwise the target
+    // waits in line and is woken when a probe finishes.
     let mut handled_probe_now = None;
+    let mut probe_started = false;
     let probe_active = observed
         .jobs
         .iter()
-        .any(|j| job_kind(j) == Some(RunKind::Probe) && job_state(j) == JobState::Active);
+        .any(|j| j.kind == Some(RunKind::Probe) && j.state == JobState::Active);
     if info.capabilities.probe {
         let (plan, wait) = plan_probe(target, probe_active, now);
         if let Some(wait) = wait {
             requeue = requeue.min(wait);
         }
         if let Some(plan) = plan {
-            if can_run {
+            if !can_run {
+                handled_probe_now = plan.handles_probe_now;
+            } else {
                 let request = RunRequest {
                     kind: JobRunKind::Probe,
                     trigger: Trigger::Probe {
@@ -573,26 +595,40 @@ async fn reconcile_inner(
                     },
                 };
                 let job = build(target, &request, ctx)?;
-                match jobs_api.create(&PostParams::default(), &job).await {
-                    Ok(_) => tracing::info!(
-                        job = job.metadata.name.as_deref().unwrap_or_default(),
-                        token = plan.token,
-                        "created probe Job"
-                    ),
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
+                let job_name = job.name_any();
+                if ctx.cache.try_start_probe(namespace, name, &job_name) {
+                    let created = super::create_job(ctx, &jobs_api, &job).await;
+                    match created {
+                        Ok(_) => {
+                            tracing::info!(job = job_name, token = plan.token, "created probe Job")
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    handled_probe_now = plan.handles_probe_now;
+                    probe_started = true;
+                } else {
+                    tracing::debug!(
+                        job = job_name,
+                        "probe waits for a free slot (--max-concurrent-probes)"
+                    );
+                    requeue = requeue.min(PROBE_SLOT_RETRY);
                 }
             }
-            handled_probe_now = plan.handles_probe_now;
         }
     }
 
     // Record what was started.
     let update = derive(
         &status_now,
-        &observation(rejected_runs, handled_backup_now, handled_probe_now),
+        &observation(
+            rejected_runs,
+            handled_backup_now,
+            handled_probe_now,
+            probe_started,
+        ),
     );
-    write_status(ctx, namespace, name, &status_now, &update.status).await?;
+    write_status(ctx, namespace, name, &written, &update.status).await?;
     events_now.extend(update.events);
     status_now = update.status;
     ctx.metrics.target_observed(
@@ -608,7 +644,7 @@ async fn reconcile_inner(
     // Jobs no longer needed: stuck runs now recorded, and history beyond the limits.
     let schedule_exists = |schedule: &str| ctx.schedule_exists(namespace, schedule);
     for job in jobs_to_delete(&observed.jobs, &status_now, &schedule_exists) {
-        super::delete_job(&jobs_api, &job.name_any()).await?;
+        super::delete_job(&jobs_api, &job.name).await?;
     }
 
     Ok(ctx.requeue(requeue))
@@ -619,22 +655,22 @@ async fn reconcile_inner(
 /// schedule is gone (`schedule_exists` says `Some(false)`). Only recorded runs are
 /// deleted. Scheduled backups of a live schedule are left to its history limits.
 pub fn jobs_to_delete<'a>(
-    jobs: &'a [Job],
+    jobs: &'a [RunJob],
     status: &BackupTargetStatus,
     schedule_exists: &dyn Fn(&str) -> Option<bool>,
-) -> Vec<&'a Job> {
-    let live = |j: &&Job| j.metadata.deletion_timestamp.is_none();
+) -> Vec<&'a RunJob> {
+    let live = |j: &&RunJob| !j.deleting;
     let finished_recorded =
-        |j: &&Job| job_state(j) != JobState::Active && !status::may_be_unrecorded(status, j);
-    let mut out: Vec<&Job> = Vec::new();
+        |j: &&RunJob| j.state != JobState::Active && !status::may_be_unrecorded(status, j);
+    let mut out: Vec<&RunJob> = Vec::new();
     for (kind, keep) in [
         (RunKind::Backup, ON_DEMAND_JOBS_KEPT),
         (RunKind::Probe, PROBE_JOBS_KEPT),
     ] {
-        let mut finished: Vec<&Job> = jobs
+        let mut finished: Vec<&RunJob> = jobs
             .iter()
-            .filter(|j| job_kind(j) == Some(kind))
-            .filter(|j| !j.labels().contains_key(LABEL_SCHEDULE))
+            .filter(|j| j.kind == Some(kind))
+            .filter(|j| j.schedule.is_none())
             .filter(live)
             .filter(finished_recorded)
             .collect();
@@ -646,8 +682,8 @@ pub fn jobs_to_delete<'a>(
             .filter(live)
             .filter(finished_recorded)
             .filter(|j| {
-                j.annotations()
-                    .get(crate::jobs::annotations::SCHEDULE)
+                j.schedule
+                    .as_deref()
                     .is_some_and(|s| schedule_exists(s) == Some(false))
             }),
     );
@@ -658,7 +694,7 @@ pub fn jobs_to_delete<'a>(
 mod tests {
     use super::*;
 
-    use crate::controller::fixtures::{self, finish_job, list, pod_with_message, rwo_claim};
+    use crate::controller::fixtures::{self, finish_job, pod_with_message, rwo_claim};
     use http::Method;
     use serde_json::json;
 
@@ -683,16 +719,15 @@ mod tests {
     async fn a_new_target_gets_config_valid_and_a_probe_job() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let target = fixtures::target();
+        // Jobs come from the cache: no API read at all.
         let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx));
 
-        let req = api.expect(Method::GET, JOBS).await;
-        assert_eq!(
-            req.query("labelSelector").as_deref(),
-            Some("stowage.dev/target=app-db")
-        );
-        req.respond(200, list("JobList", vec![]));
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
+        assert_eq!(req.body["metadata"]["ownerReferences"][0]["name"], "app-db");
+        req.echo();
 
-        // The status is recorded before any Job starts.
+        // One status write, with what was started.
         let req = api.expect(Method::PATCH, STATUS).await;
         assert_eq!(
             req.query("fieldManager").as_deref(),
@@ -700,6 +735,7 @@ mod tests {
         );
         let status = req.body["status"].clone();
         assert_eq!(status["observedGeneration"], 1);
+        assert_eq!(status["probedGeneration"], 1);
         assert_eq!(status["plugin"], "postgres");
         let valid = condition(&status, "ConfigValid");
         assert_eq!(
@@ -713,16 +749,57 @@ mod tests {
             serde_json::to_value(with_status(target, &status)).unwrap(),
         );
 
-        let req = api.expect(Method::POST, JOBS).await;
-        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
-        assert_eq!(req.body["metadata"]["ownerReferences"][0]["name"], "app-db");
-        req.echo();
-
         let action = reconciled.await.unwrap().unwrap();
         assert!(
             format!("{action:?}").contains("requeue_after"),
             "{action:?}"
         );
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn probes_beyond_the_limit_wait_for_a_slot_and_start_when_one_frees() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        // The fixture allows 10 probes at once: 10 are running.
+        let running: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                json!({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": format!("other-{i}-probe"), "namespace": "shop",
+                                 "labels": {"stowage.dev/kind": "probe", "stowage.dev/target": format!("other-{i}")},
+                                 "annotations": {"stowage.dev/target": format!("other-{i}")}},
+                    "status": {"active": 1}})
+            })
+            .collect();
+        ctx.cache.seed_jobs(&running);
+        let target = fixtures::target();
+        let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx.clone()));
+        // No probe Job: the status says what the target is, but not that it was probed.
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        assert_eq!(status["observedGeneration"], 1);
+        assert!(status.get("probedGeneration").is_none(), "{status}");
+        req.respond(
+            200,
+            serde_json::to_value(with_status(target.clone(), &status)).unwrap(),
+        );
+        let action = reconciled.await.unwrap().unwrap();
+        assert_eq!(action, Action::requeue(PROBE_SLOT_RETRY));
+        assert_eq!(ctx.cache.probes_waiting(), 1);
+
+        // One probe finishes: the waiting target gets the slot.
+        let mut done = running[0].clone();
+        done["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+        ctx.cache.seed_jobs(&[done]);
+        assert_eq!(ctx.cache.probes_waiting(), 0);
+        let target = with_status(target, &status);
+        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
+        req.echo();
+        let req = api.expect(Method::PATCH, STATUS).await;
+        assert_eq!(req.body["status"]["probedGeneration"], 1);
+        req.respond(200, serde_json::to_value(fixtures::target()).unwrap());
+        reconciled.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
 
@@ -764,9 +841,6 @@ mod tests {
             config.database = None;
         }
         let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
         let valid = condition(&status, "ConfigValid");
@@ -804,6 +878,7 @@ mod tests {
             new_runs: vec![],
             handled_backup_now: None,
             handled_probe_now: None,
+            probe_started: true,
             start_failure: None,
             now: fixtures::now() - SignedDuration::from_mins(10),
         };
@@ -821,23 +896,9 @@ mod tests {
             .annotations
             .get_or_insert_default()
             .insert(ANNOTATION_BACKUP_NOW.into(), "1700000000".into());
+        ctx.cache.seed_claims(&[rwo_claim()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx.clone()));
 
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
-        let req = api.expect(Method::GET, JOBS).await;
-        assert_eq!(
-            req.query("labelSelector").as_deref(),
-            Some("stowage.dev/kind in (backup,restore)")
-        );
-        req.respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "backup");
         let created = req.body.clone();
@@ -855,15 +916,9 @@ mod tests {
         reconciled.await.unwrap().unwrap();
 
         // The next reconcile (the status write and the Job trigger one) sees the token as
-        // handled: no second Job, no status write.
+        // handled: no second Job, no status write, no API read.
+        ctx.cache.seed_jobs(&[created]);
         let again = tokio::spawn(reconcile(Arc::new(with_status(target, &status)), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![created]));
-        // An active run's pods are read to see whether it can start.
-        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await
-            .respond(200, list("PodList", vec![]));
         again.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
@@ -877,24 +932,15 @@ mod tests {
             .annotations
             .get_or_insert_default()
             .insert(ANNOTATION_BACKUP_NOW.into(), "t1".into());
-        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
         let busy = json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "other-backup", "namespace": "shop", "labels": {"stowage.dev/kind": "backup"}},
+            "metadata": {"name": "other-backup", "namespace": "shop",
+                         "labels": {"stowage.dev/kind": "backup", "stowage.dev/target": "other"}},
             "spec": {"template": {"spec": {"containers": [{"name": "run"}],
                 "volumes": [{"name": "backups", "persistentVolumeClaim": {"claimName": "backups"}}]}}},
             "status": {"active": 1}});
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![busy]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
+        ctx.cache.seed_jobs(&[busy]);
+        ctx.cache.seed_claims(&[rwo_claim()]);
+        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "WaitingForClaim");
         assert!(req.body["note"].as_str().unwrap().contains("other-backup"));
@@ -940,25 +986,19 @@ mod tests {
         let target = observed_target();
         let job = finished_backup_job();
         let job_name = job["metadata"]["name"].as_str().unwrap().to_owned();
+        let pod = pod_with_message(&job_name, &result_json(), 0);
+        ctx.cache.seed_jobs(std::slice::from_ref(&job));
+        ctx.cache.seed_pods(std::slice::from_ref(&pod));
         let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx.clone()));
 
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![job.clone()]));
-        let req = api
-            .expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await;
-        assert_eq!(
-            req.query("labelSelector"),
-            Some(format!("batch.kubernetes.io/job-name={job_name}"))
-        );
-        req.respond(
-            200,
-            list(
-                "PodList",
-                vec![pod_with_message(&job_name, &result_json(), 0)],
-            ),
-        );
+        // The result is in the pod's termination message, which the cache does not keep:
+        // the pod is read by name, once, to record the run.
+        api.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/shop/pods/{job_name}-x1"),
+        )
+        .await
+        .respond(200, pod);
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
         let last = &status["lastBackup"];
@@ -989,9 +1029,6 @@ mod tests {
         // Reconciling the written status again: the Job is recorded, so its pods are not
         // read, nothing is written and no event repeats.
         let again = tokio::spawn(reconcile(Arc::new(with_status(target, &status)), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![job]));
         again.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
@@ -1005,13 +1042,15 @@ mod tests {
         let job_name = job["metadata"]["name"].as_str().unwrap().to_owned();
         let mut pod = pod_with_message(&job_name, "", 137);
         pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = json!("OOMKilled");
+        ctx.cache.seed_jobs(&[job]);
+        ctx.cache.seed_pods(&[pod.clone()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![job]));
-        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await
-            .respond(200, list("PodList", vec![pod]));
+        api.expect(
+            Method::GET,
+            &format!("/api/v1/namespaces/shop/pods/{job_name}-x1"),
+        )
+        .await
+        .respond(200, pod);
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
         assert_eq!(status["lastFailure"]["reason"], "JobFailed");
@@ -1046,7 +1085,6 @@ mod tests {
     async fn backup_now_waits_while_a_scheduled_run_of_the_same_target_is_active() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let target = with_backup_now(observed_target(), "t2");
-        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
         let scheduled = build_job(
             &fixtures::target(),
             &RunRequest::scheduled("nightly", fixtures::now(), None, None),
@@ -1055,27 +1093,14 @@ mod tests {
         .unwrap();
         let mut scheduled = serde_json::to_value(scheduled).unwrap();
         scheduled["status"] = json!({"active": 1});
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![scheduled.clone()]));
-        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await
-            .respond(200, list("PodList", vec![]));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![scheduled]));
+        ctx.cache.seed_jobs(&[scheduled]);
         // A ReadWriteMany claim: only the one-writer rule holds the run back.
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(
-            200,
-            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        ctx.cache.seed_claims(
+            &[json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": "backups", "namespace": "shop"},
-            "spec": {"accessModes": ["ReadWriteMany"]}}),
+            "spec": {"accessModes": ["ReadWriteMany"]}})],
         );
+        let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
         let req = api.expect(Method::POST, EVENTS).await;
         assert_eq!(req.body["reason"], "WaitingForRun");
         assert!(req.body["note"].as_str().unwrap().contains("same target"));
@@ -1091,19 +1116,8 @@ mod tests {
     async fn a_rejected_backup_now_job_is_a_failed_run_naming_the_api_error() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let target = with_backup_now(observed_target(), "t3");
+        ctx.cache.seed_claims(&[rwo_claim()]);
         let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![]));
-        api.expect(
-            Method::GET,
-            "/api/v1/namespaces/shop/persistentvolumeclaims/backups",
-        )
-        .await
-        .respond(200, rwo_claim());
         let message = r#"Job.batch "app-db-b-x" is invalid: spec.template.spec.nodeSelector: Invalid value: "bad key""#;
         api.expect(Method::POST, JOBS).await.respond(
             422,
@@ -1159,13 +1173,9 @@ mod tests {
         let started = fixtures::now() - SignedDuration::from_secs(20);
         let (job, pod) = active_job_with_stuck_pod(&started.to_string());
         let job_name = job["metadata"]["name"].as_str().unwrap().to_owned();
+        ctx.cache.seed_jobs(&[job]);
+        ctx.cache.seed_pods(&[pod]);
         let reconciled = tokio::spawn(reconcile(Arc::new(observed_target()), ctx.clone()));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![job.clone()]));
-        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await
-            .respond(200, list("PodList", vec![pod.clone()]));
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
         let reachable = condition(&status, "Reachable");
@@ -1197,12 +1207,6 @@ mod tests {
         clock.set(started + status::START_FAILURE_LIMIT + SignedDuration::from_secs(1));
         let stuck_target = with_status(observed_target(), &status);
         let reconciled = tokio::spawn(reconcile(Arc::new(stuck_target), ctx));
-        api.expect(Method::GET, JOBS)
-            .await
-            .respond(200, list("JobList", vec![job]));
-        api.expect(Method::GET, "/api/v1/namespaces/shop/pods")
-            .await
-            .respond(200, list("PodList", vec![pod]));
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
         assert_eq!(status["lastBackup"]["outcome"], "Failed");
@@ -1230,10 +1234,12 @@ mod tests {
     fn history_is_bounded_and_jobs_of_deleted_schedules_go() {
         let defaults = crate::jobs::JobDefaults::default();
         let target = fixtures::target();
-        let finished = |request: RunRequest, at: &str| -> Job {
+        let finished = |request: RunRequest, at: &str| -> RunJob {
             let job = build_job(&target, &request, &defaults).unwrap();
-            serde_json::from_value(finish_job(serde_json::to_value(job).unwrap(), true, at))
-                .unwrap()
+            let job: Job =
+                serde_json::from_value(finish_job(serde_json::to_value(job).unwrap(), true, at))
+                    .unwrap();
+            RunJob::from_job(&job)
         };
         let mut jobs = Vec::new();
         for i in 0..5 {
@@ -1263,7 +1269,7 @@ mod tests {
                 size: None,
                 sha256: None,
                 duration_seconds: None,
-                job: job.metadata.name.clone(),
+                job: Some(job.name.clone()),
                 schedule: None,
                 reason: None,
                 message: None,
@@ -1272,11 +1278,11 @@ mod tests {
         let exists = |s: &str| Some(s == "nightly");
         let names: Vec<String> = jobs_to_delete(&jobs, &status, &exists)
             .into_iter()
-            .map(|j| j.name_any())
+            .map(|j| j.name.clone())
             .collect();
         let expected: Vec<String> = [&jobs[1], &jobs[0], &gone]
             .into_iter()
-            .map(|j| j.name_any())
+            .map(|j| j.name.clone())
             .collect();
         assert_eq!(names, expected);
         // Before the schedule caches are synced nothing is assumed gone.

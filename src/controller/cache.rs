@@ -1,0 +1,1144 @@
+//! The operator's view of the cluster: one watch per kind, kept in memory, compact.
+//!
+//! Reconcilers read everything from here and never LIST: a reconcile costs no API read,
+//! so thousands of targets, their Jobs and pods cost the API server one watch per kind.
+//! BackupTargets and BackupSchedules are kept whole (without `managedFields`) in the
+//! controllers' reflector stores; Jobs, pods and claims are kept as the few fields the
+//! controller decides from ([`RunJob`], [`PodSummary`], a claim's access mode), so memory
+//! grows by a few hundred bytes per Job, not by its pod template.
+//!
+//! The cache also holds what this replica has started but not seen yet: a Job created a
+//! moment ago is not in the watch yet, so [`Cache::plan_starts`] records each run it lets
+//! start (a reservation) until the Job shows up. Start decisions are taken under one lock
+//! over the index and the reservations, so two reconcilers (two schedules, a schedule and
+//! `backup-now`) never both see an idle target and both start it, and no API request is
+//! made while the lock is held.
+//!
+//! Probe Jobs are limited to `--max-concurrent-probes` at a time ([`Cache::try_start_probe`]);
+//! targets that wait for a slot are woken in order as probes finish.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::channel::mpsc::UnboundedSender;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::Event;
+
+use crate::api::{BackupSchedule, BackupTarget};
+use crate::jobs::{RunKind, job_kind};
+
+use super::runs::{self, ActiveRun, StartDecision, StartRequest};
+use super::status::{self, JobState, StartFailure};
+
+/// What the controller keeps of one stowage Job: its identity, its run, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunJob {
+    /// The Job's name.
+    pub name: String,
+    /// The Job's uid.
+    pub uid: Option<String>,
+    /// Backup, probe or restore (label `stowage.dev/kind`); `None` for a Job without it.
+    pub kind: Option<RunKind>,
+    /// The BackupTarget's full name (annotation, else the possibly shortened label).
+    pub target: String,
+    /// The BackupSchedule's full name, for a scheduled run.
+    pub schedule: Option<String>,
+    /// The claim its pod mounts.
+    pub claim: Option<String>,
+    /// Running, or how it ended.
+    pub state: JobState,
+    /// When the Job was created.
+    pub created: Option<Timestamp>,
+    /// When the Job controller started it.
+    pub start_time: Option<Timestamp>,
+    /// When it finished (its `Complete` or `Failed` condition).
+    pub finish_time: Option<Timestamp>,
+    /// The `Failed` condition's reason, for a failed Job.
+    pub failed_reason: Option<String>,
+    /// The `Failed` condition's message, for a failed Job.
+    pub failed_message: Option<String>,
+    /// Whether it is being deleted.
+    pub deleting: bool,
+}
+
+impl RunJob {
+    /// The compact form of `job`.
+    pub fn from_job(job: &Job) -> RunJob {
+        let annotation = |key: &str| job.annotations().get(key).cloned();
+        let state = status::job_state(job);
+        let condition = |type_: &str| {
+            job.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+                .cloned()
+        };
+        let complete = condition("Complete");
+        let failed = condition("Failed");
+        let finish_time = match state {
+            JobState::Active => None,
+            JobState::Succeeded => complete
+                .as_ref()
+                .and_then(|c| c.last_transition_time.as_ref())
+                .or(job.status.as_ref().and_then(|s| s.completion_time.as_ref()))
+                .map(|t| t.0),
+            JobState::Failed => failed
+                .as_ref()
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0),
+        };
+        RunJob {
+            name: job.name_any(),
+            uid: job.metadata.uid.clone(),
+            kind: job_kind(job),
+            target: annotation(crate::jobs::annotations::TARGET)
+                .or_else(|| job.labels().get(super::LABEL_TARGET).cloned())
+                .unwrap_or_default(),
+            schedule: annotation(crate::jobs::annotations::SCHEDULE)
+                .or_else(|| job.labels().get(super::LABEL_SCHEDULE).cloned()),
+            claim: job
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.volumes.as_ref())
+                .and_then(|vols| {
+                    vols.iter()
+                        .find_map(|v| v.persistent_volume_claim.as_ref())
+                        .map(|c| c.claim_name.clone())
+                }),
+            state,
+            created: job.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            start_time: job
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            finish_time,
+            failed_reason: failed.as_ref().and_then(|c| c.reason.clone()),
+            failed_message: failed.and_then(|c| c.message),
+            deleting: job.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// Whether it is a run that writes (a backup or a restore) and still active.
+    fn active_writer(&self) -> bool {
+        self.kind.is_some_and(RunKind::writes) && self.state == JobState::Active && !self.deleting
+    }
+
+    fn active_probe(&self) -> bool {
+        self.kind == Some(RunKind::Probe) && self.state == JobState::Active && !self.deleting
+    }
+
+    fn as_active_run(&self) -> ActiveRun {
+        ActiveRun {
+            job: self.name.clone(),
+            target: self.target.clone(),
+            schedule: self.schedule.clone(),
+            claim: self.claim.clone(),
+        }
+    }
+}
+
+/// What the controller keeps of one pod of a stowage Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSummary {
+    /// The pod's name.
+    pub name: String,
+    /// When it was created.
+    pub created: Option<Timestamp>,
+    /// Why it cannot start, if it cannot ([`status::start_failure`]).
+    pub start_failure: Option<StartFailure>,
+}
+
+impl PodSummary {
+    fn from_pod(pod: &Pod) -> PodSummary {
+        PodSummary {
+            name: pod.name_any(),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            start_failure: status::start_failure(std::slice::from_ref(pod)),
+        }
+    }
+}
+
+/// Why the newest of a Job's pods cannot start, if it cannot (`job` filled in).
+pub fn newest_start_failure(job: &str, pods: &[PodSummary]) -> Option<StartFailure> {
+    let pod = pods.iter().max_by_key(|p| p.created)?;
+    let mut failure = pod.start_failure.clone()?;
+    failure.job = job.to_owned();
+    Some(failure)
+}
+
+/// `(namespace, name)`.
+type Key = (String, String);
+
+fn key(namespace: &str, name: &str) -> Key {
+    (namespace.to_owned(), name.to_owned())
+}
+
+/// The Jobs, indexed, and the runs started but not seen yet.
+#[derive(Default)]
+struct Jobs {
+    all: HashMap<Key, RunJob>,
+    /// `(namespace, target)` → Job names.
+    by_target: HashMap<Key, BTreeSet<String>>,
+    /// `(namespace, schedule)` → Job names.
+    by_schedule: HashMap<Key, BTreeSet<String>>,
+    /// Active writing runs per namespace, by Job name.
+    writers: HashMap<String, BTreeMap<String, ActiveRun>>,
+    /// Active probe Jobs.
+    probes: HashSet<Key>,
+    /// Runs this replica started and the watch has not shown yet, by `(namespace, Job)`.
+    pending: HashMap<Key, Pending>,
+    /// The objects of a re-list in progress (swapped in when it completes).
+    relist: Option<HashMap<Key, RunJob>>,
+    /// Targets waiting for a probe slot, oldest first.
+    probe_waiters: VecDeque<ObjectRef<BackupTarget>>,
+}
+
+/// A run started by this replica, not yet seen in the watch.
+struct Pending {
+    run: ActiveRun,
+    probe: bool,
+    since: std::time::Instant,
+    /// Its create failed in a way that does not say whether the Job exists.
+    uncertain: bool,
+}
+
+/// How long a reservation may wait for its Job to show up in the watch before it is
+/// dropped (the create must have failed without us knowing).
+const PENDING_EXPIRY: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Jobs {
+    fn insert(&mut self, namespace: &str, job: RunJob) -> Option<RunJob> {
+        let k = key(namespace, &job.name);
+        let old = self.remove(namespace, &job.name);
+        self.pending.remove(&k);
+        self.by_target
+            .entry(key(namespace, &job.target))
+            .or_default()
+            .insert(job.name.clone());
+        if let Some(schedule) = &job.schedule {
+            self.by_schedule
+                .entry(key(namespace, schedule))
+                .or_default()
+                .insert(job.name.clone());
+        }
+        if job.active_writer() {
+            self.writers
+                .entry(namespace.to_owned())
+                .or_default()
+                .insert(job.name.clone(), job.as_active_run());
+        }
+        if job.active_probe() {
+            self.probes.insert(k.clone());
+        }
+        self.all.insert(k, job);
+        old
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<RunJob> {
+        let k = key(namespace, name);
+        let job = self.all.remove(&k)?;
+        let drop_from = |index: &mut HashMap<Key, BTreeSet<String>>, owner: &str| {
+            let owner_key = key(namespace, owner);
+            if let Some(names) = index.get_mut(&owner_key) {
+                names.remove(name);
+                if names.is_empty() {
+                    index.remove(&owner_key);
+                }
+            }
+        };
+        drop_from(&mut self.by_target, &job.target);
+        if let Some(schedule) = &job.schedule {
+            drop_from(&mut self.by_schedule, schedule);
+        }
+        if let Some(writers) = self.writers.get_mut(namespace) {
+            writers.remove(name);
+            if writers.is_empty() {
+                self.writers.remove(namespace);
+            }
+        }
+        self.probes.remove(&k);
+        Some(job)
+    }
+
+    fn active_runs(&self, namespace: &str) -> Vec<ActiveRun> {
+        let mut runs: Vec<ActiveRun> = self
+            .writers
+            .get(namespace)
+            .into_iter()
+            .flat_map(|w| w.values().cloned())
+            .collect();
+        runs.extend(
+            self.pending
+                .iter()
+                .filter(|((ns, _), p)| ns == namespace && !p.probe)
+                .map(|(_, p)| p.run.clone()),
+        );
+        runs
+    }
+
+    /// Whether the Job exists, or was created by this replica and is not shown yet.
+    fn exists(&self, namespace: &str, name: &str) -> bool {
+        let k = key(namespace, name);
+        self.all.contains_key(&k) || self.pending.get(&k).is_some_and(|p| !p.uncertain)
+    }
+
+    fn probes_in_flight(&self) -> usize {
+        self.probes.len() + self.pending.values().filter(|p| p.probe).count()
+    }
+
+    fn expire_pending(&mut self) {
+        self.pending
+            .retain(|_, p| p.since.elapsed() < PENDING_EXPIRY);
+    }
+}
+
+/// Where the triggers of one watched scope go.
+struct Route {
+    /// The namespace, or `None` for all.
+    scope: Option<String>,
+    targets: UnboundedSender<ObjectRef<BackupTarget>>,
+    schedules: UnboundedSender<ObjectRef<BackupSchedule>>,
+}
+
+/// The operator's caches. See the module documentation.
+pub struct Cache {
+    jobs: Mutex<Jobs>,
+    /// `(namespace, Job)` → its pods.
+    pods: Mutex<Pods>,
+    /// `(namespace, claim)` → whether it is single-node.
+    claims: Mutex<Claims>,
+    targets: Mutex<Vec<Store<BackupTarget>>>,
+    schedules: Mutex<Vec<Store<BackupSchedule>>>,
+    routes: Mutex<Vec<Route>>,
+    /// Watches that have not finished their first list yet.
+    syncing: tokio::sync::watch::Sender<usize>,
+    /// Most probe Jobs active at once.
+    max_probes: usize,
+}
+
+#[derive(Default)]
+struct Pods {
+    /// `(namespace, Job)` → pods.
+    by_job: HashMap<Key, Vec<PodSummary>>,
+    /// `(namespace, pod)` → its Job.
+    job_of: HashMap<Key, String>,
+    relist: Option<Vec<(String, String, PodSummary)>>,
+}
+
+#[derive(Default)]
+struct Claims {
+    single_node: HashMap<Key, bool>,
+    relist: Option<HashMap<Key, bool>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A watch's progress through its first list, for [`Cache::wait_synced`].
+pub struct SyncToken {
+    syncing: tokio::sync::watch::Sender<usize>,
+    done: bool,
+}
+
+impl SyncToken {
+    /// Mark this watch's first list as complete.
+    pub fn done(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.syncing.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
+impl Cache {
+    /// An empty cache allowing `max_probes` probe Jobs at a time.
+    pub fn new(max_probes: usize) -> Cache {
+        Cache {
+            jobs: Mutex::default(),
+            pods: Mutex::default(),
+            claims: Mutex::default(),
+            targets: Mutex::default(),
+            schedules: Mutex::default(),
+            routes: Mutex::default(),
+            syncing: tokio::sync::watch::channel(0).0,
+            max_probes: max_probes.max(1),
+        }
+    }
+
+    /// Register a watch that must complete its first list before reconcilers read.
+    pub fn syncing(&self) -> SyncToken {
+        self.syncing.send_modify(|n| *n += 1);
+        SyncToken {
+            syncing: self.syncing.clone(),
+            done: false,
+        }
+    }
+
+    /// Whether every registered watch has completed its first list.
+    pub fn is_synced(&self) -> bool {
+        *self.syncing.borrow() == 0
+    }
+
+    /// Wait until every registered watch has completed its first list.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.syncing.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Add a scope's stores and the senders of its controllers' triggers.
+    pub fn add_scope(
+        &self,
+        scope: Option<String>,
+        targets: Store<BackupTarget>,
+        schedules: Store<BackupSchedule>,
+        target_triggers: UnboundedSender<ObjectRef<BackupTarget>>,
+        schedule_triggers: UnboundedSender<ObjectRef<BackupSchedule>>,
+    ) {
+        lock(&self.targets).push(targets);
+        lock(&self.schedules).push(schedules);
+        lock(&self.routes).push(Route {
+            scope,
+            targets: target_triggers,
+            schedules: schedule_triggers,
+        });
+    }
+
+    fn trigger_target(&self, namespace: &str, name: &str) {
+        for route in lock(&self.routes).iter() {
+            if route.scope.as_deref().is_none_or(|s| s == namespace) {
+                let _ = route
+                    .targets
+                    .unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+
+    fn trigger_schedule(&self, namespace: &str, name: &str) {
+        for route in lock(&self.routes).iter() {
+            if route.scope.as_deref().is_none_or(|s| s == namespace) {
+                let _ = route
+                    .schedules
+                    .unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+
+    // ---- Jobs -------------------------------------------------------------------------
+
+    /// Apply one event of the Job watch; wakes the targets and schedules whose Jobs
+    /// changed in a way they read.
+    pub fn apply_job_event(&self, event: Event<Job>, sync: &mut SyncToken) {
+        let mut wake_targets: Vec<Key> = Vec::new();
+        let mut wake_schedules: Vec<Key> = Vec::new();
+        let mut note = |ns: &str, old: Option<&RunJob>, new: Option<&RunJob>| {
+            if old == new {
+                return;
+            }
+            for job in [old, new].into_iter().flatten() {
+                wake_targets.push(key(ns, &job.target));
+                if let Some(s) = &job.schedule {
+                    wake_schedules.push(key(ns, s));
+                }
+            }
+        };
+        let freed_probe_slot;
+        {
+            let mut jobs = lock(&self.jobs);
+            let before = jobs.probes_in_flight();
+            match event {
+                Event::Apply(job) => {
+                    let ns = job.namespace().unwrap_or_default();
+                    let new = RunJob::from_job(&job);
+                    let old = jobs.insert(&ns, new.clone());
+                    note(&ns, old.as_ref(), Some(&new));
+                }
+                Event::Delete(job) => {
+                    let ns = job.namespace().unwrap_or_default();
+                    let old = jobs.remove(&ns, &job.name_any());
+                    note(&ns, old.as_ref(), None);
+                }
+                Event::Init => jobs.relist = Some(HashMap::new()),
+                Event::InitApply(job) => {
+                    let ns = job.namespace().unwrap_or_default();
+                    let new = RunJob::from_job(&job);
+                    jobs.relist
+                        .get_or_insert_with(HashMap::new)
+                        .insert(key(&ns, &new.name), new);
+                }
+                Event::InitDone => {
+                    let fresh = jobs.relist.take().unwrap_or_default();
+                    let gone: Vec<Key> = jobs
+                        .all
+                        .keys()
+                        .filter(|k| !fresh.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    for (ns, name) in gone {
+                        let old = jobs.remove(&ns, &name);
+                        note(&ns, old.as_ref(), None);
+                    }
+                    for ((ns, _), job) in fresh {
+                        let old = jobs.insert(&ns, job.clone());
+                        note(&ns, old.as_ref(), Some(&job));
+                    }
+                    jobs.expire_pending();
+                    sync.done();
+                }
+            }
+            freed_probe_slot = jobs.probes_in_flight() < before;
+        }
+        if freed_probe_slot {
+            self.wake_probe_waiters();
+        }
+        wake_targets.sort();
+        wake_targets.dedup();
+        for (ns, name) in wake_targets {
+            self.trigger_target(&ns, &name);
+        }
+        wake_schedules.sort();
+        wake_schedules.dedup();
+        for (ns, name) in wake_schedules {
+            self.trigger_schedule(&ns, &name);
+        }
+    }
+
+    /// The Jobs of a target, as the watch last showed them.
+    pub fn jobs_of_target(&self, namespace: &str, target: &str) -> Vec<RunJob> {
+        self.jobs_by(namespace, target, |jobs| &jobs.by_target)
+    }
+
+    /// The Jobs a schedule started, as the watch last showed them.
+    pub fn jobs_of_schedule(&self, namespace: &str, schedule: &str) -> Vec<RunJob> {
+        self.jobs_by(namespace, schedule, |jobs| &jobs.by_schedule)
+    }
+
+    fn jobs_by(
+        &self,
+        namespace: &str,
+        owner: &str,
+        index: impl Fn(&Jobs) -> &HashMap<Key, BTreeSet<String>>,
+    ) -> Vec<RunJob> {
+        let jobs = lock(&self.jobs);
+        index(&jobs)
+            .get(&key(namespace, owner))
+            .into_iter()
+            .flatten()
+            .filter_map(|name| jobs.all.get(&key(namespace, name)).cloned())
+            .collect()
+    }
+
+    /// Decide `requests` in order with [`runs::plan_starts`] against the namespace's active
+    /// writing runs, including those this replica started and the watch does not show
+    /// yet, and reserve each run that may start. The caller creates the Jobs and calls
+    /// [`Cache::release`] for each one that could not be created.
+    pub fn plan_starts(
+        &self,
+        namespace: &str,
+        mut requests: Vec<StartRequest>,
+    ) -> Vec<StartDecision> {
+        let mut jobs = lock(&self.jobs);
+        for request in &mut requests {
+            request.job_exists = request.job_exists || jobs.exists(namespace, &request.job);
+        }
+        let mut active = jobs.active_runs(namespace);
+        let decisions = runs::plan_starts(&requests, &mut active);
+        for (request, decision) in requests.iter().zip(&decisions) {
+            if matches!(decision, StartDecision::Create { .. }) {
+                jobs.pending.insert(
+                    key(namespace, &request.job),
+                    Pending {
+                        run: runs::ActiveRun::from_request(request),
+                        probe: false,
+                        since: std::time::Instant::now(),
+                        uncertain: false,
+                    },
+                );
+            }
+        }
+        decisions
+    }
+
+    /// Record how creating a reserved run's Job went: created (or already there: 409),
+    /// the reservation stays until the watch shows the Job; refused (any other 4xx), it is
+    /// dropped; unknown (a 5xx or a lost connection: the Job may exist), it keeps the
+    /// target busy for other triggers but lets the same run try again.
+    pub fn created(&self, namespace: &str, job: &str, result: &Result<Job, kube::Error>) {
+        match result {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
+                self.release(namespace, job)
+            }
+            Err(_) => {
+                if let Some(pending) = lock(&self.jobs).pending.get_mut(&key(namespace, job)) {
+                    pending.uncertain = true;
+                }
+            }
+        }
+    }
+
+    /// Drop the reservation of a run whose Job could not be created.
+    pub fn release(&self, namespace: &str, job: &str) {
+        let was_probe = lock(&self.jobs)
+            .pending
+            .remove(&key(namespace, job))
+            .is_some_and(|p| p.probe);
+        if was_probe {
+            self.wake_probe_waiters();
+        }
+    }
+
+    /// Whether a probe Job may start now for `target` (fewer than `--max-concurrent-probes`
+    /// probes are active); reserves the slot for `job`. Otherwise the target waits in line
+    /// and is woken when a slot frees.
+    pub fn try_start_probe(&self, namespace: &str, target: &str, job: &str) -> bool {
+        let mut jobs = lock(&self.jobs);
+        if jobs.exists(namespace, job) {
+            return true;
+        }
+        let waiter = ObjectRef::new(target).within(namespace);
+        if jobs.probes_in_flight() >= self.max_probes {
+            if !jobs.probe_waiters.contains(&waiter) {
+                jobs.probe_waiters.push_back(waiter);
+            }
+            return false;
+        }
+        jobs.probe_waiters.retain(|w| w != &waiter);
+        jobs.pending.insert(
+            key(namespace, job),
+            Pending {
+                run: ActiveRun {
+                    job: job.to_owned(),
+                    target: target.to_owned(),
+                    schedule: None,
+                    claim: None,
+                },
+                probe: true,
+                since: std::time::Instant::now(),
+                uncertain: false,
+            },
+        );
+        true
+    }
+
+    /// Targets waiting for a probe slot.
+    pub fn probes_waiting(&self) -> usize {
+        lock(&self.jobs).probe_waiters.len()
+    }
+
+    fn wake_probe_waiters(&self) {
+        let woken: Vec<ObjectRef<BackupTarget>> = {
+            let mut jobs = lock(&self.jobs);
+            let free = self.max_probes.saturating_sub(jobs.probes_in_flight());
+            let n = free.min(jobs.probe_waiters.len());
+            jobs.probe_waiters.drain(..n).collect()
+        };
+        for target in woken {
+            self.trigger_target(
+                target.namespace.as_deref().unwrap_or_default(),
+                &target.name,
+            );
+        }
+    }
+
+    // ---- Pods -------------------------------------------------------------------------
+
+    /// Apply one event of the pod watch; wakes the target whose run's pod changed in a
+    /// way it reads.
+    pub fn apply_pod_event(&self, event: Event<Pod>, sync: &mut SyncToken) {
+        let mut wake: Vec<Key> = Vec::new();
+        let target_of = |pod: &Pod| {
+            pod.annotations()
+                .get(crate::jobs::annotations::TARGET)
+                .cloned()
+        };
+        {
+            let mut pods = lock(&self.pods);
+            match event {
+                Event::Apply(pod) => {
+                    let ns = pod.namespace().unwrap_or_default();
+                    let Some(job) = pod.labels().get(super::LABEL_JOB_NAME).cloned() else {
+                        return;
+                    };
+                    let summary = PodSummary::from_pod(&pod);
+                    if pods.put(&ns, &job, summary) {
+                        wake.extend(target_of(&pod).map(|t| key(&ns, &t)));
+                    }
+                }
+                Event::Delete(pod) => {
+                    let ns = pod.namespace().unwrap_or_default();
+                    pods.drop_pod(&ns, &pod.name_any());
+                }
+                Event::Init => pods.relist = Some(Vec::new()),
+                Event::InitApply(pod) => {
+                    let ns = pod.namespace().unwrap_or_default();
+                    if let Some(job) = pod.labels().get(super::LABEL_JOB_NAME).cloned() {
+                        let summary = PodSummary::from_pod(&pod);
+                        pods.relist
+                            .get_or_insert_with(Vec::new)
+                            .push((ns.clone(), job, summary));
+                        wake.extend(target_of(&pod).map(|t| key(&ns, &t)));
+                    }
+                }
+                Event::InitDone => {
+                    let fresh = pods.relist.take().unwrap_or_default();
+                    pods.by_job.clear();
+                    pods.job_of.clear();
+                    for (ns, job, summary) in fresh {
+                        pods.put(&ns, &job, summary);
+                    }
+                    sync.done();
+                }
+            }
+        }
+        for (ns, name) in wake {
+            self.trigger_target(&ns, &name);
+        }
+    }
+
+    /// The pods of a Job, as the watch last showed them.
+    pub fn pods_of_job(&self, namespace: &str, job: &str) -> Vec<PodSummary> {
+        lock(&self.pods)
+            .by_job
+            .get(&key(namespace, job))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    // ---- Claims -----------------------------------------------------------------------
+
+    /// Apply one event of the claim watch.
+    pub fn apply_claim_event(&self, event: Event<PersistentVolumeClaim>, sync: &mut SyncToken) {
+        let mut claims = lock(&self.claims);
+        let k = |pvc: &PersistentVolumeClaim| {
+            key(&pvc.namespace().unwrap_or_default(), &pvc.name_any())
+        };
+        match event {
+            Event::Apply(pvc) => {
+                claims
+                    .single_node
+                    .insert(k(&pvc), super::is_single_node_claim(&pvc));
+            }
+            Event::Delete(pvc) => {
+                claims.single_node.remove(&k(&pvc));
+            }
+            Event::Init => claims.relist = Some(HashMap::new()),
+            Event::InitApply(pvc) => {
+                let single = super::is_single_node_claim(&pvc);
+                claims
+                    .relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(k(&pvc), single);
+            }
+            Event::InitDone => {
+                claims.single_node = claims.relist.take().unwrap_or_default();
+                sync.done();
+            }
+        }
+    }
+
+    /// Whether `claim` can be mounted by one node only; a claim that does not exist (yet)
+    /// counts as single-node, the safe side.
+    pub fn claim_single_node(&self, namespace: &str, claim: &str) -> bool {
+        lock(&self.claims)
+            .single_node
+            .get(&key(namespace, claim))
+            .copied()
+            .unwrap_or(true)
+    }
+
+    // ---- Targets and schedules --------------------------------------------------------
+
+    /// The namespace's BackupTargets that `selector` selects, by name.
+    pub fn targets_selected(&self, namespace: &str, selector: &Selector) -> Vec<Arc<BackupTarget>> {
+        let stores = lock(&self.targets);
+        let mut out: Vec<Arc<BackupTarget>> = stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|t| t.namespace().as_deref() == Some(namespace))
+            .filter(|t| selector.matches(t.labels()))
+            .collect();
+        out.sort_by_key(|t| t.name_any());
+        out
+    }
+
+    /// The namespace's BackupSchedules whose selector selects `labels`.
+    pub fn schedules_selecting(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<ObjectRef<BackupSchedule>> {
+        let stores = lock(&self.schedules);
+        stores
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|s| s.namespace().as_deref() == Some(namespace))
+            .filter(|s| {
+                Selector::try_from(s.spec.targets.clone()).is_ok_and(|sel| sel.matches(labels))
+            })
+            .map(|s| ObjectRef::from_obj(s.as_ref()))
+            .collect()
+    }
+
+    /// Whether BackupSchedule `namespace/name` exists; `None` until the caches are synced
+    /// (or when there are none, as in unit tests): callers then do nothing.
+    pub fn schedule_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        if !self.is_synced() {
+            return None;
+        }
+        let stores = lock(&self.schedules);
+        if stores.is_empty() {
+            return None;
+        }
+        let key = ObjectRef::new(name).within(namespace);
+        Some(stores.iter().any(|store| store.get(&key).is_some()))
+    }
+
+    /// Wake the schedules that read a target that changed: those whose selector selects
+    /// its old or its new labels, and only when what schedules read of it changed (its
+    /// labels, its existence, the backups it has recorded).
+    pub fn target_changed(
+        &self,
+        old: Option<&TargetDigest>,
+        new: Option<&TargetDigest>,
+        namespace: &str,
+    ) {
+        if old == new {
+            return;
+        }
+        let mut wake: BTreeSet<String> = BTreeSet::new();
+        for digest in [old, new].into_iter().flatten() {
+            wake.extend(
+                self.schedules_selecting(namespace, &digest.labels)
+                    .into_iter()
+                    .map(|s| s.name),
+            );
+        }
+        for name in wake {
+            self.trigger_schedule(namespace, &name);
+        }
+    }
+}
+
+/// What schedules read of a target outside their ticks: its labels (selection) and the
+/// backups it has recorded (history limits wait for them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetDigest {
+    /// The target's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The Jobs of the backups its status records.
+    pub recorded: Vec<String>,
+}
+
+impl TargetDigest {
+    /// The digest of `target`.
+    pub fn of(target: &BackupTarget) -> TargetDigest {
+        let status = target.status.as_ref();
+        let mut recorded: Vec<String> = status
+            .into_iter()
+            .flat_map(|s| s.recent_backups.iter().chain(s.last_backup.iter()))
+            .filter_map(|b| b.job.clone())
+            .collect();
+        recorded.sort();
+        recorded.dedup();
+        TargetDigest {
+            labels: target.labels().clone(),
+            recorded,
+        }
+    }
+}
+
+impl Pods {
+    /// Store a pod's summary; whether it changed.
+    fn put(&mut self, namespace: &str, job: &str, summary: PodSummary) -> bool {
+        self.job_of
+            .insert(key(namespace, &summary.name), job.to_owned());
+        let pods = self.by_job.entry(key(namespace, job)).or_default();
+        match pods.iter_mut().find(|p| p.name == summary.name) {
+            Some(existing) if *existing == summary => false,
+            Some(existing) => {
+                *existing = summary;
+                true
+            }
+            None => {
+                pods.push(summary);
+                true
+            }
+        }
+    }
+
+    fn drop_pod(&mut self, namespace: &str, pod: &str) {
+        let Some(job) = self.job_of.remove(&key(namespace, pod)) else {
+            return;
+        };
+        let job_key = key(namespace, &job);
+        if let Some(pods) = self.by_job.get_mut(&job_key) {
+            pods.retain(|p| p.name != pod);
+            if pods.is_empty() {
+                self.by_job.remove(&job_key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Cache {
+    /// Tests: the BackupTargets the target watch would show (call once per cache).
+    pub fn seed_targets(&self, targets: &[BackupTarget]) {
+        let (reader, mut writer) = kube::runtime::reflector::store::<BackupTarget>();
+        for target in targets {
+            writer.apply_watcher_event(&Event::Apply(target.clone()));
+        }
+        let (schedules, _) = kube::runtime::reflector::store::<BackupSchedule>();
+        let (targets_tx, _) = futures::channel::mpsc::unbounded();
+        let (schedules_tx, _) = futures::channel::mpsc::unbounded();
+        self.add_scope(None, reader, schedules, targets_tx, schedules_tx);
+    }
+
+    /// Tests: Jobs the Job watch would show.
+    pub fn seed_jobs(&self, jobs: &[serde_json::Value]) {
+        let mut sync = self.syncing();
+        for job in jobs {
+            let job: Job = serde_json::from_value(job.clone()).expect("a Job");
+            self.apply_job_event(Event::Apply(job), &mut sync);
+        }
+        sync.done();
+    }
+
+    /// Tests: pods the pod watch would show.
+    pub fn seed_pods(&self, pods: &[serde_json::Value]) {
+        let mut sync = self.syncing();
+        for pod in pods {
+            let pod: Pod = serde_json::from_value(pod.clone()).expect("a Pod");
+            self.apply_pod_event(Event::Apply(pod), &mut sync);
+        }
+        sync.done();
+    }
+
+    /// Tests: claims the claim watch would show.
+    pub fn seed_claims(&self, claims: &[serde_json::Value]) {
+        let mut sync = self.syncing();
+        for claim in claims {
+            let claim: PersistentVolumeClaim =
+                serde_json::from_value(claim.clone()).expect("a PersistentVolumeClaim");
+            self.apply_claim_event(Event::Apply(claim), &mut sync);
+        }
+        sync.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ConcurrencyPolicy;
+    use crate::controller::runs::{StartTrigger, WaitReason};
+    use serde_json::json;
+
+    fn job(name: &str, target: &str, state: &str) -> Job {
+        let status = match state {
+            "active" => json!({"active": 1}),
+            _ => json!({"conditions": [{"type": state, "status": "True",
+                                        "lastTransitionTime": "2030-01-01T00:00:00Z"}]}),
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop",
+                         "labels": {"stowage.dev/kind": "backup", "stowage.dev/target": target},
+                         "annotations": {"stowage.dev/target": target}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn request(job: &str, target: &str) -> StartRequest {
+        StartRequest {
+            target: target.into(),
+            job: job.into(),
+            trigger: StartTrigger::Schedule {
+                name: "nightly".into(),
+                policy: ConcurrencyPolicy::Allow,
+            },
+            claim: "backups".into(),
+            claim_single_node: false,
+            suspended: false,
+            config_invalid: None,
+            job_exists: false,
+        }
+    }
+
+    fn decide(cache: &Cache, job: &str, target: &str) -> StartDecision {
+        cache
+            .plan_starts("shop", vec![request(job, target)])
+            .pop()
+            .unwrap()
+    }
+
+    fn busy(job: &str) -> StartDecision {
+        StartDecision::Wait(WaitReason::TargetBusy { job: job.into() })
+    }
+
+    const CREATE: StartDecision = StartDecision::Create { replace: vec![] };
+
+    #[test]
+    fn a_started_run_keeps_its_target_busy_from_its_start_decision_to_its_end() {
+        let cache = Cache::new(10);
+        let mut sync = cache.syncing();
+        assert_eq!(decide(&cache, "a-1", "a"), CREATE);
+        // Created a moment ago, not in the watch yet: another trigger must wait, and the
+        // same run is not started twice.
+        assert_eq!(decide(&cache, "a-2", "a"), busy("a-1"));
+        assert_eq!(decide(&cache, "a-1", "a"), StartDecision::Exists);
+        // Other targets are free.
+        assert_eq!(decide(&cache, "b-1", "b"), CREATE);
+        cache.apply_job_event(Event::Apply(job("a-1", "a", "active")), &mut sync);
+        assert_eq!(decide(&cache, "a-2", "a"), busy("a-1"));
+        cache.apply_job_event(Event::Apply(job("a-1", "a", "Complete")), &mut sync);
+        assert_eq!(decide(&cache, "a-2", "a"), CREATE);
+    }
+
+    #[test]
+    fn a_refused_create_frees_the_target_and_an_unknown_outcome_keeps_it_busy() {
+        let cache = Cache::new(10);
+        let refused = Err(kube::Error::Api(Box::new(
+            kube::core::Status::failure("quota", "Forbidden").with_code(403),
+        )));
+        let lost = Err(kube::Error::Api(Box::new(
+            kube::core::Status::failure("timeout", "Timeout").with_code(504),
+        )));
+        assert_eq!(decide(&cache, "a-1", "a"), CREATE);
+        cache.created("shop", "a-1", &refused);
+        assert_eq!(decide(&cache, "a-2", "a"), CREATE);
+        cache.created("shop", "a-2", &lost);
+        // The Job may exist: other runs wait, the same run may try again (409 if it exists).
+        assert_eq!(decide(&cache, "a-3", "a"), busy("a-2"));
+        assert_eq!(decide(&cache, "a-2", "a"), CREATE);
+    }
+
+    #[test]
+    fn a_relist_drops_jobs_deleted_while_the_watch_was_away() {
+        let cache = Cache::new(10);
+        let mut sync = cache.syncing();
+        for name in ["a-1", "a-2"] {
+            cache.apply_job_event(Event::Apply(job(name, "a", "active")), &mut sync);
+        }
+        assert_eq!(cache.jobs_of_target("shop", "a").len(), 2);
+        cache.apply_job_event(Event::Init, &mut sync);
+        cache.apply_job_event(Event::InitApply(job("a-2", "a", "Complete")), &mut sync);
+        // Until the list completes, readers see the previous state.
+        assert_eq!(cache.jobs_of_target("shop", "a").len(), 2);
+        cache.apply_job_event(Event::InitDone, &mut sync);
+        let jobs = cache.jobs_of_target("shop", "a");
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].state, JobState::Succeeded);
+        assert!(cache.is_synced());
+        assert_eq!(decide(&cache, "a-3", "a"), CREATE);
+    }
+
+    #[test]
+    fn caches_are_synced_only_once_every_watch_has_listed() {
+        let cache = Cache::new(10);
+        let mut jobs = cache.syncing();
+        let mut pods = cache.syncing();
+        assert!(!cache.is_synced());
+        cache.apply_job_event(Event::InitDone, &mut jobs);
+        assert!(!cache.is_synced());
+        cache.apply_pod_event(Event::InitDone, &mut pods);
+        assert!(cache.is_synced());
+        // A later relist does not count twice.
+        cache.apply_pod_event(Event::InitDone, &mut pods);
+        assert!(cache.is_synced());
+    }
+
+    fn target(labels: serde_json::Value, recorded: &[&str]) -> BackupTarget {
+        let backups: Vec<serde_json::Value> = recorded
+            .iter()
+            .map(|j| json!({"outcome": "Succeeded", "job": j}))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+            "metadata": {"name": "app-db", "namespace": "shop", "labels": labels},
+            "spec": {"http": {"url": "http://x.shop/"}, "storage": {"claimName": "backups"}},
+            "status": {"recentBackups": backups, "observedGeneration": 3}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_target_change_wakes_only_the_schedules_that_select_it_and_only_when_it_matters() {
+        let cache = Cache::new(10);
+        let (schedules, mut writer) = kube::runtime::reflector::store::<BackupSchedule>();
+        for (name, tier) in [
+            ("db-nightly", "db"),
+            ("web-hourly", "web"),
+            ("db-weekly", "db"),
+        ] {
+            let schedule: BackupSchedule = serde_json::from_value(json!({
+                "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupSchedule",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"schedule": "0 3 * * *", "targets": {"matchLabels": {"tier": tier}}}
+            }))
+            .unwrap();
+            writer.apply_watcher_event(&Event::Apply(schedule));
+        }
+        let (targets, _) = kube::runtime::reflector::store::<BackupTarget>();
+        let (target_tx, _target_rx) = futures::channel::mpsc::unbounded();
+        let (schedule_tx, mut woken) = futures::channel::mpsc::unbounded();
+        cache.add_scope(None, targets, schedules, target_tx, schedule_tx);
+        let mut wakes = |old: Option<&TargetDigest>, new: Option<&TargetDigest>| {
+            cache.target_changed(old, new, "shop");
+            let mut names = Vec::new();
+            while let Ok(s) = woken.try_recv() {
+                names.push(s.name);
+            }
+            names.sort();
+            names
+        };
+        let db = TargetDigest::of(&target(json!({"tier": "db"}), &[]));
+        let db_recorded = TargetDigest::of(&target(json!({"tier": "db"}), &["j1"]));
+        let web = TargetDigest::of(&target(json!({"tier": "web"}), &["j1"]));
+        type Case<'a> = (
+            &'a str,
+            Option<&'a TargetDigest>,
+            Option<&'a TargetDigest>,
+            Vec<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("created", None, Some(&db), vec!["db-nightly", "db-weekly"]),
+            (
+                "unchanged (a status write schedules do not read)",
+                Some(&db),
+                Some(&db),
+                vec![],
+            ),
+            (
+                "a backup recorded",
+                Some(&db),
+                Some(&db_recorded),
+                vec!["db-nightly", "db-weekly"],
+            ),
+            (
+                "relabelled: old and new selectors",
+                Some(&db_recorded),
+                Some(&web),
+                vec!["db-nightly", "db-weekly", "web-hourly"],
+            ),
+            ("deleted", Some(&web), None, vec!["web-hourly"]),
+        ];
+        for (case, old, new, expected) in cases {
+            assert_eq!(wakes(old, new), expected, "{case}");
+        }
+        // Only what schedules read is in the digest.
+        let mut other_status = target(json!({"tier": "db"}), &[]);
+        other_status.status.as_mut().unwrap().observed_generation = Some(9);
+        assert_eq!(TargetDigest::of(&other_status), db);
+    }
+}
