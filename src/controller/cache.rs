@@ -269,20 +269,30 @@ impl Jobs {
         Some(job)
     }
 
-    fn active_runs(&self, namespace: &str) -> Vec<ActiveRun> {
-        let mut runs: Vec<ActiveRun> = self
+    /// The namespace's active writing runs, seen or reserved, that concern one of
+    /// `targets` or `claims` (the only runs [`runs::plan_start`] looks at).
+    fn active_runs(
+        &self,
+        namespace: &str,
+        targets: &HashSet<&str>,
+        claims: &HashSet<&str>,
+    ) -> Vec<ActiveRun> {
+        let relevant = |run: &ActiveRun| {
+            targets.contains(run.target.as_str())
+                || run.claim.as_deref().is_some_and(|c| claims.contains(c))
+        };
+        let seen = self
             .writers
             .get(namespace)
             .into_iter()
-            .flat_map(|w| w.values().cloned())
-            .collect();
-        runs.extend(
-            self.pending
-                .iter()
-                .filter(|((ns, _), p)| ns == namespace && !p.probe)
-                .map(|(_, p)| p.run.clone()),
-        );
-        runs
+            .flat_map(|w| w.values())
+            .filter(|run| relevant(run));
+        let reserved = self
+            .pending
+            .iter()
+            .filter(|((ns, _), p)| ns == namespace && !p.probe && relevant(&p.run))
+            .map(|(_, p)| &p.run);
+        seen.chain(reserved).cloned().collect()
     }
 
     /// Whether the Job exists, or was created by this replica and is not shown yet.
@@ -550,7 +560,9 @@ impl Cache {
         for request in &mut requests {
             request.job_exists = request.job_exists || jobs.exists(namespace, &request.job);
         }
-        let mut active = jobs.active_runs(namespace);
+        let targets: HashSet<&str> = requests.iter().map(|r| r.target.as_str()).collect();
+        let claims: HashSet<&str> = requests.iter().map(|r| r.claim.as_str()).collect();
+        let mut active = jobs.active_runs(namespace, &targets, &claims);
         let decisions = runs::plan_starts(&requests, &mut active);
         for (request, decision) in requests.iter().zip(&decisions) {
             if matches!(decision, StartDecision::Create { .. }) {
@@ -761,7 +773,7 @@ impl Cache {
 
     /// The namespace's BackupTargets that `selector` selects, by name.
     pub fn targets_selected(&self, namespace: &str, selector: &Selector) -> Vec<Arc<BackupTarget>> {
-        let stores = lock(&self.targets);
+        let stores = lock(&self.targets).clone();
         let mut out: Vec<Arc<BackupTarget>> = stores
             .iter()
             .flat_map(|s| s.state())
@@ -778,7 +790,7 @@ impl Cache {
         namespace: &str,
         labels: &BTreeMap<String, String>,
     ) -> Vec<ObjectRef<BackupSchedule>> {
-        let stores = lock(&self.schedules);
+        let stores = lock(&self.schedules).clone();
         stores
             .iter()
             .flat_map(|s| s.state())
