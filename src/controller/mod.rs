@@ -37,7 +37,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -110,6 +110,10 @@ pub struct Settings {
     /// Most probe Jobs running at once (`--max-concurrent-probes`).
     pub max_concurrent_probes: usize,
 }
+
+/// Most reconciles running at once per controller: thousands of objects that all need a
+/// reconcile (a start, a relist) queue instead of sending thousands of requests at once.
+pub const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// Most Job creations in flight at once, over all reconcilers: a tick of hundreds of
 /// schedules creates its Jobs in parallel without flooding the API server.
@@ -553,6 +557,32 @@ fn log_watch_error(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, error = %error, "watch failed; retrying");
 }
 
+/// Run a watch whose events `apply` folds into the cache, until `stop`.
+fn watch_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    stop: ShutdownSignal,
+    mut sync: cache::SyncToken,
+    apply: impl Fn(watcher::Event<K>, &mut cache::SyncToken) + Send + 'static,
+) -> Running
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    watcher::watcher(api, config)
+        .default_backoff()
+        .take_until(stop)
+        .for_each(move |event| {
+            match event {
+                Ok(event) => apply(event, &mut sync),
+                Err(e) => log_watch_error(kind, &e),
+            }
+            futures::future::ready(())
+        })
+        .boxed()
+}
+
 /// Everything that runs for one watched scope (a namespace, or all): one watch per kind
 /// feeding [`cache::Cache`], and the two controllers, woken by the cache's triggers.
 fn scope_controllers(
@@ -579,9 +609,9 @@ fn scope_controllers(
     // Registered before anything runs, so readiness and reconcilers wait for all five.
     let mut target_sync = cache.syncing();
     let mut schedule_sync = cache.syncing();
-    let mut job_sync = cache.syncing();
-    let mut pod_sync = cache.syncing();
-    let mut claim_sync = cache.syncing();
+    let job_sync = cache.syncing();
+    let pod_sync = cache.syncing();
+    let claim_sync = cache.syncing();
 
     // BackupTargets: the target controller's store; their changes wake the schedules that
     // select them, only when what schedules read changed.
@@ -638,6 +668,7 @@ fn scope_controllers(
         .applied_objects();
         let ctx_for_results = ctx.clone();
         Controller::for_stream(stream, target_reader)
+            .with_config(Config::default().concurrency(RECONCILE_CONCURRENCY))
             .reconcile_on(target_rx)
             .graceful_shutdown_on(stop.clone())
             .run(
@@ -671,6 +702,7 @@ fn scope_controllers(
         .applied_objects();
         let ctx_for_results = ctx.clone();
         Controller::for_stream(stream, schedule_reader)
+            .with_config(Config::default().concurrency(RECONCILE_CONCURRENCY))
             .reconcile_on(schedule_rx)
             .graceful_shutdown_on(stop.clone())
             .run(
@@ -687,59 +719,39 @@ fn scope_controllers(
     };
 
     // Jobs and their pods: compact, in the cache; a change wakes its target and schedule.
-    let jobs = {
-        let cache = cache.clone();
-        watcher(
-            api_in::<Job>(&ctx.client, ns),
-            watcher::Config::default().labels(LABEL_TARGET),
-        )
-        .default_backoff()
-        .take_until(stop.clone())
-        .for_each(move |event| {
-            match event {
-                Ok(event) => cache.apply_job_event(event, &mut job_sync),
-                Err(e) => log_watch_error("Job", &e),
-            }
-            futures::future::ready(())
-        })
-        .boxed()
-    };
     // A run's pod that cannot start (missing Secret, image pull failure) shows in its
     // target's conditions as soon as the kubelet or scheduler says so.
+    let by_target = || watcher::Config::default().labels(LABEL_TARGET);
+    let jobs = {
+        let cache = cache.clone();
+        watch_into(
+            api_in::<Job>(&ctx.client, ns),
+            by_target(),
+            "Job",
+            stop.clone(),
+            job_sync,
+            move |event, sync| cache.apply_job_event(event, sync),
+        )
+    };
     let pods = {
         let cache = cache.clone();
-        watcher(
+        watch_into(
             api_in::<Pod>(&ctx.client, ns),
-            watcher::Config::default().labels(LABEL_TARGET),
+            by_target(),
+            "Pod",
+            stop.clone(),
+            pod_sync,
+            move |event, sync| cache.apply_pod_event(event, sync),
         )
-        .default_backoff()
-        .take_until(stop.clone())
-        .for_each(move |event| {
-            match event {
-                Ok(event) => cache.apply_pod_event(event, &mut pod_sync),
-                Err(e) => log_watch_error("Pod", &e),
-            }
-            futures::future::ready(())
-        })
-        .boxed()
     };
-    let claims = {
-        let cache = cache.clone();
-        watcher(
-            api_in::<PersistentVolumeClaim>(&ctx.client, ns),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .take_until(stop)
-        .for_each(move |event| {
-            match event {
-                Ok(event) => cache.apply_claim_event(event, &mut claim_sync),
-                Err(e) => log_watch_error("PersistentVolumeClaim", &e),
-            }
-            futures::future::ready(())
-        })
-        .boxed()
-    };
+    let claims = watch_into(
+        api_in::<PersistentVolumeClaim>(&ctx.client, ns),
+        watcher::Config::default(),
+        "PersistentVolumeClaim",
+        stop,
+        claim_sync,
+        move |event, sync| cache.apply_claim_event(event, sync),
+    );
     vec![targets, schedules, jobs, pods, claims]
 }
 
