@@ -182,6 +182,17 @@ fn key(namespace: &str, name: &str) -> Key {
     (namespace.to_owned(), name.to_owned())
 }
 
+/// What [`Cache::try_start_probe`] allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeSlot {
+    /// Create the probe Job: a slot is reserved for it.
+    Start,
+    /// The probe Job exists already (created by an earlier reconcile).
+    Exists,
+    /// No slot is free: the target is woken when one frees.
+    Wait,
+}
+
 /// The Jobs, indexed, and the runs started but not seen yet.
 #[derive(Default)]
 struct Jobs {
@@ -610,20 +621,20 @@ impl Cache {
         }
     }
 
-    /// Whether a probe Job may start now for `target` (fewer than `--max-concurrent-probes`
-    /// probes are active); reserves the slot for `job`. Otherwise the target waits in line
-    /// and is woken when a slot frees.
-    pub fn try_start_probe(&self, namespace: &str, target: &str, job: &str) -> bool {
+    /// Whether a probe Job may start now for `target`: fewer than `--max-concurrent-probes`
+    /// probes are active, and the slot is reserved for `job`; or `job` exists already.
+    /// Otherwise the target waits in line and is woken when a slot frees.
+    pub fn try_start_probe(&self, namespace: &str, target: &str, job: &str) -> ProbeSlot {
         let mut jobs = lock(&self.jobs);
         if jobs.exists(namespace, job) {
-            return true;
+            return ProbeSlot::Exists;
         }
         let waiter = ObjectRef::new(target).within(namespace);
         if jobs.probes_in_flight() >= self.max_probes {
             if !jobs.probe_waiters.contains(&waiter) {
                 jobs.probe_waiters.push_back(waiter);
             }
-            return false;
+            return ProbeSlot::Wait;
         }
         jobs.probe_waiters.retain(|w| w != &waiter);
         jobs.pending.insert(
@@ -640,7 +651,7 @@ impl Cache {
                 uncertain: false,
             },
         );
-        true
+        ProbeSlot::Start
     }
 
     /// Targets waiting for a probe slot.

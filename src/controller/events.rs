@@ -91,8 +91,36 @@ fn bounded(note: &str) -> String {
     format!("{}…", &note[..end])
 }
 
-/// Publish `events` about `object`; failures are logged, never fatal (the status is
-/// already written).
+/// Most batches of events being published at once by [`publish_later`].
+pub const EVENT_CONCURRENCY: usize = 2;
+
+/// Publish `events` behind the API writes that matter: in a background task, one batch
+/// (in order) per slot, at most [`EVENT_CONCURRENCY`] batches at once over the operator.
+/// With `ctx.events_inline` (unit tests, which need a fixed order) they are published
+/// before this returns.
+pub async fn publish_later(ctx: &super::Context, events: Vec<(ObjectReference, PlannedEvent)>) {
+    if events.is_empty() {
+        return;
+    }
+    if ctx.events_inline {
+        for (object, event) in &events {
+            publish(&ctx.recorder, object, std::slice::from_ref(event)).await;
+        }
+        return;
+    }
+    let recorder = ctx.recorder.clone();
+    let slots = ctx.event_slots.clone();
+    tokio::spawn(async move {
+        let Ok(_slot) = slots.acquire_owned().await else {
+            return;
+        };
+        for (object, event) in &events {
+            publish(&recorder, object, std::slice::from_ref(event)).await;
+        }
+    });
+}
+
+/// Publish `events` about `object` now, in order; a failure is logged, never returned.
 pub async fn publish(recorder: &Recorder, object: &ObjectReference, events: &[PlannedEvent]) {
     for planned in events {
         let event = Event {

@@ -137,7 +137,7 @@ pub fn context() -> (
         },
         max_concurrent_probes: 10,
     };
-    let ctx = Context::new(
+    let mut ctx = Context::new(
         client,
         settings,
         clock.clone(),
@@ -147,6 +147,7 @@ pub fn context() -> (
             instance: Some("test".into()),
         },
     );
+    ctx.events_inline = true;
     (Arc::new(ctx), ApiServer(handle), clock, registry)
 }
 

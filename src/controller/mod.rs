@@ -139,6 +139,10 @@ pub struct Context {
     pub cache: Arc<cache::Cache>,
     /// Bounds the Job creations in flight ([`JOB_CREATE_CONCURRENCY`]).
     pub job_creates: tokio::sync::Semaphore,
+    /// Bounds the event batches published in the background ([`events::publish_later`]).
+    pub event_slots: Arc<tokio::sync::Semaphore>,
+    /// Publish background events inline (unit tests, which need a fixed order).
+    pub events_inline: bool,
 }
 
 impl Context {
@@ -162,6 +166,8 @@ impl Context {
             fence: None,
             cache,
             job_creates: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
+            event_slots: Arc::new(tokio::sync::Semaphore::new(events::EVENT_CONCURRENCY)),
+            events_inline: false,
         }
     }
 
@@ -546,10 +552,15 @@ fn forget_deleted(
     );
 }
 
-/// What the caches keep of an object: everything but `managedFields`, which the
-/// controllers never read and which can be larger than the rest.
+/// What the caches keep of an object: everything but `managedFields` and kubectl's
+/// last-applied copy of the object, which the controllers never read and which can be
+/// larger than the rest.
 fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Log a watch error; the watch retries with backoff.

@@ -240,9 +240,12 @@ async fn reconcile_inner(
     let mut status = prev.clone();
     let mut schedule_events = Vec::new();
     let mut requeue = requeue_after(now, decision.next());
+    // Jobs this reconcile created, active from now on (the watch shows them shortly).
+    let mut started: Vec<(String, Option<String>)> = Vec::new();
     match decision {
         TickDecision::Run { tick, .. } => {
             let outcome = apply_tick(ctx, schedule, &targets, tick).await;
+            started = outcome.started;
             if outcome.all_done {
                 status.last_schedule_time = Some(status::time(tick));
             } else {
@@ -295,15 +298,20 @@ async fn reconcile_inner(
     {
         status.last_successful_time = Some(status::time(success));
     }
+    // The created Jobs count as active at once: their watch events then change nothing,
+    // so a tick costs one status write, not one per Job.
     let mut active: Vec<ObjectReference> = own_jobs
         .iter()
         .filter(|j| j.state == JobState::Active && !j.deleting)
-        .map(|j| ObjectReference {
+        .map(|j| (j.name.clone(), j.uid.clone()))
+        .filter(|(name, _)| !started.iter().any(|(s, _)| s == name))
+        .chain(started.iter().cloned())
+        .map(|(name, uid)| ObjectReference {
             api_version: Some("batch/v1".into()),
             kind: Some("Job".into()),
-            name: Some(j.name.clone()),
+            name: Some(name),
             namespace: Some(namespace.to_owned()),
-            uid: j.uid.clone(),
+            uid,
             ..ObjectReference::default()
         })
         .collect();
@@ -426,12 +434,14 @@ struct TickOutcome {
     /// Every target is done for this tick (started, skipped, already started, or
     /// rejected); `false` when some wait or hit a transient API error.
     all_done: bool,
+    /// The Jobs created, with their uids.
+    started: Vec<(String, Option<String>)>,
 }
 
 /// What happened to one target's run in a tick.
 enum StepOutcome {
-    /// Its Job was created now.
-    Created(String),
+    /// Its Job was created now (name, uid).
+    Created(String, Option<String>),
     /// Its Job exists already (an earlier attempt of this tick).
     Exists,
     /// Not run for this tick.
@@ -508,17 +518,20 @@ async fn apply_tick(
     let schedule_name = schedule.name_any();
     let prefix = format!("schedule {schedule_name}, tick {tick}");
     let mut all_done = true;
+    let mut started = Vec::new();
+    let mut tick_events = Vec::new();
     for (target, outcome) in targets.iter().zip(outcomes.into_iter().flatten()) {
-        let target_ref = target.object_ref(&());
         let target_name = target.name_any();
         let event = match outcome {
             StepOutcome::Exists => None,
-            StepOutcome::Created(job) => {
+            StepOutcome::Created(job, uid) => {
                 record_acceptance(ctx, target).await;
-                Some(PlannedEvent::normal(
+                let event = PlannedEvent::normal(
                     reasons::BACKUP_STARTED,
                     format!("Job {job} started by schedule {schedule_name} for tick {tick}"),
-                ))
+                );
+                started.push((job, uid));
+                Some(event)
             }
             StepOutcome::Skipped(why) => {
                 tracing::info!(target = target_name, reason = %why, "tick skipped for a target");
@@ -549,10 +562,13 @@ async fn apply_tick(
             }
         };
         if let Some(event) = event {
-            events::publish(&ctx.recorder, &target_ref, &[event]).await;
+            tick_events.push((target.object_ref(&()), event));
         }
     }
-    TickOutcome { all_done }
+    // After the Jobs, and behind them: a tick of thousands of targets creates its Jobs
+    // first, its events trickle out after.
+    events::publish_later(ctx, tick_events).await;
+    TickOutcome { all_done, started }
 }
 
 /// Carry out one target's decision: stop the runs it replaces, create its Job.
@@ -591,10 +607,10 @@ async fn apply_step(
     }
     let job_name = step.start.job.clone();
     match super::create_job(ctx, jobs_api, job).await {
-        Ok(_) => {
+        Ok(created) => {
             crate::fault::point("schedule-after-create");
             tracing::info!(target, job = job_name, "created scheduled backup Job");
-            StepOutcome::Created(job_name)
+            StepOutcome::Created(job_name, created.metadata.uid)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => StepOutcome::Exists,
         Err(kube::Error::Api(s)) if super::is_rejection(s.code) => StepOutcome::Rejected(format!(
@@ -766,6 +782,9 @@ mod tests {
         assert_eq!(status["nextScheduleTime"], "2030-03-02T02:30:00Z");
         assert_eq!(status["selectedTargets"], 1);
         assert_eq!(status["conditions"][0]["reason"], "Scheduled");
+        // The created Job is active at once: its watch event will not need a second write.
+        assert_eq!(status["active"].as_array().unwrap().len(), 1, "{status}");
+        assert_eq!(status["active"][0]["kind"], "Job");
 
         let action = reconciled.await.unwrap().unwrap();
         let until_next = Duration::from_secs(24 * 3600 - 10).min(crate::schedule::REQUEUE_CAP);

@@ -596,7 +596,11 @@ async fn reconcile_inner(
                 };
                 let job = build(target, &request, ctx)?;
                 let job_name = job.name_any();
-                if ctx.cache.try_start_probe(namespace, name, &job_name) {
+                let slot = ctx.cache.try_start_probe(namespace, name, &job_name);
+                if slot == cache::ProbeSlot::Exists {
+                    handled_probe_now = plan.handles_probe_now;
+                    probe_started = true;
+                } else if slot == cache::ProbeSlot::Start {
                     let created = super::create_job(ctx, &jobs_api, &job).await;
                     match created {
                         Ok(_) => {
