@@ -4,12 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc returns freed memory to the system: the operator's memory follows what it
-/// holds (caches of thousands of objects) instead of the peak of its first lists, and the
-/// runner's stays flat while it streams.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = stowage::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -220,6 +220,8 @@ struct Pending {
     since: std::time::Instant,
     /// Its create failed in a way that does not say whether the Job exists.
     uncertain: bool,
+    /// The Job's uid, once the API server answered the create.
+    uid: Option<String>,
 }
 
 /// How long a reservation may wait for its Job to show up in the watch before it is
@@ -538,9 +540,36 @@ impl Cache {
         self.jobs_by(namespace, target, |jobs| &jobs.by_target)
     }
 
-    /// The Jobs a schedule started, as the watch last showed them.
+    /// The Jobs a schedule started: as the watch last showed them, and those this
+    /// replica created that the watch does not show yet (active, as they are), so a
+    /// schedule's status does not change back and forth while its Jobs appear.
     pub fn jobs_of_schedule(&self, namespace: &str, schedule: &str) -> Vec<RunJob> {
-        self.jobs_by(namespace, schedule, |jobs| &jobs.by_schedule)
+        let mut out = self.jobs_by(namespace, schedule, |jobs| &jobs.by_schedule);
+        let jobs = lock(&self.jobs);
+        out.extend(
+            jobs.pending
+                .iter()
+                .filter(|((ns, _), p)| {
+                    ns == namespace && !p.uncertain && p.run.schedule.as_deref() == Some(schedule)
+                })
+                .filter(|((_, name), _)| !jobs.all.contains_key(&key(namespace, name)))
+                .map(|((_, name), p)| RunJob {
+                    name: name.clone(),
+                    uid: p.uid.clone(),
+                    kind: Some(RunKind::Backup),
+                    target: p.run.target.clone(),
+                    schedule: p.run.schedule.clone(),
+                    claim: p.run.claim.clone(),
+                    state: JobState::Active,
+                    created: None,
+                    start_time: None,
+                    finish_time: None,
+                    failed_reason: None,
+                    failed_message: None,
+                    deleting: false,
+                }),
+        );
+        out
     }
 
     fn jobs_by(
@@ -584,6 +613,7 @@ impl Cache {
                         probe: false,
                         since: std::time::Instant::now(),
                         uncertain: false,
+                        uid: None,
                     },
                 );
             }
@@ -597,7 +627,11 @@ impl Cache {
     /// target busy for other triggers but lets the same run try again.
     pub fn created(&self, namespace: &str, job: &str, result: &Result<Job, kube::Error>) {
         match result {
-            Ok(_) => {}
+            Ok(created) => {
+                if let Some(pending) = lock(&self.jobs).pending.get_mut(&key(namespace, job)) {
+                    pending.uid = created.metadata.uid.clone();
+                }
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
                 self.release(namespace, job)
@@ -649,6 +683,7 @@ impl Cache {
                 probe: true,
                 since: std::time::Instant::now(),
                 uncertain: false,
+                uid: None,
             },
         );
         ProbeSlot::Start
@@ -1020,6 +1055,13 @@ mod tests {
         // same run is not started twice.
         assert_eq!(decide(&cache, "a-2", "a"), busy("a-1"));
         assert_eq!(decide(&cache, "a-1", "a"), StartDecision::Exists);
+        // Its schedule already counts it as active.
+        let of_schedule = cache.jobs_of_schedule("shop", "nightly");
+        assert_eq!(of_schedule.len(), 1);
+        assert_eq!(
+            (of_schedule[0].name.as_str(), of_schedule[0].state),
+            ("a-1", JobState::Active)
+        );
         // Other targets are free.
         assert_eq!(decide(&cache, "b-1", "b"), CREATE);
         cache.apply_job_event(Event::Apply(job("a-1", "a", "active")), &mut sync);

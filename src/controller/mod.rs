@@ -451,6 +451,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ctx_ready.cache.wait_synced().await;
             tracing::info!("caches synced; ready");
             health.set_leader_ready();
+            release_free_memory_every(Duration::from_secs(60)).await;
         });
     }
     futures::future::join_all(runs).await;
@@ -566,6 +567,22 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
 /// Log a watch error; the watch retries with backoff.
 fn log_watch_error(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, error = %error, "watch failed; retrying");
+}
+
+/// Give the memory freed since the last time back to the system, now and every `period`.
+/// glibc keeps freed memory in its arenas: the pages of the first lists of thousands of
+/// objects (tens of MiB, measured at 5,000 targets) would otherwise stay in the
+/// operator's RSS for good, though it holds only its compact caches.
+async fn release_free_memory_every(period: Duration) {
+    loop {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes the
+        // allocator's own locks and touches no memory the program owns.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 /// Run a watch whose events `apply` folds into the cache, until `stop`.
