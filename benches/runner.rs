@@ -31,6 +31,7 @@
 //! | `STOWAGE_BENCH_ONLY` | both | `postgres` or `http`: run one comparison |
 //! | `STOWAGE_BENCH_DATA` | `$TMPDIR/stowage-bench-runner` | where the generated database and its plain dump are kept between runs |
 //! | `STOWAGE_BENCH_CLEAN` | unset | `1`: remove that directory at the end |
+//! | `STOWAGE_BENCH_STOWAGE` | this build's `stowage` | another `stowage` binary to measure (e.g. a copy of an older build, to compare before and after a change) |
 //!
 //! The database is generated once (a few minutes) and kept in `STOWAGE_BENCH_DATA`, outside
 //! the clone, with its plain dump (the HTTP body); about 3 GB. That directory must be
@@ -70,6 +71,7 @@ struct Knobs {
     postgres: bool,
     http: bool,
     clean: bool,
+    stowage: PathBuf,
 }
 
 impl Knobs {
@@ -99,6 +101,9 @@ impl Knobs {
             postgres,
             http,
             clean: std::env::var("STOWAGE_BENCH_CLEAN").is_ok_and(|v| v == "1"),
+            stowage: std::env::var_os("STOWAGE_BENCH_STOWAGE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_stowage"))),
         }
     }
 }
@@ -113,6 +118,7 @@ fn main() {
         knobs.warmup,
         knobs.data_dir.display()
     );
+    println!("stowage: {}", knobs.stowage.display());
     let server = PgServer::start_in(&knobs.data_dir.join("cluster"), PASSWORD);
     let body = ensure_data(&server, &knobs);
     let scratch = knobs.data_dir.join("runs");
@@ -121,7 +127,7 @@ fn main() {
     let tools = server_bin_dir();
 
     if knobs.postgres {
-        let stowage = StowageSide::postgres(&server, &tools);
+        let stowage = StowageSide::postgres(&knobs.stowage, &server, &tools);
         let pipeline = Pipeline::PgDump {
             pg_dump: tools.join("pg_dump"),
             port: server.port,
@@ -138,7 +144,7 @@ fn main() {
     if knobs.http {
         let http = HttpServer::start(body);
         let url = format!("http://127.0.0.1:{}/export.sql", http.port);
-        let stowage = StowageSide::http(&url);
+        let stowage = StowageSide::http(&knobs.stowage, &url);
         let pipeline = Pipeline::Curl { url };
         compare(
             "http",
@@ -371,13 +377,14 @@ fn serve(mut stream: TcpStream, body: &Path) -> std::io::Result<()> {
 
 /// `stowage run backup` with one plugin, as a Job runs it (env only).
 struct StowageSide {
+    binary: PathBuf,
     env: Vec<(String, String)>,
 }
 
 impl StowageSide {
-    fn postgres(server: &PgServer, tools: &Path) -> StowageSide {
+    fn postgres(binary: &Path, server: &PgServer, tools: &Path) -> StowageSide {
         let config = server.config_json(Some(DATABASE));
-        let mut side = StowageSide::new("postgres", &config);
+        let mut side = StowageSide::new(binary, "postgres", &config);
         side.env.push((
             "STOWAGE_POSTGRES_TOOLS_PATH".into(),
             tools.display().to_string(),
@@ -385,11 +392,15 @@ impl StowageSide {
         side
     }
 
-    fn http(url: &str) -> StowageSide {
-        StowageSide::new("http", &json!({"url": url, "artifactExtension": "sql"}))
+    fn http(binary: &Path, url: &str) -> StowageSide {
+        StowageSide::new(
+            binary,
+            "http",
+            &json!({"url": url, "artifactExtension": "sql"}),
+        )
     }
 
-    fn new(plugin: &str, config: &Value) -> StowageSide {
+    fn new(binary: &Path, plugin: &str, config: &Value) -> StowageSide {
         let mut env = vec![
             ("STOWAGE_PLUGIN".to_owned(), plugin.to_owned()),
             ("STOWAGE_PLUGIN_CONFIG".to_owned(), config.to_string()),
@@ -407,7 +418,10 @@ impl StowageSide {
             );
             env.push((binding.env, PASSWORD.to_owned()));
         }
-        StowageSide { env }
+        StowageSide {
+            binary: binary.to_owned(),
+            env,
+        }
     }
 
     fn run(&self, dir: &Path, run_id: &str) -> Measured {
@@ -415,7 +429,7 @@ impl StowageSide {
         fs::create_dir_all(&root).expect("create the store root");
         let termination = dir.join("termination-log");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        let child = Command::new(&self.binary)
             .args(["run", "backup"])
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -624,11 +638,12 @@ fn compare(
     };
     println!("== {name}: stowage run backup (zstd) vs {plain}");
     println!(
-        "   A = stowage, B = the pipeline; seconds of wall and CPU (user+system), peak RSS in \
-         MiB (rss_tool: {producer}), sizes in MB (10^6)"
+        "   A = stowage, B = the pipeline; seconds of wall and CPU (user+system; A counts the \
+         tool it runs, B the tool and zstd; cpu_r = A/B), peak RSS in MiB (rss_tool: \
+         {producer}), sizes in MB (10^6)"
     );
     println!(
-        "{:<6} {:>5} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "{:<6} {:>5} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "pair",
         "order",
         "stowage_s",
@@ -636,6 +651,7 @@ fn compare(
         "ratio",
         "cpu_st_s",
         "cpu_pl_s",
+        "cpu_r",
         "rss_st",
         "rss_zstd",
         "rss_tool",
@@ -678,7 +694,7 @@ fn compare(
     let rss_b = med(&|r| r.1.peak_kib as f64 / 1024.0);
     let diff = med(&|r| size_diff(&r.0, &r.1));
     println!(
-        "{:<6} {:>5} {:>9.2} {:>9.2} {:>6.3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>+6.2}",
+        "{:<6} {:>5} {:>9.2} {:>9.2} {:>6.3} {:>8.2} {:>8.2} {:>6.3} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>+6.2}",
         "median",
         "",
         wall_a,
@@ -686,6 +702,7 @@ fn compare(
         ratio,
         med(&|r| r.0.cpu.as_secs_f64()),
         med(&|r| r.1.cpu.as_secs_f64()),
+        med(&|r| cpu_ratio(&r.0, &r.1)),
         rss_a,
         rss_b,
         med(&|r| r.1.tool_peak_kib as f64 / 1024.0),
@@ -705,7 +722,7 @@ fn compare(
 
 fn print_row(label: &str, order: &str, a: &Measured, b: &Measured) {
     println!(
-        "{:<6} {:>5} {:>9.2} {:>9.2} {:>6.3} {:>8.2} {:>8.2} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>+6.2}",
+        "{:<6} {:>5} {:>9.2} {:>9.2} {:>6.3} {:>8.2} {:>8.2} {:>6.3} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>+6.2}",
         label,
         order,
         a.wall.as_secs_f64(),
@@ -713,6 +730,7 @@ fn print_row(label: &str, order: &str, a: &Measured, b: &Measured) {
         a.wall.as_secs_f64() / b.wall.as_secs_f64(),
         a.cpu.as_secs_f64(),
         b.cpu.as_secs_f64(),
+        cpu_ratio(a, b),
         a.peak_kib as f64 / 1024.0,
         b.peak_kib as f64 / 1024.0,
         b.tool_peak_kib as f64 / 1024.0,
@@ -720,6 +738,11 @@ fn print_row(label: &str, order: &str, a: &Measured, b: &Measured) {
         b.bytes as f64 / 1e6,
         size_diff(a, b)
     );
+}
+
+/// stowage's CPU time (with the tool it ran) over the pipeline's (tool and zstd).
+fn cpu_ratio(a: &Measured, b: &Measured) -> f64 {
+    a.cpu.as_secs_f64() / b.cpu.as_secs_f64().max(1e-9)
 }
 
 /// How much bigger stowage's artifact is than the pipeline's, in percent.
