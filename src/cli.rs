@@ -78,7 +78,27 @@ pub enum OutputFormat {
     Json,
 }
 
+/// The async runtime a command runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeFlavor {
+    /// One thread, which also waits for I/O: `stowage run`. Its async work is glue around
+    /// the threads that compress (every byte of an artifact passes through it), and with no
+    /// other worker to hand a woken task to, each pipe or socket read costs one wake-up
+    /// instead of two or three.
+    CurrentThread,
+    /// One worker per core: the operator and the other commands.
+    MultiThread,
+}
+
 impl Cli {
+    /// The runtime the selected subcommand runs on.
+    pub fn runtime_flavor(&self) -> RuntimeFlavor {
+        match self.command {
+            Command::Run(_) => RuntimeFlavor::CurrentThread,
+            _ => RuntimeFlavor::MultiThread,
+        }
+    }
+
     /// Run the selected subcommand.
     pub async fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
@@ -176,5 +196,44 @@ pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_runner_runs_on_one_thread() {
+        let cases: &[(&[&str], RuntimeFlavor)] = &[
+            (
+                &[
+                    "run",
+                    "backup",
+                    "--plugin=http",
+                    "--namespace=a",
+                    "--target=b",
+                ],
+                RuntimeFlavor::CurrentThread,
+            ),
+            (
+                &[
+                    "run",
+                    "probe",
+                    "--plugin=http",
+                    "--namespace=a",
+                    "--target=b",
+                ],
+                RuntimeFlavor::CurrentThread,
+            ),
+            (&["verify", "/backups"], RuntimeFlavor::MultiThread),
+            (&["crd"], RuntimeFlavor::MultiThread),
+            (&["plugins"], RuntimeFlavor::MultiThread),
+        ];
+        for (args, flavor) in cases {
+            let cli = Cli::try_parse_from(std::iter::once("stowage").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.runtime_flavor(), *flavor, "{args:?}");
+        }
     }
 }

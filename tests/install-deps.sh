@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite and the demo use, only when missing.
+# Installs the Debian packages the test suite, the benchmarks and the demo use, only when
+# missing.
 # Idempotent and non-interactive (CI runs it with no stdin).
 set -euo pipefail
 
@@ -9,7 +10,8 @@ packages=(
   file            # the static-binary check
   util-linux      # unshare/mount for the node agent's mount namespaces
   ca-certificates
-  curl
+  curl            # also the runner benchmark's plain pipeline (benches/runner.rs)
+  zstd            # the runner benchmark's plain pipeline: `... | zstd -3 -T0`
   buildah         # builds the FROM-scratch container image (deploy/image.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
 )

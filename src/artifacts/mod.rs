@@ -11,6 +11,7 @@ pub mod catalog;
 mod cli;
 mod fsio;
 pub mod layout;
+pub mod pipeline;
 pub mod reader;
 pub mod sidecar;
 pub mod writer;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use cli::{ArtifactsCommand, ListArgs, PruneArgs, RepairArgs, VerifyArgs, human_bytes};
 pub use layout::{ArtifactName, InvalidName, TargetDir};
+pub use pipeline::ArtifactWriter;
 pub use sidecar::Sidecar;
 pub use writer::{
     ArtifactStore, CommitStep, Counters, Encoded, PendingArtifact, Recovery, WrittenArtifact,

@@ -9,6 +9,11 @@ use sha2::{Digest, Sha256};
 use super::writer::hex;
 use crate::api::Compression;
 
+/// Size of one chunk of decoded bytes a restore hands to the plugin.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Decoded chunks that may wait for the plugin during a restore.
+pub const CHANNEL_CHUNKS: usize = 8;
+
 /// Reads a file and hashes the stored bytes as they pass.
 pub struct HashingReader {
     inner: BufReader<File>,

@@ -223,13 +223,14 @@ async fn verify_detects_a_flipped_byte_a_missing_file_and_an_orphan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_encoder_applies_backpressure_so_memory_stays_bounded() {
-    // The producer can run ahead of the encoder by at most the pipe plus the channel:
-    // check that while the pipeline is not driven, writes stop being accepted.
+    // The producer can run ahead of the encoder by at most its buffers: check that while
+    // the pipeline is not driven, writes stop being accepted.
     let dir = tempfile::tempdir().unwrap();
     let store = ArtifactStore::new(dir.path());
     let mut pending = store.create(&name(Compression::None), "r").unwrap();
     let (mut writer, pipeline) = pending.start().unwrap();
     let chunk = vec![7u8; 64 * 1024];
+    let bound = pipeline::BUFFERS * pipeline::BUFFER_SIZE;
     let mut accepted = 0usize;
     loop {
         match tokio::time::timeout(
@@ -243,13 +244,49 @@ async fn the_encoder_applies_backpressure_so_memory_stays_bounded() {
             Err(_) => break,
         }
         assert!(
-            accepted <= writer::CHUNK_SIZE * 2,
-            "pipe accepted {accepted} bytes with no reader"
+            accepted <= bound,
+            "the writer accepted {accepted} bytes with no encoder"
         );
     }
+    assert!(
+        accepted >= bound - chunk.len(),
+        "the writer stopped at {accepted} bytes, before its {bound} bytes of buffers"
+    );
     drop(writer);
     let encoded = pipeline.await.unwrap();
-    assert!(encoded.raw_bytes <= writer::CHUNK_SIZE as u64 * 2);
+    assert!(encoded.raw_bytes <= bound as u64);
+    // What was accepted is in the file, in order (the partial last write included).
+    let stored = std::fs::read(pending.partial_path()).unwrap();
+    assert_eq!(stored.len() as u64, encoded.raw_bytes);
+    assert!(stored.iter().all(|&b| b == 7));
+    pending.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_encoder_fails_the_plugins_writes() {
+    // The encoder fails (here: its file is read-only): the plugin's writes fail instead
+    // of waiting forever, and the pipeline reports the encoder's error.
+    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(dir.path());
+    let pending = store.create(&name(Compression::Zstd), "r").unwrap();
+    let read_only = std::fs::File::open(pending.partial_path()).unwrap();
+    let (input_writer, input) = pipeline::channel(pending.counters());
+    let encoder = tokio::task::spawn_blocking(move || {
+        pipeline::encode(input, read_only, Compression::Zstd, &Counters::default())
+    });
+    let mut sink = stowage_plugin_sdk::ArtifactSink::new(input_writer);
+    let data = payload(64 * 1024 * 1024);
+    let mut failed = None;
+    for chunk in data.chunks(1024 * 1024) {
+        if let Err(e) = sink.write_all(chunk).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("a write failed once the encoder stopped");
+    assert_eq!(failed.kind(), std::io::ErrorKind::BrokenPipe, "{failed}");
+    let encoded = encoder.await.unwrap();
+    assert!(encoded.is_err(), "the encoder reports its own error");
     pending.abort();
 }
 

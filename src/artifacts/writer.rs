@@ -1,20 +1,12 @@
-//! The atomic streaming writer: plugin bytes → compression → SHA-256 → `<final>.partial`
-//! → fsync → rename → directory fsync.
-//!
-//! Memory is bounded whatever the artifact size: the plugin writes into a 64 KiB pipe, at
-//! most [`CHANNEL_CHUNKS`] chunks of 64 KiB wait for the encoder thread, and every write
-//! waits when those are full (backpressure).
+//! The atomic writer: `<final>.<run>.partial` created exclusively, the stream pipeline
+//! ([`super::pipeline`]) into it, then the commit: sidecar, rename, directory fsync.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, DuplexStream};
-use tokio::sync::mpsc;
 
 use super::StoreError;
 use super::fsio;
@@ -22,15 +14,9 @@ use super::layout::{
     ArtifactName, PARTIAL_SUFFIX, SIDECAR_SUFFIX, TargetDir, parse_partial, partial_name, run_part,
     with_suffix,
 };
+use super::pipeline::{self, ArtifactWriter};
 use super::sidecar::Sidecar;
 use crate::api::Compression;
-
-/// Size of one chunk moved from the plugin to the encoder.
-pub const CHUNK_SIZE: usize = 64 * 1024;
-/// Chunks that may wait for the encoder.
-pub const CHANNEL_CHUNKS: usize = 8;
-/// zstd level used (zstd's default).
-pub const ZSTD_LEVEL: i32 = 3;
 
 /// Byte counters of a write in progress, shared with the progress reporter.
 #[derive(Debug, Default)]
@@ -50,9 +36,14 @@ impl Counters {
         self.stored.load(Ordering::Relaxed)
     }
 
-    /// Record `n` more raw bytes (used by restores to count bytes fed to the plugin).
+    /// Record `n` more raw bytes (received from the plugin, or fed to it by a restore).
     pub fn add_raw(&self, n: u64) {
         self.raw.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Record `n` more bytes written to the file.
+    pub(super) fn add_stored(&self, n: u64) {
+        self.stored.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -415,12 +406,13 @@ impl PendingArtifact {
 
     /// Start the pipeline. Returns the writer the plugin's sink wraps, and the pipeline's
     /// future, which ends once the writer has been shut down or dropped and every byte is
-    /// compressed, hashed and fsynced. Both must be driven concurrently.
+    /// compressed, hashed and fsynced. Both must be driven concurrently: the writer's
+    /// writes wait while the pipeline is not (backpressure, see [`pipeline`]).
     pub fn start(
         &mut self,
     ) -> Result<
         (
-            DuplexStream,
+            ArtifactWriter,
             impl Future<Output = Result<Encoded, StoreError>> + Send + 'static,
         ),
         StoreError,
@@ -429,23 +421,17 @@ impl PendingArtifact {
             .file
             .try_clone()
             .map_err(|e| StoreError::io("open", &self.partial_path, e))?;
-        let (writer, reader) = tokio::io::duplex(CHUNK_SIZE);
+        let (writer, input) = pipeline::channel(self.counters.clone());
         let counters = self.counters.clone();
         let compression = self.compression;
         let path = self.partial_path.clone();
         let pipeline = async move {
-            let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
-            let encoder_counters = counters.clone();
-            let encoder = tokio::task::spawn_blocking(move || {
-                encode(rx, file, compression, &encoder_counters)
-            });
-            let pumped = pump(reader, tx, &counters).await;
-            let encoded = encoder
-                .await
-                .map_err(|e| StoreError::io("encode", &path, io::Error::other(e.to_string())))?;
-            let encoded = encoded.map_err(|e| StoreError::io("write", &path, e))?;
-            pumped.map_err(|e| StoreError::io("read plugin output for", &path, e))?;
-            Ok(encoded)
+            let encoded = tokio::task::spawn_blocking(move || {
+                pipeline::encode(input, file, compression, &counters)
+            })
+            .await
+            .map_err(|e| StoreError::io("encode", &path, io::Error::other(e.to_string())))?;
+            encoded.map_err(|e| StoreError::io("write", &path, e))
         };
         Ok((writer, pipeline))
     }
@@ -502,110 +488,6 @@ impl PendingArtifact {
             tracing::warn!(path = %self.partial_path.display(), error = %e, "cannot remove the partial file; the next run removes it");
         }
     }
-}
-
-async fn pump(
-    mut reader: DuplexStream,
-    tx: mpsc::Sender<Vec<u8>>,
-    counters: &Counters,
-) -> io::Result<()> {
-    loop {
-        let mut chunk = vec![0u8; CHUNK_SIZE];
-        let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        chunk.truncate(n);
-        counters.raw.fetch_add(n as u64, Ordering::Relaxed);
-        if tx.send(chunk).await.is_err() {
-            // The encoder stopped (its error is reported); stop reading so the plugin's
-            // next write fails instead of filling memory.
-            return Ok(());
-        }
-    }
-}
-
-/// A file writer that hashes and counts what it writes.
-struct HashingFile<'a> {
-    inner: BufWriter<File>,
-    hasher: Sha256,
-    counters: &'a Counters,
-}
-
-impl Write for HashingFile<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.counters.stored.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn zstd_workers() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get().min(8) as u32)
-        .unwrap_or(1)
-}
-
-fn encode(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    file: File,
-    compression: Compression,
-    counters: &Counters,
-) -> io::Result<Encoded> {
-    let sink = HashingFile {
-        inner: BufWriter::with_capacity(CHUNK_SIZE, file),
-        hasher: Sha256::new(),
-        counters,
-    };
-    let mut raw_bytes = 0u64;
-    let sink = match compression {
-        Compression::None => {
-            let mut w = sink;
-            while let Some(chunk) = rx.blocking_recv() {
-                raw_bytes += chunk.len() as u64;
-                w.write_all(&chunk)?;
-            }
-            w
-        }
-        Compression::Gzip => {
-            let mut w = flate2::write::GzEncoder::new(sink, flate2::Compression::default());
-            while let Some(chunk) = rx.blocking_recv() {
-                raw_bytes += chunk.len() as u64;
-                w.write_all(&chunk)?;
-            }
-            w.finish()?
-        }
-        Compression::Zstd => {
-            let mut w = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
-            let workers = zstd_workers();
-            if workers > 1 {
-                w.multithread(workers)?;
-            }
-            w.include_checksum(true)?;
-            while let Some(chunk) = rx.blocking_recv() {
-                raw_bytes += chunk.len() as u64;
-                w.write_all(&chunk)?;
-            }
-            w.finish()?
-        }
-    };
-    let HashingFile {
-        mut inner, hasher, ..
-    } = sink;
-    inner.flush()?;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    let stored_bytes = file.metadata()?.len();
-    Ok(Encoded {
-        raw_bytes,
-        stored_bytes,
-        sha256: hex(&hasher.finalize()),
-    })
 }
 
 /// Lowercase hex of bytes.

@@ -461,7 +461,7 @@ async fn restore_inner(
     // mismatch reaches it as an error instead, so a tool that commits at the end of its
     // input (`psql --single-transaction`) is stopped before it commits.
     let (tx, rx) =
-        mpsc::channel::<std::io::Result<Vec<u8>>>(crate::artifacts::writer::CHANNEL_CHUNKS);
+        mpsc::channel::<std::io::Result<Vec<u8>>>(crate::artifacts::reader::CHANNEL_CHUNKS);
     let checked_path = path.clone();
     let expected = (sidecar.stored_bytes, sidecar.sha256.clone());
     // Returns the digest check's failure when the plugin stopped reading early (it never
@@ -471,7 +471,7 @@ async fn restore_inner(
         let mut decoded = decoded;
         let mut plugin_reads = true;
         loop {
-            let mut chunk = vec![0u8; crate::artifacts::writer::CHUNK_SIZE];
+            let mut chunk = vec![0u8; crate::artifacts::reader::CHUNK_SIZE];
             let n = match decoded.read(&mut chunk) {
                 Ok(n) => n,
                 Err(e) => {

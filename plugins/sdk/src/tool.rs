@@ -27,6 +27,13 @@ use crate::{ArtifactSink, ArtifactSource, PluginError, Redactor, SECRET_ENV_PREF
 pub const DEFAULT_STDERR_LIMIT: usize = 64 * 1024;
 /// Bytes of stdout kept by [`ToolCommand::run`] and [`ToolCommand::run_from_source`].
 pub const STDOUT_LIMIT: usize = 64 * 1024;
+/// Capacity asked for the pipe of a tool's stdout in [`ToolCommand::run_to_sink`] (Linux's
+/// default is 64 KiB; unprivileged processes may raise it up to
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default). The tool then blocks less often on a
+/// full pipe, and the runner wakes up less often to read it.
+pub const STDOUT_PIPE_CAPACITY: usize = 1024 * 1024;
+/// Bytes read from a tool's stdout at once in [`ToolCommand::run_to_sink`].
+const STDOUT_READ_SIZE: usize = 256 * 1024;
 
 /// How a tool ended when it failed; handed to the plugin's classifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,13 +232,14 @@ impl ToolCommand {
         let fut = async {
             let mut child = self.spawn(Stdio::null(), Stdio::piped())?;
             let mut stdout = take(child.stdout.take(), "stdout")?;
+            enlarge_pipe(&stdout, STDOUT_PIPE_CAPACITY);
             let stderr = take(child.stderr.take(), "stderr")?;
             let tail = read_tail(stderr, self.stderr_limit);
             tokio::pin!(tail);
             let mut stderr_text = None;
             let copied = {
                 let copy = async {
-                    let n = tokio::io::copy(&mut stdout, sink).await?;
+                    let n = copy_large(&mut stdout, sink).await?;
                     sink.flush().await?;
                     Ok::<u64, std::io::Error>(n)
                 };
@@ -446,6 +454,38 @@ impl Drop for Feeding {
             // the fields (stdin) are dropped.
             let _ = self.child.start_kill();
         }
+    }
+}
+
+/// Ask for a pipe of `capacity` bytes (Linux; elsewhere, or when refused, the pipe keeps
+/// its size: only a matter of speed).
+fn enlarge_pipe(pipe: &impl std::os::fd::AsFd, capacity: usize) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
+        // Refused above pipe-max-size or the user's pipe quota: the pipe keeps its size.
+        let _ = fcntl(pipe.as_fd(), FcntlArg::F_SETPIPE_SZ(capacity));
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (pipe, capacity);
+}
+
+/// Copy `reader` into `sink` to its end with reads of up to [`STDOUT_READ_SIZE`]
+/// (`tokio::io::copy` reads 8 KiB at a time: a syscall and a sink write per 8 KiB).
+async fn copy_large(
+    reader: &mut (impl AsyncRead + Unpin),
+    sink: &mut ArtifactSink<'_>,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; STDOUT_READ_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        sink.write_all(&buf[..n]).await?;
+        total += n as u64;
     }
 }
 

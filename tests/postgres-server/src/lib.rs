@@ -1,7 +1,9 @@
 //! A real PostgreSQL server for tests: `initdb` into a temporary directory (SCRAM
 //! authentication, superuser `postgres` with a given password), `postgres` listening on
 //! 127.0.0.1 at a free port, stopped and removed on drop. Shared by the root crate's
-//! tests, the postgres plugin's tests and the operator's end-to-end tests.
+//! tests and benchmarks, the postgres plugin's tests and the operator's end-to-end tests.
+//! [`PgServer::start_in`] keeps the cluster in a given directory instead, for data that is
+//! costly to generate (the runner benchmark's).
 //!
 //! initdb and postgres refuse to run as root: when the tests run as root, the server runs
 //! as the unprivileged system user `stowage-test` (created if missing) through `setpriv`.
@@ -32,15 +34,19 @@ pub const SECRET_NAME: &str = "pg-credentials";
 /// The key in [`SECRET_NAME`].
 pub const SECRET_KEY: &str = "superuser-password";
 
-/// A running PostgreSQL server; stopped (immediately) and deleted on drop.
+/// A running PostgreSQL server; stopped (immediately) on drop, and deleted unless it was
+/// started in a directory of the caller's ([`PgServer::start_in`]).
 pub struct PgServer {
     /// The TCP port on 127.0.0.1.
     pub port: u16,
     /// The superuser's (`postgres`) password.
     pub password: String,
-    dir: ScratchDir,
+    dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The temporary directory removed on drop (after the server stopped); `None` for a
+    /// cluster kept in the caller's directory.
+    scratch: Option<ScratchDir>,
 }
 
 /// A temporary directory removed on drop.
@@ -70,8 +76,9 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Where initdb, postgres and pg_ctl are.
-fn server_bin_dir() -> PathBuf {
+/// Where initdb, postgres, pg_ctl and the matching client tools (pg_dump, psql) are: the
+/// newest `/usr/lib/postgresql/*/bin`, or `STOWAGE_TEST_PG_BINDIR`.
+pub fn server_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("STOWAGE_TEST_PG_BINDIR") {
         return dir.into();
     }
@@ -170,38 +177,59 @@ pub fn free_port() -> u16 {
 impl PgServer {
     /// initdb and start a server whose superuser `postgres` has `password`.
     pub fn start(password: &str) -> PgServer {
-        let bin = server_bin_dir();
-        let dir = ScratchDir::new("stowage-pg-");
-        fs::set_permissions(&dir.0, fs::Permissions::from_mode(0o700)).expect("chmod");
-        give_to_server_user(&dir.0);
-        let pwfile = dir.0.join("pwfile");
-        fs::write(&pwfile, format!("{password}\n")).expect("write the password file");
-        give_to_server_user(&pwfile);
-        let sockets = dir.0.join("sock");
-        fs::create_dir(&sockets).expect("create the socket directory");
-        give_to_server_user(&sockets);
-        let data = dir.0.join("data");
+        let scratch = ScratchDir::new("stowage-pg-");
+        let dir = scratch.0.clone();
+        PgServer::start_at(dir, password, Some(scratch))
+    }
 
-        let out = as_server_user(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "--username=postgres",
-                "--auth=scram-sha-256",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = fs::remove_file(&pwfile);
+    /// Start a server on the cluster kept in `dir` (created with initdb and `password` when
+    /// `dir` holds none yet), and keep the directory when dropped: for data that is costly
+    /// to generate, such as the benchmarks' gigabyte. The server user must be able to reach
+    /// `dir` (when running as root: not under a `0700` home). A cluster found there must
+    /// have been created with the same `password`.
+    pub fn start_in(dir: &Path, password: &str) -> PgServer {
+        fs::create_dir_all(dir)
+            .unwrap_or_else(|e| panic!("create the directory {}: {e}", dir.display()));
+        PgServer::start_at(dir.to_owned(), password, None)
+    }
+
+    fn start_at(dir: PathBuf, password: &str, scratch: Option<ScratchDir>) -> PgServer {
+        let bin = server_bin_dir();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        give_to_server_user(&dir);
+        let sockets = dir.join("sock");
+        if !sockets.exists() {
+            fs::create_dir(&sockets).expect("create the socket directory");
+        }
+        give_to_server_user(&sockets);
+        let data = dir.join("data");
+
+        if !data.join("PG_VERSION").exists() {
+            let _ = fs::remove_dir_all(&data);
+            let pwfile = dir.join("pwfile");
+            fs::write(&pwfile, format!("{password}\n")).expect("write the password file");
+            give_to_server_user(&pwfile);
+            let out = as_server_user(&bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args([
+                    "--username=postgres",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .output()
+                .expect("run initdb");
+            let _ = fs::remove_file(&pwfile);
+            assert!(
+                out.status.success(),
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
 
         let mut server = PgServer {
             port: 0,
@@ -209,11 +237,12 @@ impl PgServer {
             log: PathBuf::new(),
             dir,
             child: None,
+            scratch,
         };
         // The free port may be taken between the check and the bind: try a few.
         for _ in 0..5 {
             let port = free_port();
-            let log = server.dir.0.join(format!("postgres-{port}.log"));
+            let log = server.dir.join(format!("postgres-{port}.log"));
             let log_file = fs::File::create(&log).expect("create the server log");
             let child = as_server_user(&bin.join("postgres"))
                 .arg("-D")
@@ -242,6 +271,10 @@ impl PgServer {
             server.log = log.clone();
             server.child = Some(child);
             if server.wait_ready() {
+                if server.scratch.is_none() {
+                    // A kept cluster keeps only the current log.
+                    remove_old_logs(&server.dir, &log);
+                }
                 return server;
             }
             if let Some(mut child) = server.child.take() {
@@ -391,11 +424,17 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let data = self.dir.0.join("data");
+        let data = self.dir.join("data");
+        let mode = if self.scratch.is_some() {
+            "immediate"
+        } else {
+            "fast"
+        };
         let _ = as_server_user(&server_bin_dir().join("pg_ctl"))
             .arg("-D")
             .arg(&data)
-            .args(["stop", "-m", "immediate", "-w", "-t", "30"])
+            // A kept cluster shuts down cleanly, so its next start needs no recovery.
+            .args(["stop", "-m", mode, "-w", "-t", "30"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -403,7 +442,24 @@ impl Drop for PgServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // ScratchDir removes the directory.
+        // ScratchDir (when there is one) removes the directory.
+    }
+}
+
+/// Remove the server logs in `dir` other than `current`.
+fn remove_old_logs(dir: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_log = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("postgres-") && n.ends_with(".log"));
+        if is_log && path != current {
+            let _ = fs::remove_file(path);
+        }
     }
 }
 
