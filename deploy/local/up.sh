@@ -14,7 +14,10 @@
 #   etcd/        etcd data
 # Running it again on a running state dir reports and exits 0.
 # Environment: STOWAGE_CACHE (binary cache root, see build.sh),
-#   STOWAGE_UP_TIMEOUT (seconds to wait for readiness, default 180).
+#   STOWAGE_UP_TIMEOUT (seconds to wait for readiness, default 180),
+#   STOWAGE_UP_CONTROLLER_MANAGER (1 = start kube-controller-manager, the default;
+#   0 = etcd and kube-apiserver only: no Job controller, garbage collector or
+#   ServiceAccount controller, for benchmarks that act as the node themselves).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,13 +33,17 @@ mkdir -p "$1"
 STATE="$(cd "$1" && pwd)"
 TIMEOUT="${STOWAGE_UP_TIMEOUT:-180}"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "STOWAGE_UP_TIMEOUT must be a number of seconds, got '$TIMEOUT'"
+WITH_KCM="${STOWAGE_UP_CONTROLLER_MANAGER:-1}"
+[[ "$WITH_KCM" == 0 || "$WITH_KCM" == 1 ]] ||
+  die "STOWAGE_UP_CONTROLLER_MANAGER must be 1 (start kube-controller-manager) or 0 (skip it), got '$WITH_KCM'"
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 mkdir -p "$PKI" "$LOGS" "$PIDS"
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+COMPONENTS=(etcd kube-apiserver)
+if [[ "$WITH_KCM" == 1 ]]; then COMPONENTS+=(kube-controller-manager); fi
 
 # One up.sh per state dir at a time (the started processes do not inherit the lock).
 exec 8>"$STATE/.up.lock"
@@ -299,28 +306,34 @@ start kube-apiserver "$APISERVER" \
 wait_for kube-apiserver "/readyz on $API_URL" \
   "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout 5s get --raw /readyz
 
-start kube-controller-manager "$KCM" \
-  --bind-address 127.0.0.1 \
-  --secure-port "$KCM_PORT" \
-  --kubeconfig "$STATE/controller-manager.kubeconfig" \
-  --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
-  --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
-  --controllers '*' \
-  --use-service-account-credentials \
-  --service-account-private-key-file "$PKI/sa.key" \
-  --root-ca-file "$PKI/ca.crt" \
-  --cluster-signing-cert-file "$PKI/ca.crt" \
-  --cluster-signing-key-file "$PKI/ca.key" \
-  --service-cluster-ip-range 10.0.0.0/24 \
-  --cluster-name stowage-local \
-  --leader-elect=false \
-  --profiling=false \
-  --v 1
+if [[ "$WITH_KCM" == 1 ]]; then
+  start kube-controller-manager "$KCM" \
+    --bind-address 127.0.0.1 \
+    --secure-port "$KCM_PORT" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --controllers '*' \
+    --use-service-account-credentials \
+    --service-account-private-key-file "$PKI/sa.key" \
+    --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" \
+    --cluster-signing-key-file "$PKI/ca.key" \
+    --service-cluster-ip-range 10.0.0.0/24 \
+    --cluster-name stowage-local \
+    --leader-elect=false \
+    --profiling=false \
+    --v 1
+fi
 
 wait_for kube-apiserver "namespace 'default'" \
   "$KUBECTL" --kubeconfig "$STATE/kubeconfig" get namespace default
-wait_for kube-controller-manager "ServiceAccount default/default" \
-  "$KUBECTL" --kubeconfig "$STATE/kubeconfig" -n default get serviceaccount default
+if [[ "$WITH_KCM" == 1 ]]; then
+  wait_for kube-controller-manager "ServiceAccount default/default" \
+    "$KUBECTL" --kubeconfig "$STATE/kubeconfig" -n default get serviceaccount default
+else
+  log "kube-controller-manager not started (STOWAGE_UP_CONTROLLER_MANAGER=0)"
+fi
 
 # ---- env file ---------------------------------------------------------------------------
 {
@@ -342,7 +355,7 @@ wait_for kube-controller-manager "ServiceAccount default/default" \
     "STOWAGE_ETCD_URL=https://127.0.0.1:$ETCD_PORT" \
     "STOWAGE_ETCD_PID=$(cat "$PIDS/etcd.pid")" \
     "STOWAGE_APISERVER_PID=$(cat "$PIDS/kube-apiserver.pid")" \
-    "STOWAGE_CONTROLLER_MANAGER_PID=$(cat "$PIDS/kube-controller-manager.pid")"; do
+    "STOWAGE_CONTROLLER_MANAGER_PID=$(cat "$PIDS/kube-controller-manager.pid" 2>/dev/null || true)"; do
     printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
   done
 } >"$STATE/env"
