@@ -61,7 +61,7 @@ async fn a_bare_plane_serves_jobs_that_the_simulated_node_finishes_and_counts_ag
     assert!(!job_finished(&created));
 
     // The API server accepts the simulated node's status: the Job reads as finished.
-    let node = SimulatedNode::new(client.clone(), Duration::from_millis(200), 4);
+    let node = SimulatedNode::new(client.clone(), |_| Duration::from_millis(200), 4);
     node.observe(&created);
     node.observe(&created);
     let finished = eventually("the Job is finished", Duration::from_secs(60), || {

@@ -58,10 +58,14 @@ pub fn job_finished(job: &Job) -> bool {
         })
 }
 
-/// Marks the Jobs it is shown as finished, `delay` after it first saw them.
+/// How long a Job "runs" before the node marks it finished.
+pub type RunTime = Box<dyn Fn(&Job) -> Duration + Send + Sync>;
+
+/// Marks the Jobs it is shown as finished, some time (its [`RunTime`]) after it first
+/// saw them.
 pub struct SimulatedNode {
     client: kube::Client,
-    delay: Duration,
+    run_time: RunTime,
     in_flight: Arc<tokio::sync::Semaphore>,
     seen: Mutex<HashSet<(String, String)>>,
     finished: AtomicU64,
@@ -70,12 +74,16 @@ pub struct SimulatedNode {
 }
 
 impl SimulatedNode {
-    /// A node that finishes Jobs through `client` after `delay`, with at most
-    /// `max_in_flight` status writes at a time.
-    pub fn new(client: kube::Client, delay: Duration, max_in_flight: usize) -> Arc<Self> {
+    /// A node that finishes each Job through `client` `run_time(job)` after it first
+    /// saw it, with at most `max_in_flight` status writes at a time.
+    pub fn new(
+        client: kube::Client,
+        run_time: impl Fn(&Job) -> Duration + Send + Sync + 'static,
+        max_in_flight: usize,
+    ) -> Arc<Self> {
         Arc::new(SimulatedNode {
             client,
-            delay,
+            run_time: Box::new(run_time),
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
             seen: Mutex::new(HashSet::new()),
             finished: AtomicU64::new(0),
@@ -84,8 +92,8 @@ impl SimulatedNode {
         })
     }
 
-    /// Shows it a Job (from a watch): an active Job not seen before is finished after the
-    /// delay. Must be called within a tokio runtime.
+    /// Shows it a Job (from a watch): an active Job not seen before is finished after its
+    /// run time. Must be called within a tokio runtime.
     pub fn observe(self: &Arc<Self>, job: &Job) {
         if job_finished(job) || job.metadata.deletion_timestamp.is_some() {
             return;
@@ -109,9 +117,10 @@ impl SimulatedNode {
             .as_ref()
             .map(|t| t.0)
             .unwrap_or_else(Timestamp::now);
+        let run_time = (self.run_time)(job);
         let node = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(node.delay).await;
+            tokio::time::sleep(run_time).await;
             let Ok(_permit) = node.in_flight.clone().acquire_owned().await else {
                 return;
             };
