@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{TestCluster, TestEnvError, repo_root};
+use crate::{TestEnvError, repo_root};
 
 /// Environment variable naming a control plane state dir to reuse.
 pub const REUSE_VAR: &str = "STOWAGE_TEST_CLUSTER";
@@ -27,15 +27,38 @@ pub struct Plane {
     pub owned: bool,
 }
 
+/// Which components `up.sh` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaneOptions {
+    /// Start kube-controller-manager (Job controller, garbage collector, ServiceAccount
+    /// controller...). Without it Jobs get no pods and finish only when a client sets their
+    /// status, and namespaces get no `default` ServiceAccount.
+    pub controller_manager: bool,
+}
+
+impl Default for PlaneOptions {
+    /// Everything `up.sh` starts by default (what the tests get).
+    fn default() -> Self {
+        PlaneOptions {
+            controller_manager: true,
+        }
+    }
+}
+
 /// Starts a control plane in a fresh temporary dir, or reuses `$STOWAGE_TEST_CLUSTER`.
-/// A fresh start is tried up to three times (a randomly picked port can be taken between
-/// `up.sh` choosing it and a component binding it); failed attempts' dirs are removed.
 pub fn start_or_reuse() -> Result<Plane, TestEnvError> {
     if let Some(dir) = std::env::var_os(REUSE_VAR).filter(|v| !v.is_empty()) {
         let dir = PathBuf::from(dir);
-        up(&dir)?;
+        up(&dir, PlaneOptions::default())?;
         return plane(dir, false);
     }
+    start_fresh("stowage-test", PlaneOptions::default())
+}
+
+/// Starts a control plane with `options` in a fresh temporary dir named `<prefix>-…`.
+/// A fresh start is tried up to three times (a randomly picked port can be taken between
+/// `up.sh` choosing it and a component binding it); failed attempts' dirs are removed.
+pub fn start_fresh(prefix: &str, options: PlaneOptions) -> Result<Plane, TestEnvError> {
     let mut last = None;
     for attempt in 0..3 {
         let nanos = SystemTime::now()
@@ -43,10 +66,10 @@ pub fn start_or_reuse() -> Result<Plane, TestEnvError> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
-            "stowage-test-{}-{attempt}-{nanos:x}",
+            "{prefix}-{}-{attempt}-{nanos:x}",
             std::process::id()
         ));
-        match up(&dir) {
+        match up(&dir, options) {
             Ok(()) => return plane(dir, true),
             Err(e) => {
                 if std::env::var("STOWAGE_TEST_KEEP").as_deref() != Ok("1") {
@@ -61,11 +84,15 @@ pub fn start_or_reuse() -> Result<Plane, TestEnvError> {
 
 /// Runs `deploy/local/up.sh <dir>` (builds the binaries when needed; a no-op on a
 /// running state dir).
-fn up(state_dir: &Path) -> Result<(), TestEnvError> {
+fn up(state_dir: &Path, options: PlaneOptions) -> Result<(), TestEnvError> {
     let up = repo_root().join("deploy/local/up.sh");
     let out = Command::new("bash")
         .arg(&up)
         .arg(state_dir)
+        .env(
+            "STOWAGE_UP_CONTROLLER_MANAGER",
+            if options.controller_manager { "1" } else { "0" },
+        )
         .output()
         .map_err(|e| TestEnvError::Startup(format!("running {}: {e}", up.display())))?;
     if !out.status.success() {
@@ -144,9 +171,35 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Runs `kubectl --kubeconfig <kubeconfig> <args>` and returns its stdout; an error
+/// carries its stderr.
+pub fn kubectl_output(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+) -> Result<String, TestEnvError> {
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .map_err(|e| TestEnvError::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(TestEnvError::Command {
+            command: format!("kubectl {}", args.join(" ")),
+            message: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Applies every YAML file under `dir` (server-side, so large CRDs fit) and waits until
 /// the CRDs are established. An empty or missing directory is fine.
-pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvError> {
+pub fn install_crds(kubectl: &Path, kubeconfig: &Path, dir: &Path) -> Result<(), TestEnvError> {
+    let run = |args: &[&str]| kubectl_output(kubectl, kubeconfig, args);
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
@@ -162,7 +215,7 @@ pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvErro
     let mut names = Vec::new();
     for file in &files {
         let file = file.to_string_lossy();
-        let applied = cluster.kubectl_output(&[
+        let applied = run(&[
             "apply",
             "--server-side",
             "--force-conflicts",
@@ -191,7 +244,7 @@ pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvErro
         "120s",
     ];
     args.extend(names.iter().map(String::as_str));
-    cluster.kubectl_output(&args)?;
+    run(&args)?;
     // Established is not the end: the API server publishes a new CRD's OpenAPI schema a
     // moment later, and until then `kubectl explain` (and strict field validation) cannot
     // find it. Wait until every CRD is explainable.
@@ -199,7 +252,7 @@ pub fn install_crds(cluster: &TestCluster, dir: &Path) -> Result<(), TestEnvErro
         let resource = name.rsplit('/').next().unwrap_or(name);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            match cluster.kubectl_output(&["explain", resource]) {
+            match run(&["explain", resource]) {
                 Ok(_) => break,
                 Err(e) if std::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
@@ -219,10 +272,11 @@ pub struct StoppedApiServer {
     pub stop_took: Duration,
 }
 
-/// The pid of the state dir's kube-apiserver, checked like `down.sh` does (its command
-/// line names the state dir, so a reused pid is never signalled).
-fn apiserver_pid(state_dir: &Path) -> Result<i32, TestEnvError> {
-    let file = state_dir.join("pids").join("kube-apiserver.pid");
+/// The pid of the state dir's `component` (`etcd`, `kube-apiserver`, ...), checked like
+/// `down.sh` does (its command line names the state dir, so a reused pid is never taken
+/// for it).
+pub fn component_pid(state_dir: &Path, component: &str) -> Result<i32, TestEnvError> {
+    let file = state_dir.join("pids").join(format!("{component}.pid"));
     let text = std::fs::read_to_string(&file).map_err(|source| TestEnvError::Io {
         path: file.clone(),
         source,
@@ -234,12 +288,16 @@ fn apiserver_pid(state_dir: &Path) -> Result<i32, TestEnvError> {
     let needle = format!("{}/", state_dir.display());
     if !String::from_utf8_lossy(&cmdline).contains(&needle) {
         return Err(TestEnvError::Startup(format!(
-            "kube-apiserver (pid {pid} from {}) is not running for {}",
+            "{component} (pid {pid} from {}) is not running for {}",
             file.display(),
             state_dir.display()
         )));
     }
     Ok(pid)
+}
+
+fn apiserver_pid(state_dir: &Path) -> Result<i32, TestEnvError> {
+    component_pid(state_dir, "kube-apiserver")
 }
 
 /// Whether process `pid` has exited (gone, or a zombie waiting for its parent).

@@ -10,6 +10,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Benchmarks start a [`BarePlane`] of their own instead (no node agent, optionally no
+//! kube-controller-manager) and use the helpers of [`bench`].
+//!
 //! Lifetime: the first call to [`TestCluster::shared`] starts everything; a watchdog process
 //! (see [`reaper`]) stops the node agent and the control plane and removes the temporary
 //! state directory once the test process has exited, however it exits. With
@@ -17,6 +20,8 @@
 //! running (see `deploy/local/node-agent.md`).
 
 mod agent;
+mod bare;
+pub mod bench;
 mod control_plane;
 mod error;
 mod namespace;
@@ -31,7 +36,8 @@ use std::sync::OnceLock;
 pub use stowage_test_postgres as postgres;
 
 pub use agent::STANDIN_TOOLS_IMAGE;
-pub use control_plane::StoppedApiServer;
+pub use bare::{BarePlane, config_from};
+pub use control_plane::{PlaneOptions, StoppedApiServer};
 pub use error::TestEnvError;
 pub use namespace::TestNamespace;
 pub use wait::eventually;
@@ -74,7 +80,11 @@ impl TestCluster {
             agent_state,
         };
         agent::wait_node_ready(&cluster)?;
-        control_plane::install_crds(&cluster, &repo_root().join("crds"))?;
+        control_plane::install_crds(
+            &cluster.kubectl,
+            &cluster.kubeconfig,
+            &repo_root().join("crds"),
+        )?;
         Ok(cluster)
     }
 
@@ -103,21 +113,7 @@ impl TestCluster {
 
     /// Runs `kubectl` with `args` and returns its stdout; an error carries its stderr.
     pub fn kubectl_output(&self, args: &[&str]) -> Result<String, TestEnvError> {
-        let out = self
-            .kubectl()
-            .args(args)
-            .output()
-            .map_err(|e| TestEnvError::Command {
-                command: format!("kubectl {}", args.join(" ")),
-                message: e.to_string(),
-            })?;
-        if !out.status.success() {
-            return Err(TestEnvError::Command {
-                command: format!("kubectl {}", args.join(" ")),
-                message: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        control_plane::kubectl_output(&self.kubectl, &self.kubeconfig, args)
     }
 
     /// Creates a namespace named `<prefix>-<unique>` and waits for its `default`

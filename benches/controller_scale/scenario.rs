@@ -1,0 +1,986 @@
+//! One layout from start to end: control plane, objects, operator, then the phases
+//! (convergence, idle, restart, tick, baseline), each printing its figures as soon as it
+//! has them, so a run stopped by a limit still reports what it measured.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::reflector::ObjectRef;
+use stowage::api::{BackupSchedule, BackupTarget};
+use stowage::jobs::{RunRequest, build_job};
+use stowage_testenv::bench::api_metrics::{self, RequestKind, RequestTotals};
+use stowage_testenv::bench::client_counts::{RequestCounter, counts_since};
+use stowage_testenv::bench::procfs::{memory_of, mib};
+use stowage_testenv::bench::stats::{cron_firing_at, minute_boundary_after, percentile};
+use stowage_testenv::{BarePlane, PlaneOptions, config_from, repo_root};
+
+use crate::observe::{self, BASELINE_PREFIX, Observer};
+use crate::operator::{self, Operator};
+use crate::report::{Report, operator_resource, progress, seconds};
+use crate::world::{self, Layout};
+use crate::{BenchError, Knobs};
+
+/// Why a layout's measurements end early.
+enum Stop {
+    /// A limit was reached (a timeout, the memory limit, the operator exited): reported
+    /// as a figure.
+    Limit(String),
+    /// The benchmark itself failed.
+    Bench(BenchError),
+}
+
+impl From<BenchError> for Stop {
+    fn from(e: BenchError) -> Self {
+        Stop::Bench(e)
+    }
+}
+
+/// How long a stopping operator gets before SIGKILL.
+const OPERATOR_GRACE: Duration = Duration::from_secs(30);
+/// The operator's ServiceAccount (from `deploy/rbac/operator.yaml`).
+const OPERATOR_NAMESPACE: &str = "stowage-system";
+const OPERATOR_ACCOUNT: &str = "stowage";
+
+/// Runs every phase for `namespaces` namespaces on a fresh control plane, then stops it.
+pub async fn run(knobs: &Knobs, namespaces: usize) -> Result<(), BenchError> {
+    let tag = format!("{namespaces}ns");
+    let report = Report::new(&tag);
+    progress(format!(
+        "{tag}: starting a control plane (etcd + kube-apiserver, no controller manager)"
+    ));
+    let plane = tokio::task::spawn_blocking(|| {
+        BarePlane::start(PlaneOptions {
+            controller_manager: false,
+        })
+    })
+    .await
+    .map_err(|e| BenchError::Operator(format!("starting the control plane: {e}")))??;
+    progress(format!(
+        "{tag}: control plane in {}",
+        plane.state_dir().display()
+    ));
+    let outcome = measure(knobs, namespaces, &tag, &plane, &report).await;
+    progress(format!("{tag}: stopping the control plane"));
+    let stopped = tokio::task::spawn_blocking(move || plane.stop())
+        .await
+        .map_err(|e| BenchError::Operator(format!("stopping the control plane: {e}")));
+    outcome?;
+    stopped??;
+    Ok(())
+}
+
+async fn measure(
+    knobs: &Knobs,
+    namespaces: usize,
+    tag: &str,
+    plane: &BarePlane,
+    report: &Report,
+) -> Result<(), BenchError> {
+    let layout = Layout {
+        targets: knobs.targets,
+        schedules: knobs.schedules,
+        namespaces,
+    };
+    let etcd = plane.pid("etcd")?;
+    let apiserver = plane.pid("kube-apiserver")?;
+    // Before the benchmark creates anything, CRDs included.
+    let idle = (memory_of(etcd), memory_of(apiserver));
+    tokio::task::block_in_place(|| plane.install_crds())?;
+    let counter = RequestCounter::default();
+    let admin = counter
+        .client(plane.admin_config().await?)
+        .map_err(|source| BenchError::Api {
+            what: "building the admin client".into(),
+            source,
+        })?;
+    let first = api_metrics::scrape(&admin)
+        .await
+        .map_err(|source| BenchError::Api {
+            what: "reading the API server's /metrics".into(),
+            source,
+        })?;
+    let operator_kubeconfig = tokio::task::block_in_place(|| {
+        plane.service_account_kubeconfig(
+            &repo_root().join("deploy/rbac/operator.yaml"),
+            OPERATOR_NAMESPACE,
+            OPERATOR_ACCOUNT,
+            12,
+        )
+    })?;
+
+    report.figure("setup", "targets", layout.targets, "");
+    report.figure("setup", "schedules", layout.schedules, "");
+    report.figure("setup", "namespaces", layout.used_namespaces().len(), "");
+    report.figure("setup", "claims (one per target)", layout.targets, "");
+    report.figure(
+        "setup",
+        "simulated probe run",
+        seconds(knobs.probe_time),
+        "s",
+    );
+    report.figure(
+        "setup",
+        "simulated backup run",
+        seconds(knobs.backup_time),
+        "s",
+    );
+    report.figure(
+        "setup",
+        "cpus",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "",
+    );
+    // A cron expression that does not fire for half a year: nothing runs while converging.
+    let parked = cron_firing_at(minute_boundary_after(
+        Timestamp::now(),
+        Duration::from_secs(180 * 86_400),
+    ));
+    progress(format!(
+        "{tag}: creating {} claims, {} targets, {} schedules ({parked:?}) in {} namespace(s)",
+        layout.targets,
+        layout.targets,
+        layout.schedules,
+        layout.used_namespaces().len()
+    ));
+    let started = Instant::now();
+    world::create(&admin, &layout, &parked, &[]).await?;
+    report.figure(
+        "setup",
+        "objects created in",
+        seconds(started.elapsed()),
+        "s",
+    );
+
+    let observer = Observer::start(&admin, knobs.probe_time, knobs.backup_time).await;
+    let limit = (knobs.max_rss_gib * 1024.0 * 1024.0 * 1024.0) as u64;
+    let guard = Guard::start(vec![etcd, apiserver], limit);
+    let log = operator::log_path(tag);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
+    let _ = std::fs::remove_file(&log);
+    progress(format!("{tag}: operator log: {}", log.display()));
+    let mut session = Session {
+        knobs,
+        layout,
+        report,
+        admin,
+        counter,
+        observer,
+        guard,
+        operator: None,
+        operator_kubeconfig,
+        log,
+        tag: tag.to_owned(),
+    };
+    let outcome = session.phases().await;
+    if let Some(operator) = session.operator.take() {
+        operator.stop(OPERATOR_GRACE).await;
+    }
+
+    let last = api_metrics::scrape(&session.admin).await.ok();
+    let errors = last.map(|l| l.since(&first).server_errors());
+    match errors {
+        Some(errors) if errors.is_empty() => {
+            report.figure("errors", "5xx answers (whole run)", 0, "")
+        }
+        Some(errors) => {
+            for ((kind, code), n) in errors {
+                report.figure("errors", &format!("{kind} code {code}"), n, "");
+            }
+        }
+        None => report.figure("errors", "5xx answers (whole run)", "unknown", ""),
+    }
+    for (name, pid, before) in [
+        ("etcd", etcd, idle.0),
+        ("kube-apiserver", apiserver, idle.1),
+    ] {
+        if let Some(before) = before {
+            report.figure(
+                "control-plane",
+                &format!("{name} idle rss"),
+                mib(before.rss_bytes),
+                "MiB",
+            );
+        }
+        if let Some(now) = memory_of(pid) {
+            report.figure(
+                "control-plane",
+                &format!("{name} peak rss"),
+                mib(now.peak_rss_bytes),
+                "MiB",
+            );
+        }
+    }
+    report.figure(
+        "control-plane",
+        "etcd+apiserver+operator peak rss (sampled 1/s)",
+        mib(session.guard.peak_total.load(Ordering::Relaxed)),
+        "MiB",
+    );
+    let (failed, last_failure) = session.observer.node.failures();
+    report.figure(
+        "node",
+        "jobs finished by the simulated node",
+        session.observer.node.finished(),
+        "",
+    );
+    report.figure("node", "status writes that failed", failed, "");
+    if let Some(failure) = last_failure {
+        progress(format!(
+            "{tag}: last failure of the simulated node: {failure}"
+        ));
+    }
+    session.guard.stop();
+    session.observer.stop();
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Stop::Limit(reason)) => {
+            report.figure("stopped", &reason, "-", "");
+            progress(format!("{tag}: stopped early: {reason}"));
+            Ok(())
+        }
+        Err(Stop::Bench(e)) => Err(e),
+    }
+}
+
+/// Samples the memory of the control plane and the operator each second and stops the
+/// run when their sum passes the limit.
+struct Guard {
+    exceeded: Arc<Mutex<Option<String>>>,
+    operator_pid: Arc<AtomicI32>,
+    peak_total: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Guard {
+    fn start(pids: Vec<i32>, limit: u64) -> Guard {
+        let exceeded = Arc::new(Mutex::new(None));
+        let operator_pid = Arc::new(AtomicI32::new(0));
+        let peak_total = Arc::new(AtomicU64::new(0));
+        let (flag, operator, peak) = (exceeded.clone(), operator_pid.clone(), peak_total.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let mut all = pids.clone();
+                all.push(operator.load(Ordering::Relaxed));
+                let total: u64 = all
+                    .iter()
+                    .filter(|pid| **pid > 0)
+                    .filter_map(|pid| memory_of(*pid))
+                    .map(|m| m.rss_bytes)
+                    .sum();
+                peak.fetch_max(total, Ordering::Relaxed);
+                if total > limit {
+                    let mut slot = flag.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_none() {
+                        *slot = Some(format!(
+                            "etcd, kube-apiserver and the operator held {} MiB, over STOWAGE_BENCH_MAX_RSS_GIB",
+                            mib(total)
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Guard {
+            exceeded,
+            operator_pid,
+            peak_total,
+            task,
+        }
+    }
+
+    fn watch_operator(&self, operator: &Operator) {
+        self.operator_pid.store(operator.pid(), Ordering::Relaxed);
+    }
+
+    /// A limit that was reached, if any.
+    fn check(&self, operator: Option<&Operator>) -> Result<(), Stop> {
+        if let Some(reason) = self
+            .exceeded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(Stop::Limit(reason));
+        }
+        if let Some(status) = operator.and_then(Operator::exited) {
+            return Err(Stop::Limit(format!("the operator exited ({status})")));
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Ok`, watching the guard; `Err(text)`
+/// says how far it is (printed every 10 s).
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    guard: &Guard,
+    operator: Option<&Operator>,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, Stop> {
+    let start = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let seen = match check() {
+            Ok(value) => return Ok(value),
+            Err(seen) => seen,
+        };
+        guard.check(operator)?;
+        if start.elapsed() >= timeout {
+            return Err(Stop::Limit(format!(
+                "{what}: not reached after {}s ({seen})",
+                timeout.as_secs()
+            )));
+        }
+        if said.elapsed() >= Duration::from_secs(10) {
+            progress(format!("waiting for {what}: {seen}"));
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The request counts of both sides at one instant.
+struct Snapshot {
+    server: RequestTotals,
+    bench: BTreeMap<RequestKind, u64>,
+}
+
+struct Session<'a> {
+    knobs: &'a Knobs,
+    layout: Layout,
+    report: &'a Report,
+    admin: kube::Client,
+    counter: RequestCounter,
+    observer: Observer,
+    guard: Guard,
+    operator: Option<Operator>,
+    operator_kubeconfig: std::path::PathBuf,
+    log: std::path::PathBuf,
+    tag: String,
+}
+
+impl Session<'_> {
+    async fn phases(&mut self) -> Result<(), Stop> {
+        self.convergence().await?;
+        self.idle().await?;
+        self.restart().await?;
+        let (tick, operator_last) = self.tick().await?;
+        self.baseline(tick, operator_last).await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, Stop> {
+        let server = api_metrics::scrape(&self.admin)
+            .await
+            .map_err(|source| BenchError::Api {
+                what: "reading the API server's /metrics".into(),
+                source,
+            })?;
+        Ok(Snapshot {
+            server,
+            bench: self.counter.snapshot(),
+        })
+    }
+
+    /// The requests of a window, as a table; the operator's status writes in it.
+    fn requests(&self, window: &str, before: &Snapshot, after: &Snapshot) -> u64 {
+        self.report.requests(
+            window,
+            &after.server.since(&before.server),
+            &counts_since(&after.bench, &before.bench),
+        )
+    }
+
+    fn start_operator(&mut self) -> Result<(), Stop> {
+        let operator = Operator::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_stowage")),
+            &self.operator_kubeconfig,
+            &self.log,
+        )?;
+        self.guard.watch_operator(&operator);
+        self.operator = Some(operator);
+        Ok(())
+    }
+
+    fn operator(&self) -> Result<&Operator, Stop> {
+        self.operator
+            .as_ref()
+            .ok_or_else(|| Stop::Limit("the operator is not running".into()))
+    }
+
+    fn figure(&self, section: &str, name: &str, value: impl std::fmt::Display, unit: &str) {
+        self.report.figure(section, name, value, unit);
+    }
+
+    async fn print_reconciles(&self, section: &str) {
+        if let Ok(operator) = self.operator() {
+            for (controller, reconciles, errors) in operator.reconciles().await {
+                self.figure(section, &format!("reconciles {controller}"), reconciles, "");
+                self.figure(
+                    section,
+                    &format!("reconcile errors {controller}"),
+                    errors,
+                    "",
+                );
+            }
+        }
+    }
+
+    /// From the operator's start until every status describes its generation, every
+    /// probe is recorded and the operator has stopped sending requests.
+    async fn convergence(&mut self) -> Result<(), Stop> {
+        let (n, m) = (self.layout.targets, self.layout.schedules);
+        let before = self.snapshot().await?;
+        self.observer.ledger().take_max_active_probes();
+        let started_at = Timestamp::now();
+        let start = Instant::now();
+        progress(format!("{}: starting the operator", self.tag));
+        self.start_operator()?;
+        let ready = self
+            .operator()?
+            .wait_ready(self.knobs.timeout)
+            .await
+            .map_err(Stop::Bench)?;
+        self.figure("convergence", "operator ready", seconds(ready), "s");
+        let (targets, schedules) = (&self.observer.targets, &self.observer.schedules);
+        let status_at = wait_for(
+            "every status describing its generation",
+            self.knobs.timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let p = observe::progress(&targets.state(), &schedules.state());
+                if p.targets_current == n && p.schedules_current == m {
+                    Ok(start.elapsed())
+                } else {
+                    Err(format!(
+                        "{}/{n} targets, {}/{m} schedules",
+                        p.targets_current, p.schedules_current
+                    ))
+                }
+            },
+        )
+        .await?;
+        self.figure(
+            "convergence",
+            "every status for its generation",
+            seconds(status_at),
+            "s",
+        );
+        let probed_at = wait_for(
+            "every target's probe recorded",
+            self.knobs.timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let p = observe::progress(&targets.state(), &[]);
+                if p.targets_probed == n {
+                    Ok(start.elapsed())
+                } else {
+                    Err(format!("{}/{n} targets probed", p.targets_probed))
+                }
+            },
+        )
+        .await?;
+        self.figure(
+            "convergence",
+            "every probe recorded",
+            seconds(probed_at),
+            "s",
+        );
+        let quiet_at = self.wait_quiet(start).await?;
+        self.figure(
+            "convergence",
+            &format!("last request (then quiet {}s)", self.knobs.quiet.as_secs()),
+            seconds(quiet_at),
+            "s",
+        );
+        let after = self.snapshot().await?;
+        let created = self
+            .observer
+            .ledger()
+            .created_between(started_at, Timestamp::now());
+        let max_active = self.observer.ledger().take_max_active_probes();
+        for kind in ["probe", "backup", "other"] {
+            self.figure(
+                "startup",
+                &format!("{kind} jobs created"),
+                created.get(kind).copied().unwrap_or(0),
+                "",
+            );
+        }
+        self.figure("startup", "most probe jobs active at once", max_active, "");
+        if let Some(memory) = self.operator()?.memory() {
+            self.figure(
+                "operator",
+                "peak rss after convergence",
+                mib(memory.peak_rss_bytes),
+                "MiB",
+            );
+        }
+        self.print_reconciles("convergence").await;
+        self.requests("convergence", &before, &after);
+        Ok(())
+    }
+
+    /// Waits until the operator has sent no request for [`Knobs::quiet`] (leases and
+    /// watches aside); returns when its last request was, from `start`.
+    async fn wait_quiet(&self, start: Instant) -> Result<Duration, Stop> {
+        let mut last: Option<u64> = None;
+        let mut changed = Instant::now();
+        let begun = Instant::now();
+        loop {
+            let snapshot = self.snapshot().await?;
+            let activity: u64 = snapshot
+                .server
+                .by_kind()
+                .into_iter()
+                .filter(|(kind, _)| operator_resource(kind) && kind.verb != "WATCH")
+                .map(|(kind, n)| n.saturating_sub(snapshot.bench.get(&kind).copied().unwrap_or(0)))
+                .sum();
+            if last != Some(activity) {
+                last = Some(activity);
+                changed = Instant::now();
+            } else if changed.elapsed() >= self.knobs.quiet {
+                return Ok(changed.duration_since(start));
+            }
+            self.guard.check(self.operator.as_ref())?;
+            if begun.elapsed() >= self.knobs.timeout {
+                return Err(Stop::Limit(format!(
+                    "the operator still sent requests after {}s",
+                    self.knobs.timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Sleeps `duration`, watching the guard.
+    async fn pause(&self, duration: Duration) -> Result<(), Stop> {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            self.guard.check(self.operator.as_ref())?;
+            tokio::time::sleep(Duration::from_millis(500).min(until - Instant::now())).await;
+        }
+        Ok(())
+    }
+
+    /// A minute with nothing to do.
+    async fn idle(&mut self) -> Result<(), Stop> {
+        progress(format!(
+            "{}: idle for {}s",
+            self.tag,
+            self.knobs.idle.as_secs()
+        ));
+        let from = Timestamp::now();
+        let before = self.snapshot().await?;
+        self.pause(self.knobs.idle).await?;
+        let after = self.snapshot().await?;
+        let created: usize = self
+            .observer
+            .ledger()
+            .created_between(from, Timestamp::now())
+            .values()
+            .sum();
+        let writes = self.requests("idle", &before, &after);
+        let per_minute = writes as f64 * 60.0 / self.knobs.idle.as_secs_f64();
+        self.figure(
+            "idle",
+            "status writes per minute",
+            format!("{per_minute:.1}"),
+            "",
+        );
+        self.figure("idle", "jobs created", created, "");
+        if let Some(memory) = self.operator()?.memory() {
+            self.figure(
+                "operator",
+                "rss after the idle window",
+                mib(memory.rss_bytes),
+                "MiB",
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, start again, count the Jobs the new one creates.
+    async fn restart(&mut self) -> Result<(), Stop> {
+        progress(format!("{}: restarting the operator", self.tag));
+        let before = self.snapshot().await?;
+        let stopped_at = Timestamp::now();
+        if let Some(operator) = self.operator.take() {
+            let status = operator.stop(OPERATOR_GRACE).await;
+            progress(format!("{}: the first operator exited: {status}", self.tag));
+        }
+        let start = Instant::now();
+        self.start_operator()?;
+        let ready = self
+            .operator()?
+            .wait_ready(self.knobs.timeout)
+            .await
+            .map_err(Stop::Bench)?;
+        self.figure("restart", "ready again after", seconds(ready), "s");
+        self.pause(self.knobs.restart_watch).await?;
+        let created: usize = self
+            .observer
+            .ledger()
+            .created_between(stopped_at, Timestamp::now())
+            .values()
+            .sum();
+        self.figure(
+            "restart",
+            &format!(
+                "jobs created (stop .. ready + {}s)",
+                self.knobs.restart_watch.as_secs()
+            ),
+            created,
+            "",
+        );
+        self.figure("restart", "window", seconds(start.elapsed()), "s");
+        let after = self.snapshot().await?;
+        self.requests("restart", &before, &after);
+        Ok(())
+    }
+
+    /// Every schedule fires on the same minute; returns the tick and the time from it to
+    /// the last Job seen.
+    async fn tick(&mut self) -> Result<(Timestamp, Duration), Stop> {
+        let n = self.layout.targets;
+        let m = self.layout.schedules;
+        let tick = minute_boundary_after(Timestamp::now(), self.knobs.tick_lead);
+        let cron = cron_firing_at(tick);
+        progress(format!(
+            "{}: moving every schedule to {cron:?} (UTC), the tick at {tick}",
+            self.tag
+        ));
+        let before = self.snapshot().await?;
+        let start = Instant::now();
+        world::reschedule(&self.admin, &self.layout, &cron).await?;
+        self.figure(
+            "tick",
+            "schedules patched in",
+            seconds(start.elapsed()),
+            "s",
+        );
+        let until_tick =
+            Duration::try_from(tick.duration_since(Timestamp::now())).unwrap_or_default();
+        let schedules = &self.observer.schedules;
+        let ready = wait_for(
+            "every schedule naming the tick",
+            until_tick,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let ready = observe::ready_for_tick(&schedules.state(), tick);
+                if ready == m {
+                    Ok((ready, start.elapsed()))
+                } else {
+                    Err(format!("{ready}/{m} schedules"))
+                }
+            },
+        )
+        .await;
+        match ready {
+            Ok((_, after)) => self.figure(
+                "tick",
+                "every schedule naming the tick after",
+                seconds(after),
+                "s",
+            ),
+            Err(Stop::Limit(_)) => {
+                let ready = observe::ready_for_tick(&schedules.state(), tick);
+                self.figure(
+                    "tick",
+                    "schedules naming the tick at the tick",
+                    format!("{ready}/{m}"),
+                    "",
+                );
+            }
+            Err(stop) => return Err(stop),
+        }
+        progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
+        let ledger = self.observer.jobs.clone();
+        let seen = wait_for(
+            "a Job for every target",
+            self.knobs.timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let jobs = ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .of_tick(tick);
+                if jobs.len() >= n {
+                    Ok(jobs)
+                } else {
+                    Err(format!("{}/{n} Jobs", jobs.len()))
+                }
+            },
+        )
+        .await;
+        let jobs = match seen {
+            Ok(jobs) => jobs,
+            Err(stop) => {
+                let jobs = self.observer.ledger().of_tick(tick);
+                self.tick_figures(tick, &jobs);
+                return Err(stop);
+            }
+        };
+        let last = self.tick_figures(tick, &jobs);
+        let targets = &self.observer.targets;
+        let recorded_after = wait_for(
+            "every tick run recorded in its target's status",
+            self.knobs.timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let done = observe::recorded(targets, &jobs);
+                if done == jobs.len() {
+                    Ok(Timestamp::now().duration_since(tick))
+                } else {
+                    Err(format!("{done}/{} recorded", jobs.len()))
+                }
+            },
+        )
+        .await?;
+        self.figure(
+            "tick",
+            "every run recorded after the tick",
+            format!("{:.2}", recorded_after.as_secs_f64()),
+            "s",
+        );
+        if let Some(memory) = self.operator()?.memory() {
+            self.figure(
+                "operator",
+                "steady rss (tick recorded)",
+                mib(memory.rss_bytes),
+                "MiB",
+            );
+            self.figure(
+                "operator",
+                "peak rss of the restarted operator",
+                mib(memory.peak_rss_bytes),
+                "MiB",
+            );
+        }
+        self.print_reconciles("tick").await;
+        let after = self.snapshot().await?;
+        self.requests("tick", &before, &after);
+        Ok((tick, last))
+    }
+
+    /// Prints the tick's latencies; returns the time to the last Job.
+    fn tick_figures(
+        &self,
+        tick: Timestamp,
+        jobs: &[(observe::JobKey, observe::SeenJob)],
+    ) -> Duration {
+        let latencies: Vec<Duration> = jobs
+            .iter()
+            .map(|(_, job)| Duration::try_from(job.at.duration_since(tick)).unwrap_or_default())
+            .collect();
+        self.figure("tick", "jobs created", latencies.len(), "");
+        let show = |name: &str, d: Option<Duration>| {
+            self.figure("tick", name, d.map_or("-".to_owned(), seconds), "s");
+        };
+        show("job after tick p50", percentile(&latencies, 50.0));
+        show("job after tick p99", percentile(&latencies, 99.0));
+        show(
+            "job after tick max (last job)",
+            percentile(&latencies, 100.0),
+        );
+        percentile(&latencies, 100.0).unwrap_or_default()
+    }
+
+    /// The same Jobs created by a plain client, `baseline_concurrency` requests in flight.
+    async fn baseline(&mut self, tick: Timestamp, operator_last: Duration) -> Result<(), Stop> {
+        let n = self.layout.targets;
+        let jobs = self.baseline_jobs(tick)?;
+        let concurrency = self.knobs.baseline_concurrency;
+        progress(format!(
+            "{}: baseline: creating {} Jobs with {concurrency} in flight",
+            self.tag,
+            jobs.len()
+        ));
+        let config = config_from(&self.operator_kubeconfig)
+            .await
+            .map_err(BenchError::from)?;
+        let client = self
+            .counter
+            .client(config)
+            .map_err(|source| BenchError::Api {
+                what: "building the baseline client".into(),
+                source,
+            })?;
+        let started_at = Timestamp::now();
+        let start = Instant::now();
+        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(jobs)
+            .map(|job| {
+                let client = client.clone();
+                async move {
+                    let namespace = job.metadata.namespace.clone().unwrap_or_default();
+                    Api::<Job>::namespaced(client, &namespace)
+                        .create(&PostParams::default(), &job)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let responses = start.elapsed();
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+            progress(format!("{}: baseline: a create failed: {e}", self.tag));
+        }
+        let created = results.len() - failed;
+        let ledger = self.observer.jobs.clone();
+        let seen = wait_for(
+            "every baseline Job seen",
+            self.knobs.timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let seen = ledger
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .baseline_seen();
+                if seen.len() >= created {
+                    Ok(seen)
+                } else {
+                    Err(format!("{}/{created}", seen.len()))
+                }
+            },
+        )
+        .await?;
+        let latencies: Vec<Duration> = seen
+            .iter()
+            .map(|at| Duration::try_from(at.duration_since(started_at)).unwrap_or_default())
+            .collect();
+        let last = percentile(&latencies, 100.0).unwrap_or_default();
+        self.figure(
+            "baseline",
+            "client",
+            format!("{concurrency} in flight"),
+            "(operator's ServiceAccount)",
+        );
+        self.figure(
+            "baseline",
+            "jobs created",
+            created,
+            &format!("(of {n}, {failed} failed)"),
+        );
+        self.figure("baseline", "last response after", seconds(responses), "s");
+        self.figure(
+            "baseline",
+            "job after start p50",
+            percentile(&latencies, 50.0).map_or("-".to_owned(), seconds),
+            "s",
+        );
+        self.figure(
+            "baseline",
+            "job after start max (last job)",
+            seconds(last),
+            "s",
+        );
+        let ratio = if last.is_zero() {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", operator_last.as_secs_f64() / last.as_secs_f64())
+        };
+        self.figure("baseline", "operator / baseline (last job)", ratio, "x");
+        Ok(())
+    }
+
+    /// The Jobs the tick created, built again by the operator's own Job builder with its
+    /// defaults, under other names, with stowage's label and annotation keys prefixed so
+    /// the operator never sees them.
+    fn baseline_jobs(&self, tick: Timestamp) -> Result<Vec<Job>, Stop> {
+        let flags = OperatorFlags::try_parse_from(
+            std::iter::once("stowage".to_owned())
+                .chain(operator::arguments(self.operator()?.addr())),
+        )
+        .map_err(|e| BenchError::Operator(format!("the operator's flags: {e}")))?;
+        let defaults = stowage::controller::job_defaults(&flags.args);
+        let mut out = Vec::new();
+        for t in 0..self.layout.targets {
+            let namespace = self.layout.namespace_of_target(t);
+            let group = self.layout.group_of(t);
+            let target: Option<Arc<BackupTarget>> = self
+                .observer
+                .targets
+                .get(&ObjectRef::new(&world::target_name(t)).within(&namespace));
+            let schedule: Option<Arc<BackupSchedule>> = self
+                .observer
+                .schedules
+                .get(&ObjectRef::new(&world::schedule_name(group)).within(&namespace));
+            let (Some(target), Some(schedule)) = (target, schedule) else {
+                continue;
+            };
+            let request = RunRequest::scheduled(
+                world::schedule_name(group),
+                tick,
+                schedule.spec.retention.clone(),
+                schedule.spec.time_zone.clone(),
+            );
+            let job = build_job(&target, &request, &defaults)
+                .map_err(|e| BenchError::Operator(format!("building a baseline Job: {e}")))?;
+            out.push(as_baseline(job, format!("baseline-{t:05}")));
+        }
+        Ok(out)
+    }
+}
+
+/// The operator's flags, parsed the way `stowage controller` parses them.
+#[derive(clap::Parser)]
+struct OperatorFlags {
+    #[command(flatten)]
+    args: stowage::controller::ControllerArgs,
+}
+
+/// `job` named `name`, with each `stowage.dev/…` label and annotation key (on the Job
+/// and its pod template) prefixed by [`BASELINE_PREFIX`].
+fn as_baseline(mut job: Job, name: String) -> Job {
+    fn rename(map: &mut Option<BTreeMap<String, String>>) {
+        if let Some(map) = map {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, v)| {
+                    if k.starts_with("stowage.dev/") {
+                        (format!("{BASELINE_PREFIX}{k}"), v)
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect();
+        }
+    }
+    job.metadata.name = Some(name);
+    rename(&mut job.metadata.labels);
+    rename(&mut job.metadata.annotations);
+    if let Some(template) = job
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.template.metadata.as_mut())
+    {
+        rename(&mut template.labels);
+        rename(&mut template.annotations);
+    }
+    job
+}
