@@ -40,8 +40,8 @@ pub struct Knobs {
     pub backup_time: Duration,
     /// `STOWAGE_BENCH_IDLE_SECONDS`: the idle window (default 60).
     pub idle: Duration,
-    /// `STOWAGE_BENCH_QUIET_SECONDS`: how long without operator requests counts as settled
-    /// (default 5).
+    /// `STOWAGE_BENCH_QUIET_SECONDS`: how long without operator requests (and without
+    /// Jobs left to finish) counts as settled (default 10).
     pub quiet: Duration,
     /// `STOWAGE_BENCH_RESTART_WATCH_SECONDS`: how long Jobs are counted after the
     /// restarted operator is ready (default 30).
@@ -137,7 +137,7 @@ impl Knobs {
             )?),
             quiet: Duration::from_secs(knob(
                 "STOWAGE_BENCH_QUIET_SECONDS",
-                5,
+                10,
                 "seconds, at least 1",
                 seconds,
             )?),

@@ -594,7 +594,8 @@ impl Session<'_> {
     }
 
     /// Waits until the operator has sent no request for [`Knobs::quiet`] (leases and
-    /// watches aside), following the targets' probes meanwhile; times are from `start`.
+    /// watches aside) while the simulated node had no Job left to finish, following the
+    /// targets' probes meanwhile; times are from `start`.
     async fn wait_quiet(&self, start: Instant) -> Result<Quiet, Stop> {
         let n = self.layout.targets;
         let mut last: Option<u64> = None;
@@ -615,7 +616,10 @@ impl Session<'_> {
                 .filter(|(kind, _)| operator_resource(kind) && kind.verb != "WATCH")
                 .map(|(kind, n)| n.saturating_sub(snapshot.bench.get(&kind).copied().unwrap_or(0)))
                 .sum();
-            if last != Some(activity) {
+            // Settled only when no Job is left to finish: an API server slowed down by
+            // a LIST storm can complete no request for seconds while work is pending.
+            let running = self.observer.node.running();
+            if last != Some(activity) || running > 0 {
                 last = Some(activity);
                 changed = Instant::now();
             } else if changed.elapsed() >= self.knobs.quiet {
