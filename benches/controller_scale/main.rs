@@ -40,8 +40,8 @@ pub struct Knobs {
     pub backup_time: Duration,
     /// `STOWAGE_BENCH_IDLE_SECONDS`: the idle window (default 60).
     pub idle: Duration,
-    /// `STOWAGE_BENCH_QUIET_SECONDS`: how long without operator requests counts as settled
-    /// (default 5).
+    /// `STOWAGE_BENCH_QUIET_SECONDS`: how long without operator requests (and without
+    /// Jobs left to finish) counts as settled (default 10).
     pub quiet: Duration,
     /// `STOWAGE_BENCH_RESTART_WATCH_SECONDS`: how long Jobs are counted after the
     /// restarted operator is ready (default 30).
@@ -57,6 +57,40 @@ pub struct Knobs {
     /// `STOWAGE_BENCH_MAX_RSS_GIB`: the run stops when etcd, kube-apiserver and the
     /// operator together hold more than this (default 16).
     pub max_rss_gib: f64,
+    /// `STOWAGE_BENCH_OPERATOR_USER`: whom the operator (and the baseline client) act as
+    /// (default `serviceaccount`).
+    pub operator_user: OperatorUser,
+}
+
+/// Whom the operator and the baseline client authenticate as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorUser {
+    /// ServiceAccount `stowage-system/stowage` bound by `deploy/rbac/operator.yaml`, as
+    /// installed: its requests go through API Priority and Fairness like any workload's.
+    ServiceAccount,
+    /// The admin (group `system:masters`): exempt from API Priority and Fairness.
+    Admin,
+}
+
+impl std::str::FromStr for OperatorUser {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "serviceaccount" => Ok(OperatorUser::ServiceAccount),
+            "admin" => Ok(OperatorUser::Admin),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for OperatorUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OperatorUser::ServiceAccount => "serviceaccount",
+            OperatorUser::Admin => "admin",
+        })
+    }
 }
 
 impl Knobs {
@@ -103,7 +137,7 @@ impl Knobs {
             )?),
             quiet: Duration::from_secs(knob(
                 "STOWAGE_BENCH_QUIET_SECONDS",
-                5,
+                10,
                 "seconds, at least 1",
                 seconds,
             )?),
@@ -136,6 +170,12 @@ impl Knobs {
                 16.0,
                 "GiB, more than 0",
                 |g: &f64| *g > 0.0,
+            )?,
+            operator_user: knob(
+                "STOWAGE_BENCH_OPERATOR_USER",
+                OperatorUser::ServiceAccount,
+                "serviceaccount (stowage-system/stowage with deploy/rbac/operator.yaml) or admin",
+                |_| true,
             )?,
         })
     }

@@ -1,9 +1,13 @@
 //! The operator under test: the release `stowage controller` as a child process,
-//! logging to a file, with its `/readyz` and `/metrics` on a loopback port.
+//! logging to a file, with its `/readyz` and `/metrics` on a loopback port. Like a
+//! Deployment's pod, it is started again when it exits on its own (after
+//! [`RESTART_DELAY`], the kubelet's first back-off); the exits are counted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -11,19 +15,23 @@ use nix::unistd::Pid;
 use stowage_testenv::bench::api_metrics::samples;
 use stowage_testenv::bench::procfs::{MemoryUse, memory_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use crate::BenchError;
+use crate::report::progress;
 
 /// The identity the operator runs under in its Lease.
 const IDENTITY: &str = "stowage-bench";
+/// How long after exiting on its own the operator is started again (the kubelet's first
+/// CrashLoopBackOff delay).
+pub const RESTART_DELAY: Duration = Duration::from_secs(10);
 
-/// A running operator.
+/// A running (and supervised) operator.
 pub struct Operator {
-    pid: i32,
     addr: SocketAddr,
-    exit: watch::Receiver<Option<String>>,
-    waiter: tokio::task::JoinHandle<()>,
+    pid: Arc<AtomicI32>,
+    exits: Arc<Mutex<Vec<String>>>,
+    stopping: Arc<AtomicBool>,
+    supervisor: tokio::task::JoinHandle<String>,
 }
 
 /// The operator's command-line arguments after `controller`, serving on `addr`.
@@ -36,26 +44,33 @@ pub fn arguments(addr: SocketAddr) -> Vec<String> {
     ]
 }
 
-impl Operator {
+/// How to start the process.
+#[derive(Clone)]
+struct Launch {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Launch {
     /// Starts `binary controller <arguments>` as the user of `kubeconfig`, appending its
     /// output to `log`. It dies with the benchmark (parent-death signal).
-    pub fn spawn(binary: &Path, kubeconfig: &Path, log: &Path) -> Result<Operator, BenchError> {
+    fn start(&self) -> Result<tokio::process::Child, BenchError> {
         let io = |what: String| move |source| BenchError::Io { what, source };
-        let port = stowage_testenv::postgres::free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
-            .map_err(io(format!("opening {}", log.display())))?;
+            .open(&self.log)
+            .map_err(io(format!("opening {}", self.log.display())))?;
         let err = file
             .try_clone()
-            .map_err(io(format!("opening {}", log.display())))?;
-        let mut command = tokio::process::Command::new(binary);
+            .map_err(io(format!("opening {}", self.log.display())))?;
+        let mut command = tokio::process::Command::new(&self.binary);
         command
             .arg("controller")
-            .args(arguments(addr))
-            .env("KUBECONFIG", kubeconfig)
+            .args(arguments(self.addr))
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -68,26 +83,95 @@ impl Operator {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
-        let mut child = command
+        command
             .spawn()
-            .map_err(io(format!("starting {}", binary.display())))?;
-        let pid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .ok_or_else(|| BenchError::Operator("the operator exited at once".into()))?;
-        let (tx, exit) = watch::channel(None);
-        let waiter = tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("unknown ({e})"),
-            };
-            let _ = tx.send(Some(status));
-        });
+            .map_err(io(format!("starting {}", self.binary.display())))
+    }
+}
+
+fn pid_of(child: &tokio::process::Child) -> i32 {
+    child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .unwrap_or(0)
+}
+
+/// Waits for the child; starts it again after [`RESTART_DELAY`] unless it is being
+/// stopped. Returns the last exit status.
+async fn supervise(
+    mut child: tokio::process::Child,
+    launch: Launch,
+    pid: Arc<AtomicI32>,
+    exits: Arc<Mutex<Vec<String>>>,
+    stopping: Arc<AtomicBool>,
+) -> String {
+    loop {
+        let status = match child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        if stopping.load(Ordering::SeqCst) {
+            return status;
+        }
+        exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(status.clone());
+        progress(format!(
+            "the operator exited on its own ({status}); starting it again in {}s, as the kubelet would",
+            RESTART_DELAY.as_secs()
+        ));
+        let until = Instant::now() + RESTART_DELAY;
+        while Instant::now() < until {
+            if stopping.load(Ordering::SeqCst) {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match launch.start() {
+            Ok(next) => {
+                pid.store(pid_of(&next), Ordering::SeqCst);
+                child = next;
+            }
+            Err(e) => {
+                exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("could not be started again: {e}"));
+                return status;
+            }
+        }
+    }
+}
+
+impl Operator {
+    /// Starts the operator (see [`Launch::start`]) under supervision.
+    pub fn spawn(binary: &Path, kubeconfig: &Path, log: &Path) -> Result<Operator, BenchError> {
+        let port = stowage_testenv::postgres::free_port();
+        let launch = Launch {
+            binary: binary.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            log: log.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let child = launch.start()?;
+        let pid = Arc::new(AtomicI32::new(pid_of(&child)));
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let addr = launch.addr;
+        let supervisor = tokio::spawn(supervise(
+            child,
+            launch,
+            pid.clone(),
+            exits.clone(),
+            stopping.clone(),
+        ));
         Ok(Operator {
-            pid,
             addr,
-            exit,
-            waiter,
+            pid,
+            exits,
+            stopping,
+            supervisor,
         })
     }
 
@@ -96,36 +180,34 @@ impl Operator {
         self.addr
     }
 
-    /// Its exit status, once it has exited.
-    pub fn exited(&self) -> Option<String> {
-        self.exit.borrow().clone()
+    /// The statuses of the times it exited on its own (and was started again).
+    pub fn exits(&self) -> Vec<String> {
+        self.exits.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Its memory now.
+    /// The memory of its current process.
     pub fn memory(&self) -> Option<MemoryUse> {
-        memory_of(self.pid)
+        memory_of(self.pid())
     }
 
-    /// Its pid.
+    /// The pid of its current process.
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.pid.load(Ordering::SeqCst)
     }
 
-    /// Waits until `/readyz` answers 200 (leader, caches synced); how long that took.
+    /// Waits until `/readyz` answers 200 as the leader (a standby answers 200 too, with
+    /// another text); how long that took.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Duration, BenchError> {
         let start = Instant::now();
         loop {
-            if let Ok((200, _)) = http_get(self.addr, "/readyz").await {
+            if let Ok((200, body)) = http_get(self.addr, "/readyz").await
+                && body.starts_with("leader")
+            {
                 return Ok(start.elapsed());
-            }
-            if let Some(status) = self.exited() {
-                return Err(BenchError::Operator(format!(
-                    "the operator exited ({status}) before it was ready"
-                )));
             }
             if start.elapsed() > timeout {
                 return Err(BenchError::Operator(format!(
-                    "the operator was not ready after {}s",
+                    "the operator was not the ready leader after {}s; see its log",
                     timeout.as_secs()
                 )));
             }
@@ -160,14 +242,17 @@ impl Operator {
 
     /// Stops it with SIGTERM (SIGKILL after `grace`); its exit status.
     pub async fn stop(self, grace: Duration) -> String {
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        let mut exit = self.exit.clone();
-        let stopped = tokio::time::timeout(grace, exit.wait_for(Option::is_some)).await;
-        if stopped.is_err() {
-            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        self.stopping.store(true, Ordering::SeqCst);
+        let pid = Pid::from_raw(self.pid());
+        let _ = kill(pid, Signal::SIGTERM);
+        let mut supervisor = self.supervisor;
+        match tokio::time::timeout(grace, &mut supervisor).await {
+            Ok(status) => status.unwrap_or_default(),
+            Err(_) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                supervisor.await.unwrap_or_default()
+            }
         }
-        let _ = self.waiter.await;
-        self.exit.borrow().clone().unwrap_or_default()
     }
 }
 

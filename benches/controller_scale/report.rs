@@ -58,8 +58,9 @@ impl Report {
     }
 
     /// The requests of one window: the API server's count of each kind minus the
-    /// benchmark's own, largest first (with how many were answered 4xx, e.g. 409 for a
-    /// Job that exists), then the total and the rest as `other`.
+    /// benchmark's own, largest first (with the 4xx answers among them by code, e.g.
+    /// `12x409` for Jobs that existed, `x429` for requests API Priority and Fairness
+    /// turned away), then the total and the rest as `other`.
     /// Returns the operator's status writes in the window.
     pub fn requests(
         &self,
@@ -68,10 +69,13 @@ impl Report {
         bench: &BTreeMap<RequestKind, u64>,
     ) -> u64 {
         let section = format!("requests:{window}");
-        let mut refused: BTreeMap<RequestKind, u64> = BTreeMap::new();
+        let mut refused: BTreeMap<RequestKind, Vec<String>> = BTreeMap::new();
         for ((kind, code), n) in server.by_kind_and_code() {
             if code.starts_with('4') {
-                *refused.entry(kind.clone()).or_insert(0) += n;
+                refused
+                    .entry(kind.clone())
+                    .or_default()
+                    .push(format!("{n}x{code}"));
             }
         }
         let mut rows: Vec<(RequestKind, u64, u64)> = server
@@ -98,7 +102,7 @@ impl Report {
             }
             if *total > 0 {
                 let refused = match refused.get(kind) {
-                    Some(n) => format!(", {n} answered 4xx"),
+                    Some(codes) => format!(", answered {}", codes.join(" ")),
                     None => String::new(),
                 };
                 self.figure(

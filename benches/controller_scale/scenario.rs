@@ -26,11 +26,12 @@ use crate::observe::{self, BASELINE_PREFIX, Observer};
 use crate::operator::{self, Operator};
 use crate::report::{Report, operator_resource, progress, seconds};
 use crate::world::{self, Layout};
-use crate::{BenchError, Knobs};
+use crate::{BenchError, Knobs, OperatorUser};
 
 /// Why a layout's measurements end early.
 enum Stop {
-    /// A limit was reached (a timeout, the memory limit, the operator exited): reported
+    /// A limit was reached (a timeout, the memory limit, the operator exiting again and
+    /// again): reported
     /// as a figure.
     Limit(String),
     /// The benchmark itself failed.
@@ -43,6 +44,9 @@ impl From<BenchError> for Stop {
     }
 }
 
+/// How many times the operator may exit on its own (and be started again) before the
+/// run stops.
+const MAX_OPERATOR_EXITS: usize = 5;
 /// How long a stopping operator gets before SIGKILL.
 const OPERATOR_GRACE: Duration = Duration::from_secs(30);
 /// The operator's ServiceAccount (from `deploy/rbac/operator.yaml`).
@@ -107,15 +111,23 @@ async fn measure(
             what: "reading the API server's /metrics".into(),
             source,
         })?;
-    let operator_kubeconfig = tokio::task::block_in_place(|| {
-        plane.service_account_kubeconfig(
-            &repo_root().join("deploy/rbac/operator.yaml"),
-            OPERATOR_NAMESPACE,
-            OPERATOR_ACCOUNT,
-            12,
-        )
-    })?;
+    let operator_kubeconfig = match knobs.operator_user {
+        OperatorUser::ServiceAccount => tokio::task::block_in_place(|| {
+            plane.service_account_kubeconfig(
+                &repo_root().join("deploy/rbac/operator.yaml"),
+                OPERATOR_NAMESPACE,
+                OPERATOR_ACCOUNT,
+                12,
+            )
+        })?,
+        OperatorUser::Admin => {
+            // The Lease's namespace, which the ServiceAccount's manifests create otherwise.
+            world::create_namespace(&admin, OPERATOR_NAMESPACE).await?;
+            plane.kubeconfig().to_path_buf()
+        }
+    };
 
+    report.figure("setup", "operator user", knobs.operator_user, "");
     report.figure("setup", "targets", layout.targets, "");
     report.figure("setup", "schedules", layout.schedules, "");
     report.figure("setup", "namespaces", layout.used_namespaces().len(), "");
@@ -151,7 +163,7 @@ async fn measure(
         layout.used_namespaces().len()
     ));
     let started = Instant::now();
-    world::create(&admin, &layout, &parked, &[]).await?;
+    world::create(&admin, &layout, &parked).await?;
     report.figure(
         "setup",
         "objects created in",
@@ -198,6 +210,10 @@ async fn measure(
         Some(errors) => {
             for ((kind, code), n) in errors {
                 report.figure("errors", &format!("{kind} code {code}"), n, "");
+            }
+            let log = plane.state_dir().join("logs").join("kube-apiserver.log");
+            for line in error_lines(&log, 5) {
+                progress(format!("{tag}: kube-apiserver.log: {line}"));
             }
         }
         None => report.figure("errors", "5xx answers (whole run)", "unknown", ""),
@@ -253,6 +269,16 @@ async fn measure(
         }
         Err(Stop::Bench(e)) => Err(e),
     }
+}
+
+/// The last `n` error lines (klog `E…`) of a log, for a diagnosis on stderr.
+fn error_lines(log: &std::path::Path, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with('E')).collect();
+    errors[errors.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.chars().take(400).collect())
+        .collect()
 }
 
 /// Samples the memory of the control plane and the operator each second and stops the
@@ -315,8 +341,13 @@ impl Guard {
         {
             return Err(Stop::Limit(reason));
         }
-        if let Some(status) = operator.and_then(Operator::exited) {
-            return Err(Stop::Limit(format!("the operator exited ({status})")));
+        let exits = operator.map(Operator::exits).unwrap_or_default();
+        if exits.len() > MAX_OPERATOR_EXITS {
+            return Err(Stop::Limit(format!(
+                "the operator exited {} times (last: {})",
+                exits.len(),
+                exits.last().map_or("", String::as_str)
+            )));
         }
         Ok(())
     }
@@ -355,6 +386,16 @@ async fn wait_for<T>(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// When the operator went quiet, and how far the probes were.
+struct Quiet {
+    /// Its last request.
+    last_request: Duration,
+    /// Targets with a recorded probe when it went quiet.
+    probed: usize,
+    /// When every target had one, if that happened.
+    probed_all_at: Option<Duration>,
 }
 
 /// The request counts of both sides at one instant.
@@ -429,13 +470,34 @@ impl Session<'_> {
         self.report.figure(section, name, value, unit);
     }
 
+    /// How many times the operator has exited on its own so far (0 is the healthy case).
+    fn print_exits(&self, section: &str) {
+        if let Ok(operator) = self.operator() {
+            let exits = operator.exits();
+            self.figure(
+                section,
+                &format!(
+                    "operator exits so far (restarted after {}s)",
+                    operator::RESTART_DELAY.as_secs()
+                ),
+                exits.len(),
+                "",
+            );
+        }
+    }
+
     async fn print_reconciles(&self, section: &str) {
         if let Ok(operator) = self.operator() {
             for (controller, reconciles, errors) in operator.reconciles().await {
-                self.figure(section, &format!("reconciles {controller}"), reconciles, "");
                 self.figure(
                     section,
-                    &format!("reconcile errors {controller}"),
+                    &format!("reconciles {controller} (this process)"),
+                    reconciles,
+                    "",
+                );
+                self.figure(
+                    section,
+                    &format!("reconcile errors {controller} (this process)"),
                     errors,
                     "",
                 );
@@ -484,32 +546,22 @@ impl Session<'_> {
             seconds(status_at),
             "s",
         );
-        let probed_at = wait_for(
-            "every target's probe recorded",
-            self.knobs.timeout,
-            &self.guard,
-            self.operator.as_ref(),
-            || {
-                let p = observe::progress(&targets.state(), &[]);
-                if p.targets_probed == n {
-                    Ok(start.elapsed())
-                } else {
-                    Err(format!("{}/{n} targets probed", p.targets_probed))
-                }
-            },
-        )
-        .await?;
-        self.figure(
-            "convergence",
-            "every probe recorded",
-            seconds(probed_at),
-            "s",
-        );
-        let quiet_at = self.wait_quiet(start).await?;
+        // Probes are not waited for one by one: a target whose probe Job was never
+        // created would hold the run forever. The operator going quiet ends convergence.
+        let quiet = self.wait_quiet(start).await?;
+        match quiet.probed_all_at {
+            Some(at) => self.figure("convergence", "every probe recorded", seconds(at), "s"),
+            None => self.figure(
+                "convergence",
+                "probes recorded when quiet",
+                format!("{}/{n}", quiet.probed),
+                "",
+            ),
+        }
         self.figure(
             "convergence",
             &format!("last request (then quiet {}s)", self.knobs.quiet.as_secs()),
-            seconds(quiet_at),
+            seconds(quiet.last_request),
             "s",
         );
         let after = self.snapshot().await?;
@@ -527,6 +579,7 @@ impl Session<'_> {
             );
         }
         self.figure("startup", "most probe jobs active at once", max_active, "");
+        self.print_exits("convergence");
         if let Some(memory) = self.operator()?.memory() {
             self.figure(
                 "operator",
@@ -541,12 +594,20 @@ impl Session<'_> {
     }
 
     /// Waits until the operator has sent no request for [`Knobs::quiet`] (leases and
-    /// watches aside); returns when its last request was, from `start`.
-    async fn wait_quiet(&self, start: Instant) -> Result<Duration, Stop> {
+    /// watches aside) while the simulated node had no Job left to finish, following the
+    /// targets' probes meanwhile; times are from `start`.
+    async fn wait_quiet(&self, start: Instant) -> Result<Quiet, Stop> {
+        let n = self.layout.targets;
         let mut last: Option<u64> = None;
         let mut changed = Instant::now();
         let begun = Instant::now();
+        let mut said = Instant::now();
+        let mut probed_all_at = None;
         loop {
+            let probed = observe::progress(&self.observer.targets.state(), &[]).targets_probed;
+            if probed == n && probed_all_at.is_none() {
+                probed_all_at = Some(start.elapsed());
+            }
             let snapshot = self.snapshot().await?;
             let activity: u64 = snapshot
                 .server
@@ -555,18 +616,31 @@ impl Session<'_> {
                 .filter(|(kind, _)| operator_resource(kind) && kind.verb != "WATCH")
                 .map(|(kind, n)| n.saturating_sub(snapshot.bench.get(&kind).copied().unwrap_or(0)))
                 .sum();
-            if last != Some(activity) {
+            // Settled only when no Job is left to finish: an API server slowed down by
+            // a LIST storm can complete no request for seconds while work is pending.
+            let running = self.observer.node.running();
+            if last != Some(activity) || running > 0 {
                 last = Some(activity);
                 changed = Instant::now();
             } else if changed.elapsed() >= self.knobs.quiet {
-                return Ok(changed.duration_since(start));
+                return Ok(Quiet {
+                    last_request: changed.duration_since(start),
+                    probed,
+                    probed_all_at,
+                });
             }
             self.guard.check(self.operator.as_ref())?;
             if begun.elapsed() >= self.knobs.timeout {
                 return Err(Stop::Limit(format!(
-                    "the operator still sent requests after {}s",
+                    "the operator still sent requests after {}s ({probed}/{n} targets probed)",
                     self.knobs.timeout.as_secs()
                 )));
+            }
+            if said.elapsed() >= Duration::from_secs(10) {
+                progress(format!(
+                    "waiting for the operator to go quiet: {probed}/{n} targets probed"
+                ));
+                said = Instant::now();
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -624,6 +698,7 @@ impl Session<'_> {
         progress(format!("{}: restarting the operator", self.tag));
         let before = self.snapshot().await?;
         let stopped_at = Timestamp::now();
+        self.print_exits("idle");
         if let Some(operator) = self.operator.take() {
             let status = operator.stop(OPERATOR_GRACE).await;
             progress(format!("{}: the first operator exited: {status}", self.tag));
@@ -765,6 +840,7 @@ impl Session<'_> {
             format!("{:.2}", recorded_after.as_secs_f64()),
             "s",
         );
+        self.print_exits("tick");
         if let Some(memory) = self.operator()?.memory() {
             self.figure(
                 "operator",
@@ -878,7 +954,7 @@ impl Session<'_> {
             "baseline",
             "client",
             format!("{concurrency} in flight"),
-            "(operator's ServiceAccount)",
+            &format!("(as the operator: {})", self.knobs.operator_user),
         );
         self.figure(
             "baseline",

@@ -130,23 +130,23 @@ fn api_error(what: String) -> impl FnOnce(kube::Error) -> BenchError {
     move |source| BenchError::Api { what, source }
 }
 
-/// Creates `namespaces` (with `extra` ones), then every claim, target and schedule.
-pub async fn create(
-    client: &kube::Client,
-    layout: &Layout,
-    cron: &str,
-    extra: &[&str],
-) -> Result<(), BenchError> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut names = layout.used_namespaces();
-    names.extend(extra.iter().map(|s| s.to_string()));
-    for name in names {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(api_error(format!("creating namespace {name}"))(e)),
-        }
+/// Creates namespace `name` (one that exists is fine).
+pub async fn create_namespace(client: &kube::Client, name: &str) -> Result<(), BenchError> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(api_error(format!("creating namespace {name}"))(e)),
+    }
+}
+
+/// Creates the layout's namespaces, then every claim, target and schedule.
+pub async fn create(client: &kube::Client, layout: &Layout, cron: &str) -> Result<(), BenchError> {
+    for name in layout.used_namespaces() {
+        create_namespace(client, &name).await?;
     }
     futures::stream::iter(0..layout.targets)
         .map(|t| async move {

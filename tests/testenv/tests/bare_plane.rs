@@ -82,6 +82,21 @@ async fn a_bare_plane_serves_jobs_that_the_simulated_node_finishes_and_counts_ag
     })
     .await?;
     assert_eq!(node.finished(), 1, "one status write for two sightings");
+    eventually(
+        "the node has nothing left to run",
+        Duration::from_secs(10),
+        || {
+            let running = node.running();
+            async move {
+                if running == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{running} running"))
+                }
+            }
+        },
+    )
+    .await?;
     let status = finished.status.unwrap_or_default();
     assert_eq!(status.succeeded, Some(1));
     assert!(status.start_time.is_some() && status.completion_time.is_some());

@@ -68,6 +68,8 @@ pub struct SimulatedNode {
     run_time: RunTime,
     in_flight: Arc<tokio::sync::Semaphore>,
     seen: Mutex<HashSet<(String, String)>>,
+    started: AtomicU64,
+    settled: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -86,6 +88,8 @@ impl SimulatedNode {
             run_time: Box::new(run_time),
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
             seen: Mutex::new(HashSet::new()),
+            started: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -118,6 +122,7 @@ impl SimulatedNode {
             .map(|t| t.0)
             .unwrap_or_else(Timestamp::now);
         let run_time = (self.run_time)(job);
+        self.started.fetch_add(1, Ordering::Relaxed);
         let node = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(run_time).await;
@@ -141,7 +146,15 @@ impl SimulatedNode {
                         Some(format!("finishing Job {namespace}/{name}: {e}"));
                 }
             }
+            node.settled.fetch_add(1, Ordering::Relaxed);
         });
+    }
+
+    /// How many Jobs it is still running (seen, their status not written yet).
+    pub fn running(&self) -> u64 {
+        self.started
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.settled.load(Ordering::Relaxed))
     }
 
     /// How many Jobs it has marked finished.
