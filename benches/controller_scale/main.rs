@@ -25,16 +25,17 @@ use stowage_testenv::bench::{KnobError, knob};
 /// The benchmark's settings.
 #[derive(Clone, Debug)]
 pub struct Knobs {
-    /// `STOWAGE_BENCH_TARGETS`: BackupTargets (default 1000).
+    /// `STOWAGE_BENCH_TARGETS`: BackupTargets (default 5000).
     pub targets: usize,
     /// `STOWAGE_BENCH_SCHEDULES`: BackupSchedules, each selecting targets/schedules of
-    /// them (default 100).
+    /// them (default 500).
     pub schedules: usize,
     /// `STOWAGE_BENCH_NAMESPACES`: comma-separated layouts, each run on a fresh control
     /// plane one after the other (default `1,50`).
     pub layouts: Vec<usize>,
     /// `STOWAGE_BENCH_PROBE_SECONDS`: how long the simulated node lets a probe Job run
-    /// (default 2).
+    /// (default 0.2: with the operator's 10 probes at a time, 5,000 new targets are
+    /// probed within the phase's timeout).
     pub probe_time: Duration,
     /// `STOWAGE_BENCH_BACKUP_SECONDS`: how long it lets a backup Job run (default 10).
     pub backup_time: Duration,
@@ -97,10 +98,10 @@ impl Knobs {
     fn from_env() -> Result<Knobs, KnobError> {
         let count = |n: &usize| *n >= 1;
         let seconds = |s: &u64| *s >= 1;
-        let targets = knob("STOWAGE_BENCH_TARGETS", 1000, "a count, at least 1", count)?;
+        let targets = knob("STOWAGE_BENCH_TARGETS", 5000, "a count, at least 1", count)?;
         let schedules = knob(
             "STOWAGE_BENCH_SCHEDULES",
-            100usize.min(targets),
+            500usize.min(targets),
             "a count between 1 and STOWAGE_BENCH_TARGETS",
             |n: &usize| (1..=targets).contains(n),
         )?;
@@ -113,7 +114,7 @@ impl Knobs {
         let run_seconds = |s: &f64| (0.0..=3600.0).contains(s);
         let probe_seconds: f64 = knob(
             "STOWAGE_BENCH_PROBE_SECONDS",
-            2.0,
+            0.2,
             "seconds, between 0 and 3600",
             run_seconds,
         )?;

@@ -841,10 +841,25 @@ impl Session<'_> {
             "s",
         );
         self.print_exits("tick");
+        // Settled (events published, history trimmed) before the memory is read and the
+        // baseline runs on an API server that serves nobody else.
+        let settling = Instant::now();
+        progress(format!(
+            "{}: waiting for the operator to go quiet",
+            self.tag
+        ));
+        self.wait_quiet(settling).await?;
+        self.figure(
+            "tick",
+            "quiet again after the last run recorded",
+            seconds(settling.elapsed()),
+            "s",
+        );
+        self.pause(self.knobs.quiet).await?;
         if let Some(memory) = self.operator()?.memory() {
             self.figure(
                 "operator",
-                "steady rss (tick recorded)",
+                "steady rss (tick recorded, quiet)",
                 mib(memory.rss_bytes),
                 "MiB",
             );

@@ -94,8 +94,9 @@ fn bounded(note: &str) -> String {
 /// Most batches of events being published at once by [`publish_later`].
 pub const EVENT_CONCURRENCY: usize = 2;
 
-/// Publish `events` behind the API writes that matter: in a background task, one batch
-/// (in order) per slot, at most [`EVENT_CONCURRENCY`] batches at once over the operator.
+/// Publish `events` behind the API writes that matter: in a background task, once no Job
+/// creation is pending, one batch (in order) per slot, at most [`EVENT_CONCURRENCY`]
+/// batches at once over the operator.
 /// With `ctx.events_inline` (unit tests, which need a fixed order) they are published
 /// before this returns.
 pub async fn publish_later(ctx: &super::Context, events: Vec<(ObjectReference, PlannedEvent)>) {
@@ -104,16 +105,18 @@ pub async fn publish_later(ctx: &super::Context, events: Vec<(ObjectReference, P
     }
     if ctx.events_inline {
         for (object, event) in &events {
-            publish(&ctx.recorder, object, std::slice::from_ref(event)).await;
+            publish(&ctx.recorder(), object, std::slice::from_ref(event)).await;
         }
         return;
     }
-    let recorder = ctx.recorder.clone();
+    let recorder = ctx.recorder();
     let slots = ctx.event_slots.clone();
+    let creates = ctx.job_creates.clone();
     tokio::spawn(async move {
         let Ok(_slot) = slots.acquire_owned().await else {
             return;
         };
+        creates.idle().await;
         for (object, event) in &events {
             publish(&recorder, object, std::slice::from_ref(event)).await;
         }

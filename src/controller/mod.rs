@@ -117,7 +117,7 @@ pub const RECONCILE_CONCURRENCY: u16 = 32;
 
 /// Most Job creations in flight at once, over all reconcilers: a tick of hundreds of
 /// schedules creates its Jobs in parallel without flooding the API server.
-pub const JOB_CREATE_CONCURRENCY: usize = 32;
+pub const JOB_CREATE_CONCURRENCY: usize = 64;
 
 /// State shared by the reconcilers and the HTTP server.
 pub struct Context {
@@ -129,16 +129,20 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    /// Who publishes the Kubernetes Events; see [`Context::recorder`].
+    reporter: Reporter,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// The leader fence, when leader election is on; see [`Context::may_write`].
     pub fence: Option<leader::LeaderFence>,
     /// What the watches show, and the runs started but not seen yet.
     pub cache: Arc<cache::Cache>,
-    /// Bounds the Job creations in flight ([`JOB_CREATE_CONCURRENCY`]).
-    pub job_creates: tokio::sync::Semaphore,
+    /// Target statuses written that the cache may not show yet ([`cache::WrittenStatuses`]).
+    pub target_statuses: cache::WrittenStatuses<crate::api::BackupTargetStatus>,
+    /// The same for schedules.
+    pub schedule_statuses: cache::WrittenStatuses<crate::api::BackupScheduleStatus>,
+    /// The Job creations: bounded ([`JOB_CREATE_CONCURRENCY`]) and counted.
+    pub job_creates: Arc<JobCreates>,
     /// Bounds the event batches published in the background ([`events::publish_later`]).
     pub event_slots: Arc<tokio::sync::Semaphore>,
     /// Publish background events inline (unit tests, which need a fixed order).
@@ -154,21 +158,32 @@ impl Context {
         metrics: Metrics,
         reporter: Reporter,
     ) -> Self {
-        let recorder = Recorder::new(client.clone(), reporter);
         let cache = Arc::new(cache::Cache::new(settings.max_concurrent_probes));
         Context {
             client,
             settings,
             clock,
             metrics,
-            recorder,
+            reporter,
             failures: Mutex::new(HashMap::new()),
             fence: None,
             cache,
-            job_creates: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
+            target_statuses: Default::default(),
+            schedule_statuses: Default::default(),
+            job_creates: Default::default(),
             event_slots: Arc::new(tokio::sync::Semaphore::new(events::EVENT_CONCURRENCY)),
             events_inline: false,
         }
+    }
+
+    /// A recorder for one batch of Kubernetes Events. kube's `Recorder` keeps every
+    /// event it published for six minutes (to count repeats as a series) and prunes them
+    /// only when it publishes again, so one shared recorder held the ~2 KiB of each of a
+    /// tick's thousands of events until the next event, however long that was. A recorder
+    /// per batch is dropped with it; stowage publishes each event once per status
+    /// transition, so there are no repeats to count.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(self.client.clone(), self.reporter.clone())
     }
 
     /// Whether this replica may write now: always without leader election, otherwise only
@@ -254,12 +269,57 @@ where
 /// [`JOB_CREATE_CONCURRENCY`] slots, and tell the cache how it went.
 pub async fn create_job(ctx: &Context, api: &Api<Job>, job: &Job) -> Result<Job, kube::Error> {
     let created = {
-        let _slot = ctx.job_creates.acquire().await;
+        let _pending = ctx.job_creates.pending();
+        let _slot = ctx.job_creates.slots.acquire().await;
         api.create(&kube::api::PostParams::default(), job).await
     };
     let namespace = job.namespace().unwrap_or_default();
     ctx.cache.created(&namespace, &job.name_any(), &created);
     created
+}
+
+/// The operator's Job creations: at most [`JOB_CREATE_CONCURRENCY`] in flight, first come
+/// first served, and a count of those waiting or in flight, so that writes nobody waits
+/// for (events) stay behind them: when every schedule fires on the same minute, the
+/// API server's time goes to starting the backups first.
+pub struct JobCreates {
+    /// The slots.
+    slots: tokio::sync::Semaphore,
+    /// Creations waiting for a slot or in flight.
+    pending: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for JobCreates {
+    fn default() -> Self {
+        JobCreates {
+            slots: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
+            pending: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl JobCreates {
+    /// Count one creation as pending until the guard is dropped.
+    fn pending(&self) -> PendingCreate<'_> {
+        self.pending.send_modify(|n| *n += 1);
+        PendingCreate(&self.pending)
+    }
+
+    /// Wait until no creation is pending.
+    pub async fn idle(&self) {
+        let mut pending = self.pending.subscribe();
+        // The sender lives in the context, as long as any caller: never closed.
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One pending creation of [`JobCreates`].
+struct PendingCreate<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for PendingCreate<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Delete a Job and its pods (background propagation); a Job already gone is fine.
@@ -440,6 +500,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     } else {
         namespaces.into_iter().map(Some).collect()
     };
+    tune_allocator();
     let mut runs = Vec::new();
     for scope in scopes {
         runs.extend(scope_controllers(&ctx, scope, stop.clone()));
@@ -451,7 +512,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ctx_ready.cache.wait_synced().await;
             tracing::info!("caches synced; ready");
             health.set_leader_ready();
-            release_free_memory_every(Duration::from_secs(60)).await;
+            release_free_memory_every(Duration::from_secs(15)).await;
         });
     }
     futures::future::join_all(runs).await;
@@ -525,12 +586,12 @@ type ReconcileOutcome<K> =
 fn handle_result<K: Resource>(
     controller: &'static str,
     ctx: Arc<Context>,
-    forget: fn(&Metrics, &str, &str),
+    forget: fn(&Context, &str, &str),
 ) -> impl Fn(ReconcileOutcome<K>) -> futures::future::Ready<()> {
     move |result| {
         if let Err(e) = result {
             if let kube::runtime::controller::Error::ObjectNotFound(obj) = &e {
-                forget_deleted(&ctx.metrics, obj, forget);
+                forget_deleted(&ctx, obj, forget);
             }
             tracing::debug!(controller, error = %e, "reconcile stream error");
         }
@@ -538,14 +599,15 @@ fn handle_result<K: Resource>(
     }
 }
 
-/// Remove the metric series of a deleted object with `forget(metrics, namespace, name)`.
+/// Remove what the operator keeps of a deleted object (its metric series) with
+/// `forget(ctx, namespace, name)`.
 fn forget_deleted(
-    metrics: &Metrics,
+    ctx: &Context,
     obj: &ObjectRef<kube::api::DynamicObject>,
-    forget: fn(&Metrics, &str, &str),
+    forget: fn(&Context, &str, &str),
 ) {
     let namespace = obj.namespace.as_deref().unwrap_or_default();
-    forget(metrics, namespace, &obj.name);
+    forget(ctx, namespace, &obj.name);
     tracing::debug!(
         namespace,
         name = obj.name,
@@ -567,6 +629,19 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
 /// Log a watch error; the watch retries with backoff.
 fn log_watch_error(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, error = %error, "watch failed; retrying");
+}
+
+/// Have large buffers mapped on their own, returned to the system when freed: each
+/// buffer of a list page (hundreds of KiB to MiB). glibc otherwise raises its mmap
+/// threshold to the largest buffer freed so far and serves the next ones from the heap,
+/// where they fragment it. Called before the first watch lists.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a threshold of the allocator, before and between
+    // allocations alike; 256 KiB is a valid value for M_MMAP_THRESHOLD.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }
 
 /// Give the memory freed since the last time back to the system, now and every `period`.
@@ -610,6 +685,10 @@ where
         })
         .boxed()
 }
+
+/// Objects per page when Jobs and pods are listed (kube's default is 500). A full Job
+/// of a run is about 5 KiB of JSON and several times that parsed.
+const JOB_LIST_PAGE: u32 = 100;
 
 /// Everything that runs for one watched scope (a namespace, or all): one watch per kind
 /// feeding [`cache::Cache`], and the two controllers, woken by the cache's triggers.
@@ -707,7 +786,7 @@ fn scope_controllers(
             .for_each(handle_result::<BackupTarget>(
                 target::CONTROLLER,
                 ctx_for_results,
-                Metrics::target_deleted,
+                target::forget,
             ))
             .boxed()
     };
@@ -741,7 +820,7 @@ fn scope_controllers(
             .for_each(handle_result::<BackupSchedule>(
                 schedule::CONTROLLER,
                 ctx_for_results,
-                Metrics::schedule_deleted,
+                schedule::forget,
             ))
             .boxed()
     };
@@ -749,7 +828,14 @@ fn scope_controllers(
     // Jobs and their pods: compact, in the cache; a change wakes its target and schedule.
     // A run's pod that cannot start (missing Secret, image pull failure) shows in its
     // target's conditions as soon as the kubelet or scheduler says so.
-    let by_target = || watcher::Config::default().labels(LABEL_TARGET);
+    // Listed in pages of JOB_LIST_PAGE: a page is parsed whole (pod templates and
+    // all) before it is compacted, so a smaller page bounds the transient memory of a
+    // relist with thousands of Jobs at the cost of a few more requests.
+    let by_target = || {
+        watcher::Config::default()
+            .labels(LABEL_TARGET)
+            .page_size(JOB_LIST_PAGE)
+    };
     let jobs = {
         let cache = cache.clone();
         watch_into(
@@ -801,19 +887,15 @@ mod tests {
                 ObjectRef::<BackupTarget>::new(name).within("shop").erase(),
             )))
         };
-        let handle =
-            handle_result::<BackupTarget>(target::CONTROLLER, ctx.clone(), Metrics::target_deleted);
+        let handle = handle_result::<BackupTarget>(target::CONTROLLER, ctx.clone(), target::forget);
         handle(gone("app-db")).await;
         let text = metrics::render(&registry).unwrap();
         assert!(!text.contains(r#"target="app-db""#), "{text}");
         assert!(text.contains(r#"target="other-db""#), "{text}");
         assert!(text.contains(r#"schedule="nightly""#), "{text}");
 
-        let handle = handle_result::<BackupSchedule>(
-            schedule::CONTROLLER,
-            ctx.clone(),
-            Metrics::schedule_deleted,
-        );
+        let handle =
+            handle_result::<BackupSchedule>(schedule::CONTROLLER, ctx.clone(), schedule::forget);
         handle(Err(kube::runtime::controller::Error::ObjectNotFound(
             Box::new(
                 ObjectRef::<BackupSchedule>::new("nightly")

@@ -144,39 +144,57 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
     Ok(action)
 }
 
+/// Drop what the operator keeps of a deleted schedule: its metric series and any status
+/// written that the cache did not show yet.
+pub fn forget(ctx: &Context, namespace: &str, name: &str) {
+    ctx.metrics.schedule_deleted(namespace, name);
+    ctx.schedule_statuses
+        .forget(&format!("{}/{namespace}/{name}", BackupSchedule::kind(&())));
+}
+
+/// Write the status when it differs from `prev`, and remember it until the cache shows
+/// it ([`super::cache::WrittenStatuses`]).
 async fn write_status(
     ctx: &Context,
-    namespace: &str,
-    name: &str,
+    schedule: &BackupSchedule,
     prev: &BackupScheduleStatus,
     status: &BackupScheduleStatus,
 ) -> Result<(), Error> {
     if status == prev {
         return Ok(());
     }
+    let (namespace, name) = (
+        schedule.namespace().unwrap_or_default(),
+        schedule.name_any(),
+    );
     let patch = serde_json::json!({
         "apiVersion": "stowage.dev/v1alpha1",
         "kind": "BackupSchedule",
         "status": status,
     });
-    let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<BackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
-        name,
+        &name,
         &PatchParams::apply(super::FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;
+    ctx.schedule_statuses.wrote(
+        &super::object_key(schedule),
+        schedule.metadata.resource_version.as_deref(),
+        status,
+    );
     Ok(())
 }
 
 /// The status of a schedule that cannot run (invalid expression, time zone or selector).
 fn invalid_status(
     schedule: &BackupSchedule,
+    prev: &BackupScheduleStatus,
     reason: &str,
     message: String,
     now: Timestamp,
 ) -> BackupScheduleStatus {
-    let prev = schedule.status.clone().unwrap_or_default();
     let mut status = prev.clone();
     status.observed_generation = schedule.metadata.generation;
     status.next_schedule_time = None;
@@ -203,14 +221,18 @@ async fn reconcile_inner(
     name: &str,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
-    let prev = schedule.status.clone().unwrap_or_default();
+    let prev = ctx.schedule_statuses.current(
+        &super::object_key(schedule),
+        schedule.metadata.resource_version.as_deref(),
+        schedule.status.as_ref(),
+    );
     let spec = &schedule.spec;
 
     let cron = match CronSchedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
         Ok(cron) => cron,
         Err(e) => {
-            let status = invalid_status(schedule, e.reason(), e.to_string(), now);
-            write_status(ctx, namespace, name, &prev, &status).await?;
+            let status = invalid_status(schedule, &prev, e.reason(), e.to_string(), now);
+            write_status(ctx, schedule, &prev, &status).await?;
             ctx.metrics.schedule_observed(namespace, name, None);
             tracing::info!(error = %e, "schedule is invalid; waiting for a change");
             return Ok(Action::await_change());
@@ -220,8 +242,14 @@ async fn reconcile_inner(
         Ok(selector) => selector,
         Err(e) => {
             let message = format!("spec.targets is not a valid label selector: {e}");
-            let status = invalid_status(schedule, ready_reasons::INVALID_SELECTOR, message, now);
-            write_status(ctx, namespace, name, &prev, &status).await?;
+            let status = invalid_status(
+                schedule,
+                &prev,
+                ready_reasons::INVALID_SELECTOR,
+                message,
+                now,
+            );
+            write_status(ctx, schedule, &prev, &status).await?;
             ctx.metrics.schedule_observed(namespace, name, None);
             return Ok(Action::await_change());
         }
@@ -234,7 +262,7 @@ async fn reconcile_inner(
     let decision = decide(&cron, last, since, now, deadline, spec.suspend);
 
     // Observe, from the caches.
-    let targets = ctx.cache.targets_selected(namespace, &selector);
+    let targets = ctx.cache.targets_selected(schedule, &selector);
     let own_jobs = ctx.cache.jobs_of_schedule(namespace, name);
 
     let mut status = prev.clone();
@@ -343,9 +371,9 @@ async fn reconcile_inner(
         now,
     );
     status.conditions = conds;
-    write_status(ctx, namespace, name, &prev, &status).await?;
+    write_status(ctx, schedule, &prev, &status).await?;
     if !schedule_events.is_empty() {
-        events::publish(&ctx.recorder, &schedule.object_ref(&()), &schedule_events).await;
+        events::publish(&ctx.recorder(), &schedule.object_ref(&()), &schedule_events).await;
     }
     ctx.metrics.schedule_observed(
         namespace,
@@ -637,7 +665,7 @@ async fn record_rejection(ctx: &Context, target: &BackupTarget, prefix: &str, me
         "run not started: Job rejected"
     );
     events::publish(
-        &ctx.recorder,
+        &ctx.recorder(),
         &target.object_ref(&()),
         &[PlannedEvent::warning(
             reasons::JOB_REJECTED,

@@ -199,19 +199,18 @@ struct Observed {
 
 async fn observe(
     ctx: &Context,
-    target: &BackupTarget,
+    prev: &BackupTargetStatus,
     namespace: &str,
     name: &str,
     now: Timestamp,
 ) -> Result<Observed, Error> {
-    let prev = target.status.clone().unwrap_or_default();
     let jobs = ctx.cache.jobs_of_target(namespace, name);
     let mut runs = Vec::new();
     let mut start_failure = None;
     let mut stuck_jobs = Vec::new();
     for job in &jobs {
         let active = job.state == JobState::Active;
-        if (!active && !status::may_be_unrecorded(&prev, job)) || job.deleting {
+        if (!active && !status::may_be_unrecorded(prev, job)) || job.deleting {
             continue;
         }
         if !active {
@@ -231,7 +230,7 @@ async fn observe(
         }
     }
     Ok(Observed {
-        new_runs: status::unrecorded_runs(&prev, runs),
+        new_runs: status::unrecorded_runs(prev, runs),
         jobs,
         start_failure,
         stuck_jobs,
@@ -296,14 +295,24 @@ fn foreign_condition(type_: &str) -> bool {
     type_ == crate::api::conditions::JOBS_ACCEPTED
 }
 
-/// Write the status (only its own fields) when it differs from `prev`.
+/// Drop what the operator keeps of a deleted target: its metric series and any status
+/// written that the cache did not show yet.
+pub fn forget(ctx: &Context, namespace: &str, name: &str) {
+    ctx.metrics.target_deleted(namespace, name);
+    ctx.target_statuses
+        .forget(&format!("{}/{namespace}/{name}", BackupTarget::kind(&())));
+}
+
+/// Write the status (only its own fields) when it differs from `prev`, and remember it
+/// until the cache shows it.
 async fn write_status(
     ctx: &Context,
-    namespace: &str,
-    name: &str,
+    target: &BackupTarget,
     prev: &BackupTargetStatus,
     status: &BackupTargetStatus,
 ) -> Result<(), Error> {
+    let (namespace, name) = (target.namespace().unwrap_or_default(), target.name_any());
+    let whole = status;
     let own = |s: &BackupTargetStatus| {
         let mut s = s.clone();
         s.conditions.retain(|c| !foreign_condition(&c.type_));
@@ -318,14 +327,19 @@ async fn write_status(
         "kind": "BackupTarget",
         "status": status,
     });
-    let targets: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), namespace);
+    let targets: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), &namespace);
     targets
         .patch_status(
-            name,
+            &name,
             &PatchParams::apply(super::FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
+    ctx.target_statuses.wrote(
+        &super::object_key(target),
+        target.metadata.resource_version.as_deref(),
+        whole,
+    );
     tracing::debug!("status written");
     Ok(())
 }
@@ -408,7 +422,11 @@ async fn reconcile_inner(
     name: &str,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
-    let prev = target.status.clone().unwrap_or_default();
+    let prev = ctx.target_statuses.current(
+        &super::object_key(target),
+        target.metadata.resource_version.as_deref(),
+        target.status.as_ref(),
+    );
     let plugin = &target.spec.plugin;
     let info = plugin.info();
     let config = check_config(plugin, ctx.settings.allowed_plugins.as_deref());
@@ -416,7 +434,7 @@ async fn reconcile_inner(
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
 
     // Observe.
-    let observed = observe(ctx, target, namespace, name, now).await?;
+    let observed = observe(ctx, &prev, namespace, name, now).await?;
     let observation =
         |new_runs, handled_backup_now, handled_probe_now, probe_started| TargetObservation {
             generation: target.metadata.generation,
@@ -441,7 +459,7 @@ async fn reconcile_inner(
     );
     let mut written = prev.clone();
     if !observed.new_runs.is_empty() {
-        write_status(ctx, namespace, name, &prev, &recorded.status).await?;
+        write_status(ctx, target, &prev, &recorded.status).await?;
         written = recorded.status.clone();
     }
     let mut events_now: Vec<PlannedEvent> = recorded.events;
@@ -515,7 +533,7 @@ async fn reconcile_inner(
                     runs::WaitReason::TargetBusy { .. } => reasons::WAITING_FOR_RUN,
                 };
                 events::publish(
-                    &ctx.recorder,
+                    &ctx.recorder(),
                     &target.object_ref(&()),
                     &[PlannedEvent::normal(
                         reason,
@@ -632,7 +650,7 @@ async fn reconcile_inner(
             probe_started,
         ),
     );
-    write_status(ctx, namespace, name, &written, &update.status).await?;
+    write_status(ctx, target, &written, &update.status).await?;
     events_now.extend(update.events);
     status_now = update.status;
     ctx.metrics.target_observed(
@@ -642,7 +660,7 @@ async fn reconcile_inner(
         status_now.artifacts.as_ref().map(|a| a.total_bytes),
     );
     if !events_now.is_empty() {
-        events::publish(&ctx.recorder, &target.object_ref(&()), &events_now).await;
+        events::publish(&ctx.recorder(), &target.object_ref(&()), &events_now).await;
     }
 
     // Jobs no longer needed: stuck runs now recorded, and history beyond the limits.
@@ -759,6 +777,55 @@ mod tests {
             "{action:?}"
         );
         api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_status_written_but_not_yet_in_the_cache_is_not_written_again() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let mut target = fixtures::target();
+        target.metadata.resource_version = Some("10".into());
+        let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx.clone()));
+        api.expect(Method::POST, JOBS).await.echo();
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        let mut written = with_status(target.clone(), &status);
+        written.metadata.resource_version = Some("11".into());
+        req.respond(200, serde_json::to_value(&written).unwrap());
+        reconciled.await.unwrap().unwrap();
+
+        // Woken again before the watch delivered the write: the cache still holds
+        // version 10. Nothing new to say, so no request (none would be answered).
+        let again = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            reconcile(Arc::new(target.clone()), ctx.clone()),
+        )
+        .await;
+        assert!(
+            again.is_ok(),
+            "a stale cache made the reconcile write again"
+        );
+        // The watch caught up: still nothing to write.
+        let caught_up = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            reconcile(Arc::new(written.clone()), ctx.clone()),
+        )
+        .await;
+        assert!(caught_up.is_ok(), "the caught-up status was written again");
+        assert_eq!(
+            ctx.target_statuses.len(),
+            0,
+            "kept after the cache caught up"
+        );
+
+        // Someone else then replaced the status (version 12): it is written back.
+        let mut changed = written.clone();
+        changed.metadata.resource_version = Some("12".into());
+        changed.status = Some(Default::default());
+        let reconciled = tokio::spawn(reconcile(Arc::new(changed.clone()), ctx.clone()));
+        let req = api.expect(Method::PATCH, STATUS).await;
+        assert_eq!(req.body["status"]["probedGeneration"], 1);
+        req.respond(200, serde_json::to_value(&written).unwrap());
+        reconciled.await.unwrap().unwrap();
     }
 
     #[tokio::test]
