@@ -24,10 +24,10 @@ use futures::channel::mpsc::UnboundedSender;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
 
 use crate::api::{BackupSchedule, BackupTarget};
 use crate::jobs::{RunKind, job_kind};
@@ -1070,39 +1070,51 @@ impl<S> Default for WrittenStatuses<S> {
 }
 
 impl<S: Clone + Default> WrittenStatuses<S> {
-    /// The status a reconcile starts from, given the cached object's `resource_version`
-    /// and `status`.
-    pub fn current(&self, key: &str, resource_version: Option<&str>, cached: Option<&S>) -> S {
-        let mut written = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match written.get(key) {
-            Some(w) if w.based_on.as_deref() == resource_version => return w.status.clone(),
+    /// The status a reconcile of the cached `obj` starts from, given its `cached` status.
+    pub fn current<K>(&self, obj: &K, cached: Option<&S>) -> S
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        let key = super::object_key(obj);
+        let mut written = lock(&self.0);
+        match written.get(&key) {
+            Some(w) if w.based_on == obj.meta().resource_version => return w.status.clone(),
             Some(_) => {
-                written.remove(key);
+                written.remove(&key);
             }
             None => {}
         }
         cached.cloned().unwrap_or_default()
     }
 
-    /// `status` was written on top of the cached version `based_on`.
-    pub fn wrote(&self, key: &str, based_on: Option<&str>, status: &S) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            key.to_owned(),
+    /// `status` was written on top of the cached `obj`.
+    pub fn wrote<K>(&self, obj: &K, status: &S)
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        lock(&self.0).insert(
+            super::object_key(obj),
             WrittenStatus {
-                based_on: based_on.map(str::to_owned),
+                based_on: obj.meta().resource_version.clone(),
                 status: status.clone(),
             },
         );
     }
 
-    /// Drop what is kept of `key` (the object is gone).
-    pub fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    /// Drop what is kept of the `K` named `namespace/name` (it is gone).
+    pub fn forget<K>(&self, namespace: &str, name: &str)
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        lock(&self.0).remove(&super::key_of::<K>(namespace, name));
     }
 
     /// How many writes the cache does not show yet.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.0).len()
     }
 
     /// Whether the cache shows every write.
@@ -1438,24 +1450,28 @@ mod tests {
     #[test]
     fn a_written_status_stands_in_for_the_cached_one_until_the_version_moves() {
         let written: WrittenStatuses<String> = WrittenStatuses::default();
+        let at = |name: &str, version: &str| {
+            let mut t = target(json!({}), &[]);
+            t.metadata.name = Some(name.to_owned());
+            t.metadata.resource_version = Some(version.to_owned());
+            t
+        };
         let cached = "old".to_owned();
         // Nothing written: the cache's status (or the default without one).
-        assert_eq!(written.current("t", Some("10"), Some(&cached)), "old");
-        assert_eq!(written.current("t", Some("10"), None), "");
-        written.wrote("t", Some("10"), &"new".to_owned());
+        assert_eq!(written.current(&at("t", "10"), Some(&cached)), "old");
+        assert_eq!(written.current(&at("t", "10"), None), "");
+        written.wrote(&at("t", "10"), &"new".to_owned());
         // The cache still shows version 10: what was written on top of it.
-        assert_eq!(written.current("t", Some("10"), Some(&cached)), "new");
-        assert_eq!(written.current("other", Some("10"), Some(&cached)), "old");
+        assert_eq!(written.current(&at("t", "10"), Some(&cached)), "new");
+        assert_eq!(written.current(&at("other", "10"), Some(&cached)), "old");
         assert_eq!(written.len(), 1);
         // Any other version (the write arrived, or another writer's): the cache's, and
         // the entry is gone.
-        assert_eq!(
-            written.current("t", Some("12"), Some(&"theirs".to_owned())),
-            "theirs"
-        );
+        let theirs = "theirs".to_owned();
+        assert_eq!(written.current(&at("t", "12"), Some(&theirs)), "theirs");
         assert!(written.is_empty());
-        written.wrote("t", Some("12"), &"again".to_owned());
-        written.forget("t");
-        assert_eq!(written.current("t", Some("12"), Some(&cached)), "old");
+        written.wrote(&at("t", "12"), &"again".to_owned());
+        written.forget::<BackupTarget>("shop", "t");
+        assert_eq!(written.current(&at("t", "12"), Some(&cached)), "old");
     }
 }

@@ -229,16 +229,21 @@ pub fn error_backoff(failures: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1u64 << exp)).min(Duration::from_secs(300))
 }
 
+/// `Kind/namespace/name`: the key of the per-object state the operator keeps (error
+/// backoff, statuses written but not seen yet).
 fn object_key<K: Resource>(obj: &K) -> String
 where
     K::DynamicType: Default,
 {
-    format!(
-        "{}/{}/{}",
-        K::kind(&K::DynamicType::default()),
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    key_of::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any())
+}
+
+/// [`object_key`] of the `K` named `namespace/name`.
+fn key_of<K: Resource>(namespace: &str, name: &str) -> String
+where
+    K::DynamicType: Default,
+{
+    format!("{}/{namespace}/{name}", K::kind(&K::DynamicType::default()))
 }
 
 /// Shared `error_policy`: count, log, back off exponentially per object.
@@ -599,8 +604,8 @@ fn handle_result<K: Resource>(
     }
 }
 
-/// Remove what the operator keeps of a deleted object (its metric series) with
-/// `forget(ctx, namespace, name)`.
+/// Remove what the operator keeps of a deleted object (its metric series, a status
+/// written but not seen) with `forget(ctx, namespace, name)`.
 fn forget_deleted(
     ctx: &Context,
     obj: &ObjectRef<kube::api::DynamicObject>,

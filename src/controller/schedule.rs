@@ -149,7 +149,7 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
 pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.schedule_deleted(namespace, name);
     ctx.schedule_statuses
-        .forget(&format!("{}/{namespace}/{name}", BackupSchedule::kind(&())));
+        .forget::<BackupSchedule>(namespace, name);
 }
 
 /// Write the status when it differs from `prev`, and remember it until the cache shows
@@ -179,11 +179,7 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await?;
-    ctx.schedule_statuses.wrote(
-        &super::object_key(schedule),
-        schedule.metadata.resource_version.as_deref(),
-        status,
-    );
+    ctx.schedule_statuses.wrote(schedule, status);
     Ok(())
 }
 
@@ -221,11 +217,9 @@ async fn reconcile_inner(
     name: &str,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
-    let prev = ctx.schedule_statuses.current(
-        &super::object_key(schedule),
-        schedule.metadata.resource_version.as_deref(),
-        schedule.status.as_ref(),
-    );
+    let prev = ctx
+        .schedule_statuses
+        .current(schedule, schedule.status.as_ref());
     let spec = &schedule.spec;
 
     let cron = match CronSchedule::parse(&spec.schedule, spec.time_zone.as_deref()) {

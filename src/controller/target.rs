@@ -299,8 +299,7 @@ fn foreign_condition(type_: &str) -> bool {
 /// written that the cache did not show yet.
 pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.target_deleted(namespace, name);
-    ctx.target_statuses
-        .forget(&format!("{}/{namespace}/{name}", BackupTarget::kind(&())));
+    ctx.target_statuses.forget::<BackupTarget>(namespace, name);
 }
 
 /// Write the status (only its own fields) when it differs from `prev`, and remember it
@@ -335,11 +334,7 @@ async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
-    ctx.target_statuses.wrote(
-        &super::object_key(target),
-        target.metadata.resource_version.as_deref(),
-        whole,
-    );
+    ctx.target_statuses.wrote(target, whole);
     tracing::debug!("status written");
     Ok(())
 }
@@ -422,11 +417,7 @@ async fn reconcile_inner(
     name: &str,
 ) -> Result<Action, Error> {
     let now = ctx.clock.now();
-    let prev = ctx.target_statuses.current(
-        &super::object_key(target),
-        target.metadata.resource_version.as_deref(),
-        target.status.as_ref(),
-    );
+    let prev = ctx.target_statuses.current(target, target.status.as_ref());
     let plugin = &target.spec.plugin;
     let info = plugin.info();
     let config = check_config(plugin, ctx.settings.allowed_plugins.as_deref());
