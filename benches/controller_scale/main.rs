@@ -61,6 +61,12 @@ pub struct Knobs {
     /// `STOWAGE_BENCH_OPERATOR_USER`: whom the operator (and the baseline client) act as
     /// (default `serviceaccount`).
     pub operator_user: OperatorUser,
+    /// `STOWAGE_BENCH_OPERATOR_COMMAND`: the program started as the operator, with the
+    /// release binary's arguments (default: the release `stowage` built with the bench).
+    /// For profiling: a script that `exec`s a profiler, or `LD_PRELOAD`s one, around a
+    /// build of `stowage`, so the process the bench measures and signals stays the
+    /// operator.
+    pub operator_command: String,
 }
 
 /// Whom the operator and the baseline client authenticate as.
@@ -177,6 +183,12 @@ impl Knobs {
                 OperatorUser::ServiceAccount,
                 "serviceaccount (stowage-system/stowage with deploy/rbac/operator.yaml) or admin",
                 |_| true,
+            )?,
+            operator_command: knob(
+                "STOWAGE_BENCH_OPERATOR_COMMAND",
+                env!("CARGO_BIN_EXE_stowage").to_owned(),
+                "the path of an executable file",
+                |path: &String| std::path::Path::new(path).is_file(),
             )?,
         })
     }

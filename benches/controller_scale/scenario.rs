@@ -451,7 +451,7 @@ impl Session<'_> {
 
     fn start_operator(&mut self) -> Result<(), Stop> {
         let operator = Operator::spawn(
-            std::path::Path::new(env!("CARGO_BIN_EXE_stowage")),
+            std::path::Path::new(&self.knobs.operator_command),
             &self.operator_kubeconfig,
             &self.log,
         )?;
