@@ -13,6 +13,7 @@ use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use stowage::api::{BackupSchedule, BackupTarget};
+use stowage::controller::watched::{self, WatchedJob};
 use stowage::jobs::{annotations, labels};
 use stowage_testenv::bench::node::{SimulatedNode, job_finished};
 
@@ -168,11 +169,17 @@ impl Observer {
         tasks.push(tokio::spawn(stream.for_each(|_| async {})));
 
         let (ledger, finisher) = (jobs.clone(), node.clone());
-        let stream =
-            watcher(Api::<Job>::all(client.clone()), watcher::Config::default()).default_backoff();
+        // Decoded as the operator decodes them (metadata and status): a full Job per event
+        // made this watch fall behind in a tick of thousands, and the API server closes
+        // a watch that falls behind, delaying every other watcher's events meanwhile.
+        let stream = watcher(
+            Api::<WatchedJob>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff();
         tasks.push(tokio::spawn(stream.for_each(move |event| {
             let now = Timestamp::now();
-            match event {
+            match event.map(|e| watched::unwrap_event(e, |j| j.0)) {
                 Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
                     ledger
                         .lock()

@@ -34,6 +34,7 @@ use crate::jobs::{RunKind, job_kind};
 
 use super::runs::{self, ActiveRun, StartDecision, StartRequest};
 use super::status::{self, JobState, StartFailure};
+use super::watched::WatchedTarget;
 
 /// What the controller keeps of one stowage Job: its identity, its run, and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +159,8 @@ pub struct PodSummary {
 }
 
 impl PodSummary {
-    fn from_pod(pod: &Pod) -> PodSummary {
+    /// The summary of `pod`.
+    pub fn from_pod(pod: &Pod) -> PodSummary {
         PodSummary {
             name: pod.name_any(),
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -173,6 +175,22 @@ pub fn newest_start_failure(job: &str, pods: &[PodSummary]) -> Option<StartFailu
     let mut failure = pod.start_failure.clone()?;
     failure.job = job.to_owned();
     Some(failure)
+}
+
+/// The BackupTarget of a cached one; `None`, logged, when this operator cannot read it.
+fn parsed(target: &WatchedTarget) -> Option<Arc<BackupTarget>> {
+    match target.target() {
+        Ok(target) => Some(Arc::new(target)),
+        Err(error) => {
+            tracing::warn!(
+                namespace = target.metadata.namespace.as_deref().unwrap_or_default(),
+                name = target.metadata.name.as_deref().unwrap_or_default(),
+                %error,
+                "cannot read the BackupTarget with this operator's types; schedules skip it (do the CRDs and the operator come from the same release?)"
+            );
+            None
+        }
+    }
 }
 
 /// `(namespace, name)`.
@@ -210,7 +228,7 @@ struct Jobs {
     /// The objects of a re-list in progress (swapped in when it completes).
     relist: Option<HashMap<Key, RunJob>>,
     /// Targets waiting for a probe slot, oldest first.
-    probe_waiters: VecDeque<ObjectRef<BackupTarget>>,
+    probe_waiters: VecDeque<ObjectRef<WatchedTarget>>,
 }
 
 /// A run started by this replica, not yet seen in the watch.
@@ -328,7 +346,7 @@ impl Jobs {
 struct Route {
     /// The namespace, or `None` for all.
     scope: Option<String>,
-    targets: UnboundedSender<ObjectRef<BackupTarget>>,
+    targets: UnboundedSender<ObjectRef<WatchedTarget>>,
     schedules: UnboundedSender<ObjectRef<BackupSchedule>>,
 }
 
@@ -339,7 +357,7 @@ pub struct Cache {
     pods: Mutex<Pods>,
     /// `(namespace, claim)` → whether it is single-node.
     claims: Mutex<Claims>,
-    targets: Mutex<Vec<Store<BackupTarget>>>,
+    targets: Mutex<Vec<Store<WatchedTarget>>>,
     schedules: Mutex<Vec<Store<BackupSchedule>>>,
     /// Label selections, memoized ([`Selections`]).
     selections: Mutex<Selections>,
@@ -444,9 +462,9 @@ impl Cache {
     pub fn add_scope(
         &self,
         scope: Option<String>,
-        targets: Store<BackupTarget>,
+        targets: Store<WatchedTarget>,
         schedules: Store<BackupSchedule>,
-        target_triggers: UnboundedSender<ObjectRef<BackupTarget>>,
+        target_triggers: UnboundedSender<ObjectRef<WatchedTarget>>,
         schedule_triggers: UnboundedSender<ObjectRef<BackupSchedule>>,
     ) {
         lock(&self.targets).push(targets);
@@ -717,7 +735,7 @@ impl Cache {
     }
 
     fn wake_probe_waiters(&self) {
-        let woken: Vec<ObjectRef<BackupTarget>> = {
+        let woken: Vec<ObjectRef<WatchedTarget>> = {
             let mut jobs = lock(&self.jobs);
             let free = self.max_probes.saturating_sub(jobs.probes_in_flight());
             let n = free.min(jobs.probe_waiters.len());
@@ -865,23 +883,24 @@ impl Cache {
                     let object = ObjectRef::new(target).within(namespace);
                     stores.iter().find_map(|store| store.get(&object))
                 })
+                .filter_map(|t| parsed(&t))
                 .collect();
         }
-        let mut out: Vec<Arc<BackupTarget>> = stores
+        let mut selected: Vec<Arc<WatchedTarget>> = stores
             .iter()
             .flat_map(|s| s.state())
             .filter(|t| t.metadata.namespace.as_deref() == Some(namespace))
             .filter(|t| selector.matches(t.labels()))
             .collect();
-        out.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let names = out
+        selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let names = selected
             .iter()
             .map(|t| t.metadata.name.clone().unwrap_or_default())
             .collect();
         selections
             .selected
             .insert(schedule_key, (labels_at, generation, names));
-        out
+        selected.iter().filter_map(|t| parsed(t)).collect()
     }
 
     /// The namespace's BackupSchedules whose selector selects `labels`.
@@ -996,18 +1015,10 @@ pub struct TargetDigest {
 
 impl TargetDigest {
     /// The digest of `target`.
-    pub fn of(target: &BackupTarget) -> TargetDigest {
-        let status = target.status.as_ref();
-        let mut recorded: Vec<String> = status
-            .into_iter()
-            .flat_map(|s| s.recent_backups.iter().chain(s.last_backup.iter()))
-            .filter_map(|b| b.job.clone())
-            .collect();
-        recorded.sort();
-        recorded.dedup();
+    pub fn of(target: &WatchedTarget) -> TargetDigest {
         TargetDigest {
             labels: target.labels().clone(),
-            recorded,
+            recorded: target.recorded_jobs(),
         }
     }
 }
@@ -1127,9 +1138,9 @@ impl<S: Clone + Default> WrittenStatuses<S> {
 impl Cache {
     /// Tests: the BackupTargets the target watch would show (call once per cache).
     pub fn seed_targets(&self, targets: &[BackupTarget]) {
-        let (reader, mut writer) = kube::runtime::reflector::store::<BackupTarget>();
+        let (reader, mut writer) = kube::runtime::reflector::store::<WatchedTarget>();
         for target in targets {
-            writer.apply_watcher_event(&Event::Apply(target.clone()));
+            writer.apply_watcher_event(&Event::Apply(WatchedTarget::of(target)));
         }
         let (schedules, _) = kube::runtime::reflector::store::<BackupSchedule>();
         let (targets_tx, _) = futures::channel::mpsc::unbounded();
@@ -1315,7 +1326,7 @@ mod tests {
     #[test]
     fn a_schedule_selects_the_current_targets_as_labels_and_its_selector_change() {
         let cache = Cache::new(10);
-        let (targets, mut writer) = kube::runtime::reflector::store::<BackupTarget>();
+        let (targets, mut writer) = kube::runtime::reflector::store::<WatchedTarget>();
         let (schedules, _) = kube::runtime::reflector::store::<BackupSchedule>();
         let (target_tx, _target_rx) = futures::channel::mpsc::unbounded();
         let (schedule_tx, _schedule_rx) = futures::channel::mpsc::unbounded();
@@ -1328,10 +1339,11 @@ mod tests {
         // What the target watch does: apply to the store, then report the change.
         let mut put = |old: Option<&BackupTarget>, new: Option<&BackupTarget>| {
             match new {
-                Some(t) => writer.apply_watcher_event(&Event::Apply(t.clone())),
-                None => writer.apply_watcher_event(&Event::Delete(old.unwrap().clone())),
+                Some(t) => writer.apply_watcher_event(&Event::Apply(WatchedTarget::of(t))),
+                None => writer.apply_watcher_event(&Event::Delete(WatchedTarget::of(old.unwrap()))),
             }
-            let digest = |t: Option<&BackupTarget>| t.map(TargetDigest::of);
+            let digest =
+                |t: Option<&BackupTarget>| t.map(|t| TargetDigest::of(&WatchedTarget::of(t)));
             cache.target_changed(digest(old).as_ref(), digest(new).as_ref(), "shop");
         };
         let schedule = |generation: i64, tier: &str| -> BackupSchedule {
@@ -1394,7 +1406,7 @@ mod tests {
             .unwrap();
             writer.apply_watcher_event(&Event::Apply(schedule));
         }
-        let (targets, _) = kube::runtime::reflector::store::<BackupTarget>();
+        let (targets, _) = kube::runtime::reflector::store::<WatchedTarget>();
         let (target_tx, _target_rx) = futures::channel::mpsc::unbounded();
         let (schedule_tx, mut woken) = futures::channel::mpsc::unbounded();
         cache.add_scope(None, targets, schedules, target_tx, schedule_tx);
@@ -1407,9 +1419,10 @@ mod tests {
             names.sort();
             names
         };
-        let db = TargetDigest::of(&target(json!({"tier": "db"}), &[]));
-        let db_recorded = TargetDigest::of(&target(json!({"tier": "db"}), &["j1"]));
-        let web = TargetDigest::of(&target(json!({"tier": "web"}), &["j1"]));
+        let db = TargetDigest::of(&WatchedTarget::of(&target(json!({"tier": "db"}), &[])));
+        let db_recorded =
+            TargetDigest::of(&WatchedTarget::of(&target(json!({"tier": "db"}), &["j1"])));
+        let web = TargetDigest::of(&WatchedTarget::of(&target(json!({"tier": "web"}), &["j1"])));
         type Case<'a> = (
             &'a str,
             Option<&'a TargetDigest>,
@@ -1444,7 +1457,7 @@ mod tests {
         // Only what schedules read is in the digest.
         let mut other_status = target(json!({"tier": "db"}), &[]);
         other_status.status.as_mut().unwrap().observed_generation = Some(9);
-        assert_eq!(TargetDigest::of(&other_status), db);
+        assert_eq!(TargetDigest::of(&WatchedTarget::of(&other_status)), db);
     }
 
     #[test]

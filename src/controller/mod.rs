@@ -23,6 +23,7 @@ pub mod schedule;
 pub mod server;
 pub mod status;
 pub mod target;
+pub mod watched;
 
 #[cfg(test)]
 mod fixtures;
@@ -35,7 +36,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -85,6 +86,19 @@ pub enum Error {
     /// A status could not be serialized.
     #[error("cannot serialize the status: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// A cached object does not match this operator's types (the API server validated it
+    /// against the installed CRD, so the CRD is of another release).
+    #[error(
+        "cannot read {kind} {name} with this operator's types: {source}; install the CRDs of the operator's release"
+    )]
+    Decode {
+        /// The kind.
+        kind: &'static str,
+        /// `namespace/name`.
+        name: String,
+        /// What did not match.
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -96,6 +110,7 @@ impl Error {
             Error::BuildJob { .. } => "build_job",
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Serialize(_) => "serialize",
+            Error::Decode { .. } => "decode",
         }
     }
 }
@@ -709,7 +724,7 @@ fn scope_controllers(
     let cache = ctx.cache.clone();
     let (target_tx, target_rx) = futures::channel::mpsc::unbounded();
     let (schedule_tx, schedule_rx) = futures::channel::mpsc::unbounded();
-    let (target_reader, target_writer) = reflector::store::<BackupTarget>();
+    let (target_reader, target_writer) = reflector::store::<watched::WatchedTarget>();
     let (schedule_reader, schedule_writer) = reflector::store::<BackupSchedule>();
     cache.add_scope(
         scope.clone(),
@@ -729,9 +744,10 @@ fn scope_controllers(
     // select them, only when what schedules read changed.
     let targets = {
         let cache = cache.clone();
-        let mut digests: HashMap<ObjectRef<BackupTarget>, cache::TargetDigest> = HashMap::new();
-        let mut listed: Option<std::collections::HashSet<ObjectRef<BackupTarget>>> = None;
-        let mut on_event = move |event: &Event<BackupTarget>| match event {
+        let mut digests: HashMap<ObjectRef<watched::WatchedTarget>, cache::TargetDigest> =
+            HashMap::new();
+        let mut listed: Option<std::collections::HashSet<ObjectRef<watched::WatchedTarget>>> = None;
+        let mut on_event = move |event: &Event<watched::WatchedTarget>| match event {
             Event::Apply(t) | Event::InitApply(t) => {
                 let key = ObjectRef::from_obj(t);
                 if let Some(seen) = listed.as_mut() {
@@ -748,7 +764,7 @@ fn scope_controllers(
             Event::Init => listed = Some(Default::default()),
             Event::InitDone => {
                 let seen = listed.take().unwrap_or_default();
-                let gone: Vec<ObjectRef<BackupTarget>> = digests
+                let gone: Vec<ObjectRef<watched::WatchedTarget>> = digests
                     .keys()
                     .filter(|k| !seen.contains(*k))
                     .cloned()
@@ -767,7 +783,7 @@ fn scope_controllers(
         let stream = reflector(
             target_writer,
             watcher::watcher(
-                api_in::<BackupTarget>(&ctx.client, ns),
+                api_in::<watched::WatchedTarget>(&ctx.client, ns),
                 watcher::Config::default(),
             )
             .default_backoff()
@@ -784,11 +800,11 @@ fn scope_controllers(
             .reconcile_on(target_rx)
             .graceful_shutdown_on(stop.clone())
             .run(
-                target::reconcile,
+                target::reconcile_watched,
                 |obj, err, ctx| error_policy(obj, err, ctx, target::CONTROLLER),
                 ctx.clone(),
             )
-            .for_each(handle_result::<BackupTarget>(
+            .for_each(handle_result::<watched::WatchedTarget>(
                 target::CONTROLLER,
                 ctx_for_results,
                 target::forget,
@@ -833,9 +849,9 @@ fn scope_controllers(
     // Jobs and their pods: compact, in the cache; a change wakes its target and schedule.
     // A run's pod that cannot start (missing Secret, image pull failure) shows in its
     // target's conditions as soon as the kubelet or scheduler says so.
-    // Listed in pages of JOB_LIST_PAGE: a page is parsed whole (pod templates and
-    // all) before it is compacted, so a smaller page bounds the transient memory of a
-    // relist with thousands of Jobs at the cost of a few more requests.
+    // Decoded as `watched` kinds: only what the cache keeps is parsed. Listed in pages
+    // of JOB_LIST_PAGE, which bounds the transient memory of a relist with thousands of
+    // Jobs (a page's JSON is read whole before it is decoded).
     let by_target = || {
         watcher::Config::default()
             .labels(LABEL_TARGET)
@@ -844,23 +860,23 @@ fn scope_controllers(
     let jobs = {
         let cache = cache.clone();
         watch_into(
-            api_in::<Job>(&ctx.client, ns),
+            api_in::<watched::WatchedJob>(&ctx.client, ns),
             by_target(),
             "Job",
             stop.clone(),
             job_sync,
-            move |event, sync| cache.apply_job_event(event, sync),
+            move |event, sync| cache.apply_job_event(watched::unwrap_event(event, |j| j.0), sync),
         )
     };
     let pods = {
         let cache = cache.clone();
         watch_into(
-            api_in::<Pod>(&ctx.client, ns),
+            api_in::<watched::WatchedPod>(&ctx.client, ns),
             by_target(),
             "Pod",
             stop.clone(),
             pod_sync,
-            move |event, sync| cache.apply_pod_event(event, sync),
+            move |event, sync| cache.apply_pod_event(watched::unwrap_event(event, |p| p.0), sync),
         )
     };
     let claims = watch_into(

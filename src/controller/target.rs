@@ -26,6 +26,7 @@ use super::cache::{self, RunJob};
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger};
 use super::status::{self, ConfigCheck, JobState, TargetObservation, derive_target_status};
+use super::watched::WatchedTarget;
 use super::{Context, Error};
 use crate::jobs::RunKind;
 
@@ -255,6 +256,23 @@ fn build(target: &BackupTarget, request: &RunRequest, ctx: &Context) -> Result<J
         target: target.name_any(),
         message: e.to_string(),
     })
+}
+
+/// Reconcile a cached target: parse it ([`WatchedTarget::target`]), then [`reconcile`].
+pub async fn reconcile_watched(
+    target: Arc<WatchedTarget>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let parsed = target.target().map_err(|source| Error::Decode {
+        kind: "BackupTarget",
+        name: format!(
+            "{}/{}",
+            target.metadata.namespace.as_deref().unwrap_or_default(),
+            target.metadata.name.as_deref().unwrap_or_default()
+        ),
+        source,
+    })?;
+    reconcile(Arc::new(parsed), ctx).await
 }
 
 /// Reconcile one BackupTarget.
