@@ -18,7 +18,7 @@ use stowage::api::{BackupSchedule, BackupTarget};
 use stowage::jobs::{RunRequest, build_job};
 use stowage_testenv::bench::api_metrics::{self, RequestKind, RequestTotals};
 use stowage_testenv::bench::client_counts::{RequestCounter, counts_since};
-use stowage_testenv::bench::procfs::{memory_of, mib};
+use stowage_testenv::bench::procfs::{cpu_seconds_of, memory_of, mib};
 use stowage_testenv::bench::stats::{cron_firing_at, minute_boundary_after, percentile};
 use stowage_testenv::{BarePlane, PlaneOptions, config_from, repo_root};
 
@@ -195,6 +195,8 @@ async fn measure(
         operator_kubeconfig,
         log,
         tag: tag.to_owned(),
+        control_plane: [("etcd", etcd), ("kube-apiserver", apiserver)],
+        loaded_rss: Vec::new(),
     };
     let outcome = session.phases().await;
     if let Some(operator) = session.operator.take() {
@@ -237,6 +239,15 @@ async fn measure(
                 mib(now.peak_rss_bytes),
                 "MiB",
             );
+            let loaded = session.loaded_rss.iter().find(|(n, _)| *n == name);
+            if let Some((_, loaded)) = loaded.filter(|(_, bytes)| *bytes > 0) {
+                report.figure(
+                    "control-plane",
+                    &format!("{name} peak / rss holding every object, idle"),
+                    format!("{:.1}", now.peak_rss_bytes as f64 / *loaded as f64),
+                    "x",
+                );
+            }
         }
     }
     report.figure(
@@ -416,7 +427,14 @@ struct Session<'a> {
     operator_kubeconfig: std::path::PathBuf,
     log: std::path::PathBuf,
     tag: String,
+    /// etcd's and kube-apiserver's pids, for their CPU time.
+    control_plane: [(&'static str, i32); 2],
+    /// Their RSS at the end of the idle window, holding every object of the run.
+    loaded_rss: Vec<(&'static str, u64)>,
 }
+
+/// CPU seconds used so far by each process that shares the machine, by name.
+type CpuTimes = Vec<(&'static str, Option<f64>)>;
 
 impl Session<'_> {
     async fn phases(&mut self) -> Result<(), Stop> {
@@ -682,6 +700,19 @@ impl Session<'_> {
             "",
         );
         self.figure("idle", "jobs created", created, "");
+        // What etcd and the API server hold for these objects when nobody asks anything:
+        // the reference their peaks are compared with, next to their size when empty.
+        for (name, pid) in self.control_plane {
+            if let Some(memory) = memory_of(pid) {
+                self.loaded_rss.push((name, memory.rss_bytes));
+                self.figure(
+                    "control-plane",
+                    &format!("{name} rss holding every object, idle"),
+                    mib(memory.rss_bytes),
+                    "MiB",
+                );
+            }
+        }
         if let Some(memory) = self.operator()?.memory() {
             self.figure(
                 "operator",
@@ -790,6 +821,7 @@ impl Session<'_> {
             Err(stop) => return Err(stop),
         }
         progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
+        let cpu_at_tick = self.cpu_times();
         let ledger = self.observer.jobs.clone();
         let seen = wait_for(
             "a Job for every target",
@@ -818,6 +850,7 @@ impl Session<'_> {
             }
         };
         let last = self.tick_figures(tick, &jobs);
+        self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
             "every tick run recorded in its target's status",
@@ -876,6 +909,30 @@ impl Session<'_> {
         Ok((tick, last))
     }
 
+    /// CPU seconds used so far by the operator, etcd, kube-apiserver and the bench.
+    fn cpu_times(&self) -> CpuTimes {
+        let mut times: CpuTimes = self
+            .control_plane
+            .iter()
+            .map(|(name, pid)| (*name, cpu_seconds_of(*pid)))
+            .collect();
+        let operator = self.operator.as_ref().map(|o| o.pid());
+        times.push(("operator", operator.and_then(cpu_seconds_of)));
+        times.push(("bench", cpu_seconds_of(std::process::id() as i32)));
+        times
+    }
+
+    /// Prints the CPU each process used between `before` and now, over `window`.
+    fn cpu_figures(&self, section: &str, window: &str, before: &CpuTimes) {
+        for ((name, then), (_, now)) in before.iter().zip(self.cpu_times()) {
+            let used = match (then, now) {
+                (Some(then), Some(now)) => format!("{:.1}", now - then),
+                _ => "-".to_owned(),
+            };
+            self.figure(section, &format!("cpu {name} ({window})"), used, "s");
+        }
+    }
+
     /// Prints the tick's latencies; returns the time to the last Job.
     fn tick_figures(
         &self,
@@ -919,6 +976,7 @@ impl Session<'_> {
                 what: "building the baseline client".into(),
                 source,
             })?;
+        let cpu_at_start = self.cpu_times();
         let started_at = Timestamp::now();
         let start = Instant::now();
         let results: Vec<Result<(), kube::Error>> = futures::stream::iter(jobs)
@@ -960,6 +1018,7 @@ impl Session<'_> {
             },
         )
         .await?;
+        self.cpu_figures("baseline", "start .. every Job seen", &cpu_at_start);
         let latencies: Vec<Duration> = seen
             .iter()
             .map(|at| Duration::try_from(at.duration_since(started_at)).unwrap_or_default())

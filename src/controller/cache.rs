@@ -366,6 +366,24 @@ pub struct Cache {
     syncing: tokio::sync::watch::Sender<usize>,
     /// Most probe Jobs active at once.
     max_probes: usize,
+    /// Objects whose reconcile waits for the Job creations in flight, with when they
+    /// first waited.
+    deferred: Mutex<HashMap<Deferred, std::time::Instant>>,
+}
+
+/// The longest an object's reconcile waits for Job creations
+/// ([`super::Context::defer_while_creating`]): after that it goes ahead even while Jobs
+/// are being created, so a stream of creations never starves a status.
+pub const DEFER_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// An object whose status write waits until no Job creation is pending
+/// ([`super::Context::defer_while_creating`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Deferred {
+    /// BackupTarget `(namespace, name)`.
+    Target(String, String),
+    /// BackupSchedule `(namespace, name)`.
+    Schedule(String, String),
 }
 
 /// Label selections, kept until what they depend on changes. Matching every schedule's
@@ -435,6 +453,7 @@ impl Cache {
             routes: Mutex::default(),
             syncing: tokio::sync::watch::channel(0).0,
             max_probes: max_probes.max(1),
+            deferred: Mutex::default(),
         }
     }
 
@@ -482,6 +501,38 @@ impl Cache {
                 let _ = route
                     .targets
                     .unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+
+    /// Have `object`'s reconcile wait, to run again at the next [`Cache::wake_deferred`];
+    /// `false` (it goes ahead now) once it has waited [`DEFER_LIMIT`] since it first
+    /// waited (`now` is the current instant).
+    pub fn defer(&self, object: Deferred, now: std::time::Instant) -> bool {
+        let mut deferred = lock(&self.deferred);
+        let since = *deferred.entry(object.clone()).or_insert(now);
+        if now.duration_since(since) >= DEFER_LIMIT {
+            deferred.remove(&object);
+            return false;
+        }
+        true
+    }
+
+    /// `object`'s reconcile goes ahead: it no longer waits.
+    pub fn undefer(&self, object: &Deferred) {
+        let mut deferred = lock(&self.deferred);
+        if !deferred.is_empty() {
+            deferred.remove(object);
+        }
+    }
+
+    /// Reconcile every waiting object now (each one that goes ahead stops waiting).
+    pub fn wake_deferred(&self) {
+        let waiting: Vec<Deferred> = lock(&self.deferred).keys().cloned().collect();
+        for object in waiting {
+            match object {
+                Deferred::Target(namespace, name) => self.trigger_target(&namespace, &name),
+                Deferred::Schedule(namespace, name) => self.trigger_schedule(&namespace, &name),
             }
         }
     }
@@ -665,11 +716,16 @@ impl Cache {
     /// the reservation stays until the watch shows the Job; refused (any other 4xx), it is
     /// dropped; unknown (a 5xx or a lost connection: the Job may exist), it keeps the
     /// target busy for other triggers but lets the same run try again.
-    pub fn created(&self, namespace: &str, job: &str, result: &Result<Job, kube::Error>) {
+    pub fn created(
+        &self,
+        namespace: &str,
+        job: &str,
+        result: &Result<Option<String>, kube::Error>,
+    ) {
         match result {
-            Ok(created) => {
+            Ok(uid) => {
                 if let Some(pending) = lock(&self.jobs).pending.get_mut(&key(namespace, job)) {
-                    pending.uid = created.metadata.uid.clone();
+                    pending.uid = uid.clone();
                 }
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -1272,6 +1328,40 @@ mod tests {
         // The Job may exist: other runs wait, the same run may try again (409 if it exists).
         assert_eq!(decide(&cache, "a-3", "a"), busy("a-2"));
         assert_eq!(decide(&cache, "a-2", "a"), CREATE);
+    }
+
+    #[test]
+    fn a_waiting_object_is_woken_until_it_goes_ahead_and_waits_at_most_the_limit() {
+        let cache = Cache::new(10);
+        let (targets, _) = kube::runtime::reflector::store::<WatchedTarget>();
+        let (schedules, _) = kube::runtime::reflector::store::<BackupSchedule>();
+        let (target_tx, mut targets_woken) = futures::channel::mpsc::unbounded();
+        let (schedule_tx, mut schedules_woken) = futures::channel::mpsc::unbounded();
+        cache.add_scope(None, targets, schedules, target_tx, schedule_tx);
+        let t0 = std::time::Instant::now();
+        let app_db = || Deferred::Target("shop".into(), "app-db".into());
+        let nightly = || Deferred::Schedule("shop".into(), "nightly".into());
+
+        assert!(cache.defer(app_db(), t0));
+        assert!(cache.defer(nightly(), t0));
+        cache.wake_deferred();
+        assert_eq!(
+            targets_woken.try_recv().unwrap(),
+            ObjectRef::new("app-db").within("shop")
+        );
+        assert_eq!(
+            schedules_woken.try_recv().unwrap(),
+            ObjectRef::new("nightly").within("shop")
+        );
+        // Woken while Jobs are still created: it waits again, counted from the first time.
+        let second = std::time::Duration::from_secs(1);
+        assert!(cache.defer(app_db(), t0 + DEFER_LIMIT - second));
+        assert!(!cache.defer(app_db(), t0 + DEFER_LIMIT), "waited the limit");
+        // The schedule went ahead: neither is woken again.
+        cache.undefer(&nightly());
+        cache.wake_deferred();
+        assert!(targets_woken.try_recv().is_err());
+        assert!(schedules_woken.try_recv().is_err());
     }
 
     #[test]

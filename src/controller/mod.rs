@@ -208,6 +208,25 @@ impl Context {
         self.fence.as_ref().is_none_or(leader::LeaderFence::is_held)
     }
 
+    /// Whether a reconcile that can wait should wait for the Job creations in flight:
+    /// when a tick creates thousands of Jobs, the API server's time goes to them first,
+    /// and the work that records progress (a finished run, a schedule's active Jobs, a
+    /// probe) follows as soon as they are done, or after [`cache::DEFER_LIMIT`] at most.
+    /// `true`: the caller does nothing now; `object` is reconciled again when the
+    /// creations are done.
+    pub fn defer_while_creating(&self, object: cache::Deferred) -> bool {
+        let now = std::time::Instant::now();
+        if !self.job_creates.busy() || !self.cache.defer(object.clone(), now) {
+            self.cache.undefer(&object);
+            return false;
+        }
+        if !self.job_creates.busy() {
+            // The burst ended between the check and the registration: wake it now.
+            self.cache.wake_deferred();
+        }
+        true
+    }
+
     /// Whether BackupSchedule `namespace/name` exists; `None` until the caches are synced.
     pub fn schedule_exists(&self, namespace: &str, name: &str) -> Option<bool> {
         self.cache.schedule_exists(namespace, name)
@@ -287,15 +306,33 @@ where
 
 /// Create the Job of a run reserved in the cache, waiting for one of the
 /// [`JOB_CREATE_CONCURRENCY`] slots, and tell the cache how it went.
-pub async fn create_job(ctx: &Context, api: &Api<Job>, job: &Job) -> Result<Job, kube::Error> {
+pub async fn create_job(
+    ctx: &Context,
+    api: &Api<Job>,
+    job: &Job,
+) -> Result<Option<String>, kube::Error> {
     let created = {
         let _pending = ctx.job_creates.pending();
         let _slot = ctx.job_creates.slots.acquire().await;
-        api.create(&kube::api::PostParams::default(), job).await
+        post_job(api, job)
+            .await
+            .map(|created| created.0.metadata.uid)
     };
     let namespace = job.namespace().unwrap_or_default();
     ctx.cache.created(&namespace, &job.name_any(), &created);
     created
+}
+
+/// `POST` `job` as `Api::create` does, but read the answer (the whole Job, as created) as
+/// a [`watched::WatchedJob`]: a tick creates thousands of Jobs, and only the uid of each
+/// answer is used.
+async fn post_job(api: &Api<Job>, job: &Job) -> Result<watched::WatchedJob, kube::Error> {
+    let body = serde_json::to_vec(job).map_err(kube::Error::SerdeError)?;
+    let mut request = kube::core::Request::new(api.resource_url())
+        .create(&kube::api::PostParams::default(), body)
+        .map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("create");
+    api.clone().into_client().request(request).await
 }
 
 /// The operator's Job creations: at most [`JOB_CREATE_CONCURRENCY`] in flight, first come
@@ -307,6 +344,8 @@ pub struct JobCreates {
     slots: tokio::sync::Semaphore,
     /// Creations waiting for a slot or in flight.
     pending: tokio::sync::watch::Sender<usize>,
+    /// How many times `pending` fell back to zero: the end of each burst.
+    bursts_ended: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for JobCreates {
@@ -314,6 +353,7 @@ impl Default for JobCreates {
         JobCreates {
             slots: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
             pending: tokio::sync::watch::Sender::new(0),
+            bursts_ended: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -322,7 +362,7 @@ impl JobCreates {
     /// Count one creation as pending until the guard is dropped.
     fn pending(&self) -> PendingCreate<'_> {
         self.pending.send_modify(|n| *n += 1);
-        PendingCreate(&self.pending)
+        PendingCreate(self)
     }
 
     /// Wait until no creation is pending.
@@ -331,14 +371,36 @@ impl JobCreates {
         // The sender lives in the context, as long as any caller: never closed.
         let _ = pending.wait_for(|n| *n == 0).await;
     }
+
+    /// Whether a creation is waiting for a slot or in flight.
+    pub fn busy(&self) -> bool {
+        *self.pending.borrow() > 0
+    }
 }
 
 /// One pending creation of [`JobCreates`].
-struct PendingCreate<'a>(&'a tokio::sync::watch::Sender<usize>);
+struct PendingCreate<'a>(&'a JobCreates);
 
 impl Drop for PendingCreate<'_> {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let mut last = false;
+        self.0.pending.send_modify(|n| {
+            *n = n.saturating_sub(1);
+            last = *n == 0;
+        });
+        if last {
+            self.0.bursts_ended.send_modify(|b| *b = b.wrapping_add(1));
+        }
+    }
+}
+
+/// Wake the targets and schedules whose reconciles waited for Job creations
+/// ([`Context::defer_while_creating`]) each time a burst of creations ends. Every end is
+/// seen, however short the burst (a counter, not the pending count, is watched).
+async fn wake_deferred_after_creations(ctx: Arc<Context>) {
+    let mut ended = ctx.job_creates.bursts_ended.subscribe();
+    while ended.changed().await.is_ok() {
+        ctx.cache.wake_deferred();
     }
 }
 
@@ -525,6 +587,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     for scope in scopes {
         runs.extend(scope_controllers(&ctx, scope, stop.clone()));
     }
+    tokio::spawn(wake_deferred_after_creations(ctx.clone()));
     {
         let health = health.clone();
         let ctx_ready = ctx.clone();
@@ -928,6 +991,35 @@ mod tests {
         let text = metrics::render(&registry).unwrap();
         assert!(!text.contains(r#"schedule="nightly""#), "{text}");
         assert!(text.contains(r#"target="other-db""#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn reconciles_that_can_wait_wait_for_a_burst_of_job_creations_to_end() {
+        use futures::StreamExt;
+        let (ctx, _api, _clock, _registry) = fixtures::context();
+        let (targets, _) = kube::runtime::reflector::store::<watched::WatchedTarget>();
+        let (schedules, _) = kube::runtime::reflector::store::<BackupSchedule>();
+        let (target_tx, mut woken) = futures::channel::mpsc::unbounded();
+        let (schedule_tx, _schedules_woken) = futures::channel::mpsc::unbounded();
+        ctx.cache
+            .add_scope(None, targets, schedules, target_tx, schedule_tx);
+        tokio::spawn(wake_deferred_after_creations(ctx.clone()));
+        let app_db = || cache::Deferred::Target("shop".into(), "app-db".into());
+
+        // No creation pending: nothing waits.
+        assert!(!ctx.defer_while_creating(app_db()));
+        // A creation pending: the reconcile waits, and is not woken while it lasts.
+        let creating = ctx.job_creates.pending();
+        assert!(ctx.defer_while_creating(app_db()));
+        tokio::task::yield_now().await;
+        assert!(woken.try_recv().is_err(), "woken while Jobs are created");
+        // The burst ends: the target is reconciled again.
+        drop(creating);
+        let again = tokio::time::timeout(Duration::from_secs(5), woken.next())
+            .await
+            .expect("woken when the creations ended");
+        assert_eq!(again, Some(ObjectRef::new("app-db").within("shop")));
+        assert!(!ctx.defer_while_creating(app_db()));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::api::{BackupSchedule, BackupScheduleStatus, BackupTarget, conditions}
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::schedule::{CronSchedule, TickDecision, decide, requeue_after};
 
-use super::cache::RunJob;
+use super::cache::{DEFER_LIMIT, Deferred, RunJob};
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger, WaitReason};
 use super::status::{self, JobState, upsert_condition};
@@ -254,6 +254,16 @@ async fn reconcile_inner(
     let deadline = crate::schedule::starting_deadline(spec.starting_deadline_seconds);
     let last = prev.last_schedule_time.as_ref().map(|t| t.0);
     let decision = decide(&cron, last, since, now, deadline, spec.suspend);
+
+    // With no tick to run, recording progress waits for the Job creations in flight.
+    if matches!(
+        decision,
+        TickDecision::Wait { .. } | TickDecision::Suspended { .. }
+    ) && ctx.defer_while_creating(Deferred::Schedule(namespace.to_owned(), name.to_owned()))
+    {
+        tracing::debug!(name, "waiting for the Job creations in flight");
+        return Ok(ctx.requeue(requeue_after(now, decision.next()).min(DEFER_LIMIT)));
+    }
 
     // Observe, from the caches.
     let targets = ctx.cache.targets_selected(schedule, &selector);
@@ -632,7 +642,7 @@ async fn apply_step(
         Ok(created) => {
             crate::fault::point("schedule-after-create");
             tracing::info!(target, job = job_name, "created scheduled backup Job");
-            StepOutcome::Created(job_name, created.metadata.uid)
+            StepOutcome::Created(job_name, created)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => StepOutcome::Exists,
         Err(kube::Error::Api(s)) if super::is_rejection(s.code) => StepOutcome::Rejected(format!(

@@ -301,6 +301,12 @@ pub async fn reconcile(target: Arc<BackupTarget>, ctx: Arc<Context>) -> Result<A
         ctx.succeeded(&key);
         return Ok(Action::await_change());
     }
+    // While a tick's Jobs are being created, recording runs and starting probes waits.
+    let this = cache::Deferred::Target(namespace.clone(), name.clone());
+    if ctx.defer_while_creating(this) {
+        tracing::debug!(name, "waiting for the Job creations in flight");
+        return Ok(ctx.requeue(cache::DEFER_LIMIT));
+    }
     ctx.cache.wait_synced().await;
     let action = reconcile_inner(&target, &ctx, &namespace, &name).await?;
     ctx.succeeded(&key);
@@ -344,7 +350,9 @@ async fn write_status(
         "kind": "BackupTarget",
         "status": status,
     });
-    let targets: Api<BackupTarget> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The answer (the whole target) is read as the cache keeps targets: only its
+    // metadata is parsed.
+    let targets: Api<WatchedTarget> = Api::namespaced(ctx.client.clone(), &namespace);
     targets
         .patch_status(
             &name,

@@ -1,4 +1,4 @@
-//! Memory of a process from `/proc/<pid>/status`.
+//! Memory of a process from `/proc/<pid>/status`, its CPU time from `/proc/<pid>/stat`.
 
 /// A process's resident memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +28,25 @@ pub fn memory_of(pid: i32) -> Option<MemoryUse> {
     parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// CPU time (user and system) that process `pid` has used, in seconds; `None` when it is
+/// gone. Read from fields 14 and 15 of `/proc/<pid>/stat`, in clock ticks of
+/// `USER_HZ`, which Linux fixes at 100 for user space.
+pub fn cpu_seconds_of(pid: i32) -> Option<f64> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime + stime` of a `/proc/<pid>/stat` line, in seconds. The command name (field 2)
+/// may hold spaces and parentheses, so the fields are counted after its last `)`.
+pub fn parse_stat(text: &str) -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let after_name = &text[text.rfind(')')? + 1..];
+    // Field 3 (state) is the first after the name: utime is field 14, stime 15.
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
 /// Bytes as MiB, for printing.
 pub fn mib(bytes: u64) -> u64 {
     bytes / (1024 * 1024)
@@ -49,6 +68,16 @@ mod tests {
         );
         assert_eq!(parse_status("Name:\tkthreadd\nThreads:\t1\n"), None);
         assert_eq!(mib(200 * 1024 * 1024 + 5), 200);
+    }
+
+    #[test]
+    fn reads_cpu_time_after_a_name_with_spaces() {
+        let line = "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 8 0 100 0 0\n";
+        assert_eq!(parse_stat(line), Some(3.25));
+        assert_eq!(parse_stat("4242 (x) S 1"), None);
+        let me = cpu_seconds_of(std::process::id() as i32).expect("our own stat");
+        assert!(me >= 0.0, "{me}");
+        assert_eq!(cpu_seconds_of(i32::MAX), None);
     }
 
     #[test]
