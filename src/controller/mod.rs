@@ -208,7 +208,7 @@ impl Context {
         self.fence.as_ref().is_none_or(leader::LeaderFence::is_held)
     }
 
-    /// Whether a reconcile that can wait should wait for the Job creations in flight:
+    /// Whether a reconcile that can wait should wait for a tick's Job creations in flight:
     /// when a tick creates thousands of Jobs, the API server's time goes to them first,
     /// and the work that records progress (a finished run, a schedule's active Jobs, a
     /// probe) follows as soon as they are done, or after [`cache::DEFER_LIMIT`] at most.
@@ -216,11 +216,11 @@ impl Context {
     /// creations are done.
     pub fn defer_while_creating(&self, object: cache::Deferred) -> bool {
         let now = std::time::Instant::now();
-        if !self.job_creates.busy() || !self.cache.defer(object.clone(), now) {
+        if !self.job_creates.ticking() || !self.cache.defer(object.clone(), now) {
             self.cache.undefer(&object);
             return false;
         }
-        if !self.job_creates.busy() {
+        if !self.job_creates.ticking() {
             // The burst ended between the check and the registration: wake it now.
             self.cache.wake_deferred();
         }
@@ -304,15 +304,26 @@ where
     Action::requeue(delay)
 }
 
+/// Why a Job is created: a schedule's tick (thousands at once), or one target's run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateFor {
+    /// A BackupSchedule's tick: reconciles that can wait wait for these
+    /// ([`Context::defer_while_creating`]).
+    Tick,
+    /// One target's probe or on-demand backup.
+    Target,
+}
+
 /// Create the Job of a run reserved in the cache, waiting for one of the
 /// [`JOB_CREATE_CONCURRENCY`] slots, and tell the cache how it went.
 pub async fn create_job(
     ctx: &Context,
     api: &Api<Job>,
     job: &Job,
+    purpose: CreateFor,
 ) -> Result<Option<String>, kube::Error> {
     let created = {
-        let _pending = ctx.job_creates.pending();
+        let _pending = ctx.job_creates.pending(purpose);
         let _slot = ctx.job_creates.slots.acquire().await;
         post_job(api, job)
             .await
@@ -344,7 +355,9 @@ pub struct JobCreates {
     slots: tokio::sync::Semaphore,
     /// Creations waiting for a slot or in flight.
     pending: tokio::sync::watch::Sender<usize>,
-    /// How many times `pending` fell back to zero: the end of each burst.
+    /// Those of them for a tick ([`CreateFor::Tick`]).
+    ticks: tokio::sync::watch::Sender<usize>,
+    /// How many times `ticks` fell back to zero: the end of each tick's burst.
     bursts_ended: tokio::sync::watch::Sender<u64>,
 }
 
@@ -353,6 +366,7 @@ impl Default for JobCreates {
         JobCreates {
             slots: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
             pending: tokio::sync::watch::Sender::new(0),
+            ticks: tokio::sync::watch::Sender::new(0),
             bursts_ended: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -360,9 +374,16 @@ impl Default for JobCreates {
 
 impl JobCreates {
     /// Count one creation as pending until the guard is dropped.
-    fn pending(&self) -> PendingCreate<'_> {
+    fn pending(&self, purpose: CreateFor) -> PendingCreate<'_> {
         self.pending.send_modify(|n| *n += 1);
-        PendingCreate(self)
+        let tick = purpose == CreateFor::Tick;
+        if tick {
+            self.ticks.send_modify(|n| *n += 1);
+        }
+        PendingCreate {
+            creates: self,
+            tick,
+        }
     }
 
     /// Wait until no creation is pending.
@@ -372,24 +393,35 @@ impl JobCreates {
         let _ = pending.wait_for(|n| *n == 0).await;
     }
 
-    /// Whether a creation is waiting for a slot or in flight.
-    pub fn busy(&self) -> bool {
-        *self.pending.borrow() > 0
+    /// Whether a tick's creation is waiting for a slot or in flight.
+    pub fn ticking(&self) -> bool {
+        *self.ticks.borrow() > 0
     }
 }
 
 /// One pending creation of [`JobCreates`].
-struct PendingCreate<'a>(&'a JobCreates);
+struct PendingCreate<'a> {
+    creates: &'a JobCreates,
+    tick: bool,
+}
 
 impl Drop for PendingCreate<'_> {
     fn drop(&mut self) {
+        self.creates
+            .pending
+            .send_modify(|n| *n = n.saturating_sub(1));
+        if !self.tick {
+            return;
+        }
         let mut last = false;
-        self.0.pending.send_modify(|n| {
+        self.creates.ticks.send_modify(|n| {
             *n = n.saturating_sub(1);
             last = *n == 0;
         });
         if last {
-            self.0.bursts_ended.send_modify(|b| *b = b.wrapping_add(1));
+            self.creates
+                .bursts_ended
+                .send_modify(|b| *b = b.wrapping_add(1));
         }
     }
 }
@@ -1009,12 +1041,18 @@ mod tests {
         // No creation pending: nothing waits.
         assert!(!ctx.defer_while_creating(app_db()));
         // A creation pending: the reconcile waits, and is not woken while it lasts.
-        let creating = ctx.job_creates.pending();
+        let probing = ctx.job_creates.pending(CreateFor::Target);
+        assert!(
+            !ctx.defer_while_creating(app_db()),
+            "a probe's creation holds nothing up"
+        );
+        let creating = ctx.job_creates.pending(CreateFor::Tick);
         assert!(ctx.defer_while_creating(app_db()));
         tokio::task::yield_now().await;
         assert!(woken.try_recv().is_err(), "woken while Jobs are created");
         // The burst ends: the target is reconciled again.
         drop(creating);
+        drop(probing);
         let again = tokio::time::timeout(Duration::from_secs(5), woken.next())
             .await
             .expect("woken when the creations ended");

@@ -638,7 +638,7 @@ async fn apply_step(
         );
     }
     let job_name = step.start.job.clone();
-    match super::create_job(ctx, jobs_api, job).await {
+    match super::create_job(ctx, jobs_api, job, super::CreateFor::Tick).await {
         Ok(created) => {
             crate::fault::point("schedule-after-create");
             tracing::info!(target, job = job_name, "created scheduled backup Job");

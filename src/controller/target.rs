@@ -569,7 +569,8 @@ async fn reconcile_inner(
                     });
                 };
                 let job_name = job.name_any();
-                let created = super::create_job(ctx, &jobs_api, &job).await;
+                let created =
+                    super::create_job(ctx, &jobs_api, &job, super::CreateFor::Target).await;
                 match created {
                     Ok(_) => {
                         crate::fault::point("backup-now-after-create");
@@ -636,7 +637,8 @@ async fn reconcile_inner(
                     handled_probe_now = plan.handles_probe_now;
                     probe_started = true;
                 } else if slot == cache::ProbeSlot::Start {
-                    let created = super::create_job(ctx, &jobs_api, &job).await;
+                    let created =
+                        super::create_job(ctx, &jobs_api, &job, super::CreateFor::Target).await;
                     match created {
                         Ok(_) => {
                             tracing::info!(job = job_name, token = plan.token, "created probe Job")
