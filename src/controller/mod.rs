@@ -357,9 +357,14 @@ pub struct JobCreates {
     pending: tokio::sync::watch::Sender<usize>,
     /// Those of them for a tick ([`CreateFor::Tick`]).
     ticks: tokio::sync::watch::Sender<usize>,
-    /// How many times `ticks` fell back to zero: the end of each tick's burst.
-    bursts_ended: tokio::sync::watch::Sender<u64>,
+    /// How many times `ticks` fell back to zero, and when it last did.
+    bursts_ended: tokio::sync::watch::Sender<(u64, Option<std::time::Instant>)>,
 }
+
+/// How long after a tick's last creation the tick still counts as creating its Jobs: a
+/// tick of hundreds of schedules creates their Jobs in waves (a wave per batch of
+/// schedule reconciles), with moments between them when none is in flight.
+pub const TICK_QUIET: Duration = Duration::from_secs(3);
 
 impl Default for JobCreates {
     fn default() -> Self {
@@ -367,7 +372,7 @@ impl Default for JobCreates {
             slots: tokio::sync::Semaphore::new(JOB_CREATE_CONCURRENCY),
             pending: tokio::sync::watch::Sender::new(0),
             ticks: tokio::sync::watch::Sender::new(0),
-            bursts_ended: tokio::sync::watch::Sender::new(0),
+            bursts_ended: tokio::sync::watch::Sender::new((0, None)),
         }
     }
 }
@@ -386,16 +391,49 @@ impl JobCreates {
         }
     }
 
-    /// Wait until no creation is pending.
+    /// Wait until no creation is pending and no tick has created a Job for
+    /// [`TICK_QUIET`].
     pub async fn idle(&self) {
         let mut pending = self.pending.subscribe();
-        // The sender lives in the context, as long as any caller: never closed.
-        let _ = pending.wait_for(|n| *n == 0).await;
+        loop {
+            // The sender lives in the context, as long as any caller: never closed.
+            let _ = pending.wait_for(|n| *n == 0).await;
+            match self.tick_quiet_in() {
+                None => return,
+                Some(left) => tokio::time::sleep(left).await,
+            }
+        }
     }
 
-    /// Whether a tick's creation is waiting for a slot or in flight.
+    /// Whether a tick is creating its Jobs: one of its creations is pending, or the last
+    /// one ended less than [`TICK_QUIET`] ago.
     pub fn ticking(&self) -> bool {
-        *self.ticks.borrow() > 0
+        *self.ticks.borrow() > 0 || self.tick_quiet_in().is_some()
+    }
+
+    /// How long until [`TICK_QUIET`] has passed since the last tick creation ended;
+    /// `None` when it has (or none ever ran).
+    fn tick_quiet_in(&self) -> Option<Duration> {
+        let (_, ended) = *self.bursts_ended.borrow();
+        TICK_QUIET
+            .checked_sub(ended?.elapsed())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Wait for the end of a tick's creations: none pending, for [`TICK_QUIET`].
+    async fn tick_ended(
+        &self,
+        ended: &mut tokio::sync::watch::Receiver<(u64, Option<std::time::Instant>)>,
+    ) {
+        // The sender lives in the context, as long as any caller: never closed.
+        let _ = ended.changed().await;
+        loop {
+            let _ = self.ticks.subscribe().wait_for(|n| *n == 0).await;
+            match self.tick_quiet_in() {
+                None => return,
+                Some(left) => tokio::time::sleep(left).await,
+            }
+        }
     }
 }
 
@@ -419,19 +457,22 @@ impl Drop for PendingCreate<'_> {
             last = *n == 0;
         });
         if last {
-            self.creates
-                .bursts_ended
-                .send_modify(|b| *b = b.wrapping_add(1));
+            self.creates.bursts_ended.send_modify(|(n, at)| {
+                *n = n.wrapping_add(1);
+                *at = Some(std::time::Instant::now());
+            });
         }
     }
 }
 
-/// Wake the targets and schedules whose reconciles waited for Job creations
-/// ([`Context::defer_while_creating`]) each time a burst of creations ends. Every end is
-/// seen, however short the burst (a counter, not the pending count, is watched).
+/// Wake the targets and schedules whose reconciles waited for a tick's Job creations
+/// ([`Context::defer_while_creating`]) each time they end ([`TICK_QUIET`] after the
+/// last). Every end is seen, however short the tick (a counter is watched, not the
+/// pending count).
 async fn wake_deferred_after_creations(ctx: Arc<Context>) {
     let mut ended = ctx.job_creates.bursts_ended.subscribe();
-    while ended.changed().await.is_ok() {
+    loop {
+        ctx.job_creates.tick_ended(&mut ended).await;
         ctx.cache.wake_deferred();
     }
 }
@@ -1050,9 +1091,11 @@ mod tests {
         assert!(ctx.defer_while_creating(app_db()));
         tokio::task::yield_now().await;
         assert!(woken.try_recv().is_err(), "woken while Jobs are created");
-        // The burst ends: the target is reconciled again.
+        // The burst ends: the next wave of the tick may follow for TICK_QUIET, then the
+        // target is reconciled again.
         drop(creating);
         drop(probing);
+        assert!(ctx.defer_while_creating(app_db()), "right after a wave");
         let again = tokio::time::timeout(Duration::from_secs(5), woken.next())
             .await
             .expect("woken when the creations ended");
