@@ -671,7 +671,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             release_free_memory_every(Duration::from_secs(15)).await;
         });
     }
-    futures::future::join_all(runs).await;
+    run_on_own_tasks(runs).await;
 
     let lost = shutdown.peek().is_none();
     if let Some(elector) = lease {
@@ -730,6 +730,28 @@ where
 }
 
 type Running = BoxFuture<'static, ()>;
+
+/// Run each watch and controller on a task of its own until all have ended.
+///
+/// On one task (as `join_all` runs them), the Job watch was read only between the
+/// polls of the controllers' reconciles: in a tick of thousands of runs it fell behind,
+/// and the API server, which holds back its watch events for every client while one
+/// is slow, delayed every watcher in the cluster before it closed ours. On their own
+/// tasks the watches are read on whichever worker thread is free.
+/// A panic in one task is raised here at once, as it would have been on one task.
+async fn run_on_own_tasks(runs: Vec<Running>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for run in runs {
+        tasks.spawn(run);
+    }
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
 
 /// One item of a controller's `run` stream.
 type ReconcileOutcome<K> =
