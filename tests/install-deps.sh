@@ -12,7 +12,14 @@ packages=(
   ca-certificates
   curl            # also the runner benchmark's plain pipeline (benches/runner.rs)
   zstd            # the runner benchmark's plain pipeline: `... | zstd -3 -T0`
-  buildah         # builds the FROM-scratch container image (deploy/image.sh)
+  buildah         # builds the FROM-scratch container images (deploy/image.sh, deploy/local/images.sh)
+  containerd      # the real node's container runtime (deploy/local/node.sh)
+  runc            # ... and its OCI runtime
+  containernetworking-plugins  # the node's bridge pod network (CNI bridge, host-local)
+  iptables        # the node's DNAT of the kubernetes Service to the API server
+  iproute2        # the node's network namespace and link
+  gcc             # the pause image's static binary (deploy/local/node/pause.c)
+  libc6-dev       # ... and the static C library it links
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
 )
 

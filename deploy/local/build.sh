@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the local control-plane binaries (etcd, kube-apiserver,
-# kube-controller-manager, kubectl, helm) from pinned versions fetched through
+# Build the local control-plane and node binaries (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, kubelet, helm) from pinned versions fetched through
 # the Go module proxy. Nothing is downloaded from release pages.
 #
 # Binaries land in ${STOWAGE_CACHE:-$HOME/.cache/stowage}/bin (never in the
@@ -127,7 +127,7 @@ build_k8s() {
     ldflags+=" -X ${pkg}.gitCommit=${K8S_GIT_COMMIT}"
     ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${K8S_BUILD_DATE}"
   done
-  local bins=(kube-apiserver kube-controller-manager kubectl)
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
   local stamp
   stamp="$(stamp_of "$K8S_VERSION" "$K8S_STAGING_VERSION" "$GO_VERSION" "$ldflags" \
     "${GOFLAGS_BUILD[*]}" "$(cat "$HERE/k8s/go.mod" "$HERE/k8s/go.sum")")"
@@ -142,7 +142,9 @@ build_k8s() {
   (cd "$HERE/k8s" && go build "${GOFLAGS_BUILD[@]}" -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl) || {
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet) || {
     rm -rf "$tmp"
     die "go build of kubernetes ${K8S_VERSION} failed (see output above)"
   }

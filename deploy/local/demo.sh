@@ -3,21 +3,24 @@
 # chart, a PostgreSQL database with sample data, and a first backup of it.
 #
 # Usage: deploy/local/demo.sh [start]   set everything up (or reuse what runs) and back up
-#        deploy/local/demo.sh stop      stop the node agent, PostgreSQL and the control plane
+#        deploy/local/demo.sh stop      stop PostgreSQL, the node and the control plane
 #        deploy/local/demo.sh clean     stop, then delete the demo's state
 #
 # What `start` does, each step skipped when already done (so running it again only
 # re-triggers a backup):
-#   1. installs the Debian packages (tests/install-deps.sh), builds the control plane
-#      (deploy/local/build.sh) and stowage + stowage-node-agent (cargo, debug profile);
-#   2. starts the control plane in ~/.cache/stowage/demo/cp and the node agent, which runs
-#      pods as local processes (the stowage image's binary is the one just built);
-#   3. starts PostgreSQL 127.0.0.1:$STOWAGE_DEMO_PG_PORT (default 15432) as user postgres
-#      with a `shop` database (customers, orders) and a `backup` role;
-#   4. creates namespace shop, PVC `backups`, Secret `app-db-backup` (the role's password),
-#      `helm upgrade --install`s stowage, applies BackupTarget app-db + BackupSchedule nightly;
+#   1. installs the Debian packages (tests/install-deps.sh), builds the control plane and
+#      the node (deploy/local/build.sh), stowage (cargo, debug profile) and the images
+#      (deploy/local/images.sh: stowage, and a PostgreSQL client image from Debian's pg_dump);
+#   2. starts the control plane and a real node (containerd, kubelet, kube-scheduler in a
+#      network namespace of its own) in ~/.cache/stowage/demo/cp, imports the images;
+#   3. starts PostgreSQL on $STOWAGE_DEMO_PG_PORT (default 15432) as user postgres, on
+#      127.0.0.1 and on the host's address on the node's link, with a `shop` database
+#      (customers, orders) and a `backup` role;
+#   4. creates namespace shop, a local PersistentVolume and PVC `backups`, Secret
+#      `app-db-backup` (the role's password), `helm upgrade --install`s stowage, applies
+#      BackupTarget app-db + BackupSchedule nightly;
 #   5. annotates stowage.dev/backup-now, waits for the run and shows the result.
-# Needs root (the node agent uses mount namespaces), Rust and Go.
+# Needs root (network namespaces, containers), Rust and Go.
 # Environment: STOWAGE_DEMO_DIR (default ~/.cache/stowage/demo), STOWAGE_DEMO_PG_PORT,
 #   STOWAGE_DEMO_PG_DIR (PostgreSQL's data, default /var/tmp/stowage-demo-postgres: it must
 #   be readable by user postgres, which ~ is not), CARGO_TARGET_DIR.
@@ -28,12 +31,10 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${STOWAGE_CACHE:-$HOME/.cache/stowage}"
 DEMO="${STOWAGE_DEMO_DIR:-$CACHE/demo}"
 CP="$DEMO/cp"
-AGENT_STATE="$DEMO/node-agent"
-AGENT_PID="$DEMO/node-agent.pid"
 LOGS="$DEMO/logs"
+VOLUMES="$DEMO/volumes"
 PG_PORT="${STOWAGE_DEMO_PG_PORT:-15432}"
 PG_DIR="${STOWAGE_DEMO_PG_DIR:-/var/tmp/stowage-demo-postgres}"
-METRICS_PORT_FILE="$DEMO/metrics-port"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 RUST_BIN="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug"
 NS=shop
@@ -55,25 +56,8 @@ pg_bin() {
 as_postgres() { runuser -u postgres -- "$@"; }
 pg_running() { [[ -d "$PG_DIR/data" ]] && as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; }
 
-# ---- the node agent ------------------------------------------------------------------------
-agent_running() {
-  local pid
-  [[ -f "$AGENT_PID" ]] || return 1
-  pid="$(cat "$AGENT_PID")"
-  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$AGENT_STATE"
-}
-
 stop() {
   step "stopping the demo"
-  if agent_running; then
-    local pid
-    pid="$(cat "$AGENT_PID")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do agent_running || break; sleep 0.5; done
-    log "node agent stopped"
-  fi
-  rm -f "$AGENT_PID"
   if pg_running; then
     as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null
     log "PostgreSQL stopped"
@@ -107,7 +91,7 @@ case "${1:-start}" in
   *) die "unknown command '$1' (start, stop, clean)" ;;
 esac
 
-[[ "$(id -u)" == 0 ]] || die "the demo needs root: the node agent runs pods in mount namespaces (run it with sudo)"
+[[ "$(id -u)" == 0 ]] || die "the demo needs root: the node runs containers in namespaces of their own (run it with sudo)"
 mkdir -p "$DEMO" "$LOGS"
 
 # ---- 1. packages and builds ---------------------------------------------------------------
@@ -124,38 +108,32 @@ log "control plane binaries (deploy/local/build.sh; the first build takes a whil
   tail -n 20 "$LOGS/build.log" >&2
   die "deploy/local/build.sh failed (log: $LOGS/build.log)"
 }
-log "stowage and stowage-node-agent (cargo build; log: $LOGS/cargo.log)"
-(cd "$REPO" && cargo build -p stowage --bin stowage -p stowage-testenv --bin stowage-node-agent) >"$LOGS/cargo.log" 2>&1 || {
+log "stowage (cargo build; log: $LOGS/cargo.log)"
+(cd "$REPO" && cargo build -p stowage --bin stowage) >"$LOGS/cargo.log" 2>&1 || {
   tail -n 30 "$LOGS/cargo.log" >&2
   die "cargo build failed (log: $LOGS/cargo.log)"
 }
 STOWAGE="$RUST_BIN/stowage"
-AGENT="$RUST_BIN/stowage-node-agent"
 
-# ---- 2. control plane + node agent ----------------------------------------------------------
-step "2/5 local Kubernetes control plane and node agent"
-"$HERE/up.sh" "$CP" >"$LOGS/up.log" 2>&1 || {
+# ---- 2. control plane + node ------------------------------------------------------------------
+step "2/5 local Kubernetes control plane and a real node"
+STOWAGE_UP_NODE=kubelet "$HERE/up.sh" "$CP" >"$LOGS/up.log" 2>&1 || {
   tail -n 30 "$LOGS/up.log" >&2
   die "the control plane did not start (log: $LOGS/up.log)"
 }
 # shellcheck source=/dev/null
 source "$CP/env"
 k() { "$KUBECTL" --request-timeout 20s "$@"; }
-log "API server $STOWAGE_APISERVER_URL"
-if agent_running; then
-  log "node agent already running (pid $(cat "$AGENT_PID"))"
-else
-  setsid "$AGENT" --state-dir "$AGENT_STATE" --kubeconfig "$KUBECONFIG" --node-name stowage-local \
-    --image-map "stowage=$STOWAGE:/usr/local/bin/stowage" >>"$LOGS/node-agent.log" 2>&1 </dev/null &
-  echo "$!" >"$AGENT_PID"
-  log "node agent started (pid $!, log $LOGS/node-agent.log)"
-fi
-node_ready() { [[ "$(k get node stowage-local -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]; }
-for _ in $(seq 1 120); do node_ready && break; sleep 1; done
-node_ready || die "node stowage-local is not Ready (log: $LOGS/node-agent.log)"
+log "API server $STOWAGE_APISERVER_URL; node $STOWAGE_NODE_NAME at $STOWAGE_NODE_IP (containerd $STOWAGE_CONTAINERD_ADDRESS)"
+mapfile -t IMAGES < <("$HERE/images.sh" import "$CP" "stowage=$STOWAGE" postgres-client 2>>"$LOGS/images.log") ||
+  die "building or importing the images failed (log: $LOGS/images.log)"
+STOWAGE_IMAGE="${IMAGES[0]}"
+PG_CLIENT_IMAGE="${IMAGES[1]}"
+log "images in the node's containerd: $STOWAGE_IMAGE, $PG_CLIENT_IMAGE"
 
 # ---- 3. PostgreSQL with sample data -----------------------------------------------------------
-step "3/5 PostgreSQL on 127.0.0.1:$PG_PORT with sample data"
+PG_HOST="$STOWAGE_NODE_HOST_IP"
+step "3/5 PostgreSQL on 127.0.0.1:$PG_PORT and $PG_HOST:$PG_PORT (for pods) with sample data"
 PGBIN="$(pg_bin)"
 mkdir -p "$PG_DIR"
 chown postgres:postgres "$PG_DIR"
@@ -165,12 +143,18 @@ if [[ ! -s "$PG_DIR/data/PG_VERSION" ]]; then
     --username=postgres >"$LOGS/initdb.log" 2>&1 || die "initdb failed (log: $LOGS/initdb.log)"
   log "initialised $PG_DIR/data"
 fi
-if pg_running; then
+# Pods connect from the node's pod network, with a password.
+hba_line="host all all $STOWAGE_NODE_POD_CIDR scram-sha-256"
+grep -qxF "$hba_line" "$PG_DIR/data/pg_hba.conf" || printf '%s\n' "$hba_line" >>"$PG_DIR/data/pg_hba.conf"
+if pg_running && [[ "$(cat "$PG_DIR/listen" 2>/dev/null)" == "$PG_HOST" ]]; then
+  as_postgres "$PGBIN/pg_ctl" -D "$PG_DIR/data" reload >/dev/null
   log "PostgreSQL already running"
 else
+  if pg_running; then as_postgres "$PGBIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null; fi
   as_postgres "$PGBIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
-    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR" start >/dev/null ||
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1,$PG_HOST -k $PG_DIR" start >/dev/null ||
     die "PostgreSQL did not start (log: $PG_DIR/postgres.log; is port $PG_PORT free? set STOWAGE_DEMO_PG_PORT)"
+  printf '%s\n' "$PG_HOST" >"$PG_DIR/listen"
   log "PostgreSQL started (log $PG_DIR/postgres.log)"
 fi
 psql_admin() { as_postgres "$PGBIN/psql" -h "$PG_DIR" -p "$PG_PORT" -v ON_ERROR_STOP=1 -qAt "$@"; }
@@ -213,31 +197,47 @@ fi
 # ---- 4. stowage and the backup definitions ---------------------------------------------------------
 step "4/5 stowage (helm upgrade --install) and a BackupTarget + BackupSchedule"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+# No provisioner here: the claim is bound to a local volume on the node, made for it.
+CLAIM_DIR="$VOLUMES/$NS-backups"
+mkdir -p "$CLAIM_DIR"
 k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $NS-backups}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: $NS, name: backups}
+  local: {path: $CLAIM_DIR}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$STOWAGE_NODE_NAME]}
+---
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: backups, namespace: $NS}
 spec:
   accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: $NS-backups
   resources: {requests: {storage: 1Gi}}
 EOF
 k -n "$NS" create secret generic app-db-backup --from-file=password="$DEMO/pg-password" \
   --dry-run=client -o yaml | k apply -f - >/dev/null
-# Pods share the host's network here: keep the operator's metrics port stable and free.
-if [[ ! -s "$METRICS_PORT_FILE" ]]; then
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' >"$METRICS_PORT_FILE"
-fi
-METRICS_PORT="$(cat "$METRICS_PORT_FILE")"
 "$HELM" upgrade --install stowage "$REPO/charts/stowage" -n stowage-system --create-namespace \
-  --set "metrics.port=$METRICS_PORT" --set logFormat=text \
+  --set "image.repository=${STOWAGE_IMAGE%:*}" --set "image.tag=${STOWAGE_IMAGE##*:}" --set logFormat=text \
   --set "runner.serviceAccount.namespaces={$NS}" >"$LOGS/helm.log" 2>&1 || {
   cat "$LOGS/helm.log" >&2
   die "helm upgrade --install failed"
 }
 log "helm release stowage (namespace stowage-system, revision $("$HELM" -n stowage-system status stowage -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])'))"
 k -n stowage-system rollout status deployment/stowage --timeout=180s >/dev/null ||
-  die "the operator did not become ready; see $AGENT_STATE/logs/stowage-system_stowage-*_controller.log"
-log "operator ready (metrics: http://127.0.0.1:$METRICS_PORT/metrics)"
+  die "the operator did not become ready; see: $KUBECTL -n stowage-system logs deploy/stowage"
+log "operator ready ($(k -n stowage-system get pods -l app.kubernetes.io/name=stowage -o 'jsonpath={.items[0].metadata.name} on {.items[0].spec.nodeName}, {.items[0].status.containerStatuses[0].containerID}'))"
 cat >"$DEMO/app-db.yaml" <<EOF
 # deploy/examples/postgres-target.yaml, pointed at the demo's PostgreSQL.
 apiVersion: stowage.dev/v1alpha1
@@ -249,7 +249,8 @@ metadata:
     tier: db
 spec:
   postgres:
-    host: 127.0.0.1
+    image: $PG_CLIENT_IMAGE
+    host: $PG_HOST
     port: $PG_PORT
     database: shop
     username: backup
@@ -296,8 +297,9 @@ esac
 echo
 "$KUBECTL" get backuptargets,backupschedules -A
 echo
-CLAIM_DIR="$AGENT_STATE/volumes/pvc/$NS/backups"
-echo "Artifacts on the claim ($CLAIM_DIR):"
+"$KUBECTL" -n "$NS" get pods -o wide
+echo
+echo "Artifacts on the claim ($CLAIM_DIR, the local volume $NS-backups):"
 "$STOWAGE" artifacts list "$CLAIM_DIR" || true
 
 cat <<EOF
@@ -307,11 +309,13 @@ Look around:
   alias kubectl=$KUBECTL
   kubectl get stowage -A                         # every stowage resource
   kubectl -n $NS describe backuptarget app-db    # conditions, last backup, events
+  kubectl -n stowage-system logs deploy/stowage  # the operator's log
+  kubectl -n stowage-system port-forward deploy/stowage 8080   # then curl localhost:8080/metrics
   kubectl -n $NS annotate backuptarget app-db stowage.dev/backup-now="\$(date +%s)" --overwrite
   $STOWAGE verify $CLAIM_DIR
   psql -h 127.0.0.1 -p $PG_PORT -U backup shop   # password in $DEMO/pg-password
-Logs: $LOGS (builds, node agent), $AGENT_STATE/logs (every container: operator, backup Jobs),
-      $CP/logs (etcd, kube-apiserver, kube-controller-manager)
+Logs: $LOGS (builds, images), kubectl logs (every container: operator, backup Jobs),
+      $CP/logs (etcd, kube-apiserver, kube-controller-manager, containerd, kubelet, kube-scheduler)
 Run it again to re-trigger a backup:  $0
 Stop:   $0 stop        (state kept; '$0 clean' deletes it)
 EOF

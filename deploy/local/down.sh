@@ -28,6 +28,12 @@ ours() { # ours PID -> 0 if PID is alive and was started for this state dir
   [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$STATE/"
 }
 
+# The node first (its containers, mounts and network namespace), while the API server
+# still answers the kubelet.
+if [[ -f "$STATE/node/net.env" ]]; then
+  "$(dirname "${BASH_SOURCE[0]}")/node.sh" stop "$STATE"
+fi
+
 # Reverse start order: controller-manager, then API server, then etcd.
 stopped=0
 for name in kube-controller-manager kube-apiserver etcd; do
@@ -56,4 +62,7 @@ for name in kube-controller-manager kube-apiserver etcd; do
   rm -f "$f"
   stopped=$((stopped + 1))
 done
+if [[ -f "$STATE/node/net.env" ]]; then
+  "$(dirname "${BASH_SOURCE[0]}")/node.sh" net-down "$STATE"
+fi
 log "stopped $stopped process(es) from $STATE"

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Container images for the local node, built here with buildah and never pulled.
+#
+# Usage: deploy/local/images.sh build IMAGE...               build (or reuse) archives
+#        deploy/local/images.sh import <state-dir> IMAGE...  build, then import each into
+#                                                            the node of <state-dir>
+# IMAGE is one of:
+#   pause             the pod sandbox (deploy/local/node/pause.c, static, FROM scratch)
+#   stowage[=BINARY]  the stowage image (deploy/image.sh) around BINARY, by default the
+#                     debug build under $CARGO_TARGET_DIR
+#   postgres-client   Debian's PostgreSQL client tools (pg_dump, pg_restore, psql) and the
+#                     libraries they load, on an empty base; tagged with their major version
+# Archives are cached by content under ${STOWAGE_CACHE:-~/.cache/stowage}/images: an image
+# is rebuilt only when what goes into it changes. The reference of each image is printed
+# on stdout, one per line.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+CACHE="${STOWAGE_CACHE:-$HOME/.cache/stowage}"
+IMAGES="$CACHE/images"
+STORE="${BUILDAH_STORAGE_ROOT:-$CACHE/containers}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+
+log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+  printf 'images.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+
+ensure_pkg() { # ensure_pkg COMMAND DEBIAN_PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "'$1' is missing and apt-get is not available; install package '$2'"
+  log "installing $2 (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+  }
+}
+
+buildah_() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver vfs "$@"; }
+
+# pack REF ARCHIVE ROOTFS_DIR USER ENTRYPOINT_JSON: ROOTFS_DIR as one layer FROM scratch.
+pack() {
+  local ref="$1" archive="$2" root="$3" user="$4" entrypoint="$5"
+  ensure_pkg buildah buildah
+  mkdir -p "$STORE/storage" "$STORE/run" "$IMAGES"
+  local ctr
+  ctr="$(buildah_ from scratch)"
+  buildah_ copy "$ctr" "$root" / >/dev/null
+  buildah_ config --user "$user" --entrypoint "$entrypoint" \
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+  buildah_ commit -q "$ctr" "$ref" >/dev/null
+  buildah_ rm "$ctr" >/dev/null
+  rm -f "$archive.tmp"
+  buildah_ push -q "$ref" "docker-archive:$archive.tmp:$ref"
+  mv "$archive.tmp" "$archive"
+}
+
+# Each builder prints "REFERENCE ARCHIVE".
+build_pause() {
+  local sum
+  sum="$(sha256sum <"$HERE/node/pause.c" | cut -c1-12)"
+  local ref="localhost/stowage-pause:$sum" archive="$IMAGES/pause-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    ensure_pkg gcc gcc
+    log "building $ref"
+    local tmp
+    tmp="$(mktemp -d)"
+    gcc -static -Os -s -o "$tmp/pause" "$HERE/node/pause.c"
+    pack "$ref" "$archive" "$tmp" 65535:65535 '["/pause"]'
+    rm -rf "$tmp"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
+build_stowage() {
+  local binary="${1:-$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/stowage}"
+  [[ -x "$binary" ]] || die "no stowage binary at $binary; build it with: cargo build --bin stowage"
+  local sum
+  sum="$(cat "$binary" "$REPO/Dockerfile" "$REPO/deploy/image.sh" | sha256sum | cut -c1-12)"
+  local ref="localhost/stowage:$sum" archive="$IMAGES/stowage-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    log "building $ref from $binary"
+    mkdir -p "$IMAGES"
+    rm -f "$archive.tmp"
+    bash "$REPO/deploy/image.sh" --binary "$binary" --tag "$ref" \
+      --output "docker-archive:$archive.tmp" >&2
+    mv "$archive.tmp" "$archive"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
+# The host's PostgreSQL client (Debian's newest installed major) with the shared
+# libraries it loads, as found by ldd: the same pg_dump the tests' server speaks to.
+build_postgres_client() {
+  local major
+  major="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort -n | tail -n 1)"
+  [[ -n "$major" ]] || die "PostgreSQL is not installed: apt-get install postgresql-client"
+  local bindir="/usr/lib/postgresql/$major/bin" tools=(pg_dump pg_restore psql pg_dumpall)
+  local t files=()
+  for t in "${tools[@]}"; do
+    [[ -x "$bindir/$t" ]] || die "$bindir/$t is missing: apt-get install postgresql-client-$major"
+    files+=("$bindir/$t")
+  done
+  local libs
+  libs="$(ldd "${files[@]}" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u)"
+  local sum
+  sum="$( (dpkg-query -W -f '${Version}\n' "postgresql-client-$major" 2>/dev/null || true
+    for f in "${files[@]}" $libs; do sha256sum "$(readlink -f "$f")"; done) | sha256sum | cut -c1-12)"
+  local ref="localhost/stowage-postgres-client:$major-$sum" archive="$IMAGES/postgres-client-$major-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    log "building $ref (pg_dump $major and ${#files[@]} tools, $(wc -w <<<"$libs") libraries)"
+    local tmp root
+    tmp="$(mktemp -d)"
+    root="$tmp/root"
+    mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp"
+    chmod 1777 "$root/tmp"
+    for f in "${files[@]}"; do cp "$f" "$root/usr/local/bin/"; done
+    local lib
+    for lib in $libs; do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    # A user database for the tools (libpq looks up the current user's name).
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    pack "$ref" "$archive" "$root" 65532:65532 '["/usr/local/bin/pg_dump"]'
+    rm -rf "$tmp"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
+build_one() { # build_one IMAGE -> "REF ARCHIVE"
+  case "$1" in
+    pause) build_pause ;;
+    stowage) build_stowage ;;
+    stowage=*) build_stowage "${1#stowage=}" ;;
+    postgres-client) build_postgres_client ;;
+    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client)" ;;
+  esac
+}
+
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  build)
+    (($#)) || die "usage: $0 $cmd IMAGE..."
+    for image in "$@"; do
+      line="$(build_one "$image")"
+      printf '%s\n' "${line%% *}"
+    done
+    ;;
+  import)
+    (($# >= 2)) || die "usage: $0 import <state-dir> IMAGE..."
+    state="$(cd "$1" && pwd)"
+    shift
+    hash="$(printf '%s' "$state" | sha256sum | cut -c1-8)"
+    sock="/run/stowage/$hash/containerd.sock"
+    [[ -S "$sock" ]] || die "no containerd for $state ($sock): start the node with STOWAGE_UP_NODE=kubelet deploy/local/up.sh $state"
+    for image in "$@"; do
+      line="$(build_one "$image")"
+      ref="${line%% *}" archive="${line#* }"
+      if ! ctr --address "$sock" --namespace k8s.io images ls -q | grep -qxF "$ref"; then
+        log "importing $ref into the node of $state"
+        ctr --address "$sock" --namespace k8s.io images import "$archive" >/dev/null ||
+          die "ctr could not import $archive"
+      fi
+      printf '%s\n' "$ref"
+    done
+    ;;
+  *) die "usage: $0 build|import ... (try: sed -n 2,16p $0)" ;;
+esac
