@@ -60,6 +60,9 @@ pub mod condition_reasons {
     pub const CLAIM_NOT_BOUND: &str = "ClaimNotBound";
     /// A run's pod cannot be scheduled.
     pub const UNSCHEDULABLE: &str = "Unschedulable";
+    /// A failed run whose container the kernel killed for its memory limit (the tool or
+    /// the runner).
+    pub const OOM_KILLED: &str = "OOMKilled";
 }
 use condition_reasons as r;
 
@@ -170,6 +173,33 @@ fn pod_failure_note(pods: &[Pod]) -> Option<String> {
     })
 }
 
+/// Whether the newest pod's container ran out of memory: containerd marks a container
+/// `OOMKilled` when the kernel killed any of its processes for the memory limit, also when
+/// the runner survived the tool it ran.
+fn out_of_memory(pods: &[Pod]) -> bool {
+    pods.iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .and_then(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .is_some_and(|statuses| {
+            statuses.iter().any(|cs| {
+                cs.state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+            })
+        })
+}
+
+/// The cause and the fix, after what the run said.
+fn oom_message(said: Option<String>) -> String {
+    let cause = "the container was killed for exceeding its memory limit (OOMKilled); \
+                 raise spec.job.resources.limits.memory";
+    match said.filter(|m| !m.is_empty()) {
+        Some(m) => format!("{m}; {cause}"),
+        None => cause.to_owned(),
+    }
+}
+
 /// The finished run a Job represents, or `None` while it runs (or when it is no stowage
 /// run). Never fails: a missing or unreadable result becomes a failure derived from the
 /// Job's conditions. `pods` are the Job's pods, read when the run is recorded.
@@ -237,6 +267,14 @@ pub fn finished_run(job: &RunJob, pods: &[Pod], now: Timestamp) -> Option<Finish
             (false, Some(reason.to_owned()), Some(parts.join("; ")))
         }
     };
+    // Out of memory is the cause to act on, whatever else the run reported; only a Job
+    // stopped by its deadline keeps that reason (the pod note still says OOMKilled).
+    let (reason, message) =
+        if !succeeded && reason.as_deref() != Some(r::DEADLINE_EXCEEDED) && out_of_memory(pods) {
+            (Some(r::OOM_KILLED.to_owned()), Some(oom_message(message)))
+        } else {
+            (reason, message)
+        };
     Some(FinishedRun {
         job: name,
         kind,
@@ -1024,6 +1062,77 @@ mod tests {
         assert_eq!(run.schedule.as_deref(), Some("nightly"));
         assert_eq!(run.finish_time, ts("2030-01-01T00:00:42Z"));
         assert_eq!(run.start_time, Some(ts("2030-01-01T00:00:01Z")));
+    }
+
+    #[test]
+    fn a_run_whose_container_ran_out_of_memory_says_so_whatever_the_result() {
+        // The kernel killed the tool (or the runner) for the container's memory limit:
+        // containerd marks the container OOMKilled even when the runner survived to
+        // write a failed result ("pg_dump was killed by a signal").
+        let failed = result(
+            "failed",
+            json!({"errorKind": "ToolFailed", "message": "pg_dump was killed by a signal without an error message"}),
+        );
+        let oom = |message: Option<&str>, exit: i32| {
+            let mut p = pod(message);
+            let t = p
+                .status
+                .as_mut()
+                .unwrap()
+                .container_statuses
+                .as_mut()
+                .unwrap()[0]
+                .state
+                .as_mut()
+                .unwrap()
+                .terminated
+                .as_mut()
+                .unwrap();
+            t.reason = Some("OOMKilled".into());
+            t.exit_code = exit;
+            p
+        };
+        let mut failed_job = job(
+            "j",
+            "backup",
+            Some(("Failed", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        failed_job.failed_reason = Some("BackoffLimitExceeded".into());
+        failed_job.failed_message = Some("Job has reached the specified backoff limit".into());
+        let table = [
+            (
+                "the tool was killed, the runner reported it",
+                oom(Some(&serde_json::to_string(&failed).unwrap()), 1),
+            ),
+            ("the runner itself was killed", oom(None, 137)),
+        ];
+        for (case, pod) in table {
+            let run = finished_run(&failed_job, &[pod], ts("2031-01-01T00:00:00Z")).unwrap();
+            assert!(!run.succeeded, "{case}");
+            assert_eq!(run.reason.as_deref(), Some("OOMKilled"), "{case}: {run:?}");
+            let message = run.message.unwrap_or_default();
+            assert!(
+                message.contains("memory limit") && message.contains("spec.job.resources"),
+                "{case}: the message names the cause and the fix: {message}"
+            );
+        }
+        // A result that says the run succeeded stays a success (the OOM hit something
+        // that did not matter to the run).
+        let ok = result("ok", json!({}));
+        let done = job(
+            "j",
+            "backup",
+            Some(("Complete", "2030-01-01T00:00:42Z")),
+            None,
+        );
+        let run = finished_run(
+            &done,
+            &[oom(Some(&serde_json::to_string(&ok).unwrap()), 0)],
+            ts("2031-01-01T00:00:00Z"),
+        )
+        .unwrap();
+        assert!(run.succeeded);
     }
 
     #[test]

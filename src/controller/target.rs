@@ -1124,7 +1124,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_oom_killed_job_without_a_result_is_a_failure_from_the_job_conditions() {
+    async fn an_oom_killed_job_without_a_result_is_a_failure_named_for_the_memory_limit() {
         let (ctx, mut api, _clock, _registry) = fixtures::context();
         let target = observed_target();
         let mut job = finished_backup_job();
@@ -1143,10 +1143,12 @@ mod tests {
         .respond(200, pod);
         let req = api.expect(Method::PATCH, STATUS).await;
         let status = req.body["status"].clone();
-        assert_eq!(status["lastFailure"]["reason"], "JobFailed");
+        assert_eq!(status["lastFailure"]["reason"], "OOMKilled");
         let message = status["lastFailure"]["message"].as_str().unwrap();
         assert!(
-            message.contains("backoff limit") && message.contains("OOMKilled (exit code 137)"),
+            message.contains("backoff limit")
+                && message.contains("OOMKilled (exit code 137)")
+                && message.contains("spec.job.resources.limits.memory"),
             "{message}"
         );
         assert_eq!(condition(&status, "Ready")["reason"], "LastBackupFailed");
