@@ -20,6 +20,7 @@ packages=(
   iproute2        # the node's network namespace and link
   gcc             # the pause image's static binary (deploy/local/node/pause.c)
   libc6-dev       # ... and the static C library it links
+  busybox-static  # the shell of the tests' stand-in tools image (deploy/local/images.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
 )
 

@@ -271,6 +271,7 @@ async fn tools_that_echo_the_password_leak_it_into_no_status_event_log_or_sideca
     let password = "Echo-e2e-Secret-5b7e21";
     let mut env = Env::new("e2e-echo", password).await;
     write_echoing_postgres_tools(&env.standin_tools_dir());
+    let standin_image = env.standin_tools_image();
     for (name, database) in [("echo-ok", "shop"), ("echo-fail", "fails")] {
         env.apply(json!({
             "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
@@ -285,7 +286,7 @@ async fn tools_that_echo_the_password_leak_it_into_no_status_event_log_or_sideca
                         "name": stowage_testenv::postgres::SECRET_NAME,
                         "key": stowage_testenv::postgres::SECRET_KEY,
                     },
-                    "image": format!("{}:17", stowage_testenv::STANDIN_TOOLS_IMAGE),
+                    "image": standin_image,
                 },
                 "storage": {"claimName": support::CLAIM},
                 "compression": "none",
@@ -1032,7 +1033,7 @@ async fn a_refused_job_is_named_on_its_target_and_the_tick_goes_on() {
 #[tokio::test]
 async fn a_missing_secret_shows_within_a_minute_and_clears_when_it_appears() {
     let mut env = Env::new("e2e-nosecret", PG_PASSWORD).await;
-    let mut config = env.pg.config_json(Some(&env.db));
+    let mut config = env.pg_config();
     config["passwordSecretRef"] = json!({"name": "app-db-backup", "key": "password"});
     env.apply(json!({
         "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",

@@ -63,6 +63,7 @@ pub async fn run(knobs: &Knobs, namespaces: usize) -> Result<(), BenchError> {
     let plane = tokio::task::spawn_blocking(|| {
         BarePlane::start(PlaneOptions {
             controller_manager: false,
+            real_node: false,
         })
     })
     .await

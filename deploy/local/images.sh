@@ -10,6 +10,8 @@
 #                     debug build under $CARGO_TARGET_DIR
 #   postgres-client   Debian's PostgreSQL client tools (pg_dump, pg_restore, psql) and the
 #                     libraries they load, on an empty base; tagged with their major version
+#   standin-tools=DIR a static busybox (sh, cat, ...) with the executables of DIR in
+#                     /usr/local/sbin: tests' stand-ins of a service's tools
 # Archives are cached by content under ${STOWAGE_CACHE:-~/.cache/stowage}/images: an image
 # is rebuilt only when what goes into it changes. The reference of each image is printed
 # on stdout, one per line.
@@ -38,6 +40,9 @@ ensure_pkg() { # ensure_pkg COMMAND DEBIAN_PACKAGE
   }
 }
 
+# Part of every image's cache key: a change to how images are packed rebuilds them.
+SCRIPT_SUM="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)"
+
 buildah_() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver vfs "$@"; }
 
 # pack REF ARCHIVE ROOTFS_DIR USER ENTRYPOINT_JSON: ROOTFS_DIR as one layer FROM scratch.
@@ -60,7 +65,7 @@ pack() {
 # Each builder prints "REFERENCE ARCHIVE".
 build_pause() {
   local sum
-  sum="$(sha256sum <"$HERE/node/pause.c" | cut -c1-12)"
+  sum="$(cat "$HERE/node/pause.c" <(echo "$SCRIPT_SUM") | sha256sum | cut -c1-12)"
   local ref="localhost/stowage-pause:$sum" archive="$IMAGES/pause-$sum.tar"
   if [[ ! -s "$archive" ]]; then
     ensure_pkg gcc gcc
@@ -78,7 +83,7 @@ build_stowage() {
   local binary="${1:-$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/stowage}"
   [[ -x "$binary" ]] || die "no stowage binary at $binary; build it with: cargo build --bin stowage"
   local sum
-  sum="$(cat "$binary" "$REPO/Dockerfile" "$REPO/deploy/image.sh" | sha256sum | cut -c1-12)"
+  sum="$(cat "$binary" "$REPO/Dockerfile" "$REPO/deploy/image.sh" <(echo "$SCRIPT_SUM") | sha256sum | cut -c1-12)"
   local ref="localhost/stowage:$sum" archive="$IMAGES/stowage-$sum.tar"
   if [[ ! -s "$archive" ]]; then
     log "building $ref from $binary"
@@ -106,7 +111,8 @@ build_postgres_client() {
   local libs
   libs="$(ldd "${files[@]}" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u)"
   local sum
-  sum="$( (dpkg-query -W -f '${Version}\n' "postgresql-client-$major" 2>/dev/null || true
+  sum="$( (echo "$SCRIPT_SUM"
+    dpkg-query -W -f '${Version}\n' "postgresql-client-$major" 2>/dev/null || true
     for f in "${files[@]}" $libs; do sha256sum "$(readlink -f "$f")"; done) | sha256sum | cut -c1-12)"
   local ref="localhost/stowage-postgres-client:$major-$sum" archive="$IMAGES/postgres-client-$major-$sum.tar"
   if [[ ! -s "$archive" ]]; then
@@ -131,13 +137,50 @@ build_postgres_client() {
   printf '%s %s\n' "$ref" "$archive"
 }
 
+# Busybox (Debian's static build) and the stand-ins a test wrote into DIR.
+build_standin_tools() {
+  local dir="$1"
+  [[ -d "$dir" ]] || die "standin-tools: $dir is not a directory"
+  ensure_pkg busybox busybox-static
+  local busybox
+  busybox="$(command -v busybox)"
+  file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
+    die "$busybox is not static: apt-get install busybox-static"
+  local sum
+  sum="$( (echo "$SCRIPT_SUM"
+    sha256sum "$busybox" | cut -d' ' -f1
+    cd "$dir" && find . -maxdepth 1 -type f ! -name '.*' -print0 | sort -z | xargs -0r sha256sum) | sha256sum | cut -c1-12)"
+  local ref="localhost/stowage-standin-tools:$sum" archive="$IMAGES/standin-tools-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    log "building $ref from $dir"
+    local tmp root
+    tmp="$(mktemp -d)"
+    root="$tmp/root"
+    mkdir -p "$root/bin" "$root/usr/local/sbin" "$root/tmp" "$root/var/tmp" "$root/etc"
+    # World-writable, as in most images: a read-only root file system must refuse them.
+    chmod 1777 "$root/tmp" "$root/var/tmp"
+    cp "$busybox" "$root/bin/busybox"
+    local applet
+    for applet in $("$busybox" --list); do
+      [[ "$applet" == busybox ]] || ln -s busybox "$root/bin/$applet"
+    done
+    find "$dir" -maxdepth 1 -type f ! -name '.*' -exec cp -p {} "$root/usr/local/sbin/" \;
+    printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/home/nonroot:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    pack "$ref" "$archive" "$root" 65532:65532 '["/bin/sh"]'
+    rm -rf "$tmp"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
 build_one() { # build_one IMAGE -> "REF ARCHIVE"
   case "$1" in
     pause) build_pause ;;
     stowage) build_stowage ;;
     stowage=*) build_stowage "${1#stowage=}" ;;
     postgres-client) build_postgres_client ;;
-    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client)" ;;
+    standin-tools=*) build_standin_tools "${1#standin-tools=}" ;;
+    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client, standin-tools=DIR)" ;;
   esac
 }
 

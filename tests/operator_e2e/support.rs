@@ -15,9 +15,6 @@ use serde_json::{Value, json};
 use stowage_testenv::postgres::{PgServer, SECRET_KEY, SECRET_NAME};
 use stowage_testenv::{TestCluster, TestNamespace, eventually};
 
-/// The image the controller names for the runner: the node agent maps repository
-/// `stowage` to the locally built binary at `/usr/local/bin/stowage`.
-pub const RUNNER_IMAGE: &str = "stowage:e2e";
 /// The claim every test's targets write to.
 pub const CLAIM: &str = "backups";
 /// The correct superuser password of the shared PostgreSQL server.
@@ -38,7 +35,12 @@ pub fn postgres() -> Arc<PgServer> {
     if let Some(server) = guard.upgrade() {
         return server;
     }
-    let server = Arc::new(PgServer::start(PG_PASSWORD));
+    let cluster = TestCluster::shared().expect("the control plane starts");
+    // Reachable from the node's pods (on a real node: on the host's end of its link).
+    let server = Arc::new(PgServer::start_for(
+        PG_PASSWORD,
+        cluster.pg_access().as_ref(),
+    ));
     *guard = Arc::downgrade(&server);
     server
 }
@@ -160,11 +162,9 @@ impl Env {
             metrics_port: free_port(),
             starts: 0,
         };
-        env.apply(json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": CLAIM},
-            "spec": {"accessModes": [mode], "resources": {"requests": {"storage": "1Gi"}}}
-        }));
+        env.cluster
+            .create_claim(env.name(), CLAIM, mode)
+            .expect("the claim is created");
         env.apply(json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": "stowage-runner"}, "automountServiceAccountToken": false
@@ -251,13 +251,27 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The `spec.postgres` of a target of this test's database: the server reachable from
+    /// pods and, on a real node, the PostgreSQL client image built from the host's tools.
+    pub fn pg_config(&self) -> Value {
+        let mut config = self.pg.config_json(Some(&self.db));
+        if let Some(image) = self
+            .cluster
+            .postgres_image()
+            .expect("the PostgreSQL client image is built and imported")
+        {
+            config["image"] = image.into();
+        }
+        config
+    }
+
     /// A BackupTarget `name` for this test's database, labelled `labels`.
     pub fn create_target(&self, name: &str, labels: Value) {
         self.apply(json!({
             "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
             "metadata": {"name": name, "labels": labels},
             "spec": {
-                "postgres": self.pg.config_json(Some(&self.db)),
+                "postgres": self.pg_config(),
                 "storage": {"claimName": CLAIM},
                 "compression": "zstd",
                 "job": {"backoffLimit": 0}
@@ -501,6 +515,10 @@ impl Env {
         extra: &[(&str, &str)],
     ) -> Child {
         let kubeconfig = operator_kubeconfig(self.cluster);
+        let runner_image = self
+            .cluster
+            .stowage_image()
+            .expect("the stowage image is built and imported");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -513,7 +531,7 @@ impl Env {
             .args(["--bind-address", &format!("127.0.0.1:{metrics_port}")])
             .arg("--fake-time-file")
             .arg(time_file)
-            .args(["--runner-image", RUNNER_IMAGE])
+            .args(["--runner-image", &runner_image])
             .args(["--leader-election", "true"])
             .args(["--lease-namespace", self.name()])
             .args([
@@ -743,33 +761,22 @@ impl Env {
     }
 
     /// The logs of every container of this namespace's pods (what `kubectl logs` shows),
-    /// each after a `----- <file>` line.
+    /// each after a `----- <pod>/<container>` line.
     pub fn container_logs(&self) -> String {
-        let mut out = String::new();
-        let logs = self.cluster.agent_state_dir().join("logs");
-        let mut files: Vec<_> = std::fs::read_dir(&logs)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{}_", self.name()))
-            })
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for file in files {
-            out.push_str(&format!("----- {}\n", file.display()));
-            out.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
-        }
-        out
+        self.cluster.container_logs(self.name())
     }
 
-    /// The host directory containers of image [`stowage_testenv::STANDIN_TOOLS_IMAGE`]
-    /// see first on their `PATH`.
+    /// The host directory whose files containers of [`Env::standin_tools_image`] see
+    /// first on their `PATH`.
     pub fn standin_tools_dir(&self) -> PathBuf {
         self.cluster.standin_tools_dir()
+    }
+
+    /// The image with the files of [`Env::standin_tools_dir`] (write them first).
+    pub fn standin_tools_image(&self) -> String {
+        self.cluster
+            .standin_tools_image()
+            .expect("the stand-in tools image is built and imported")
     }
 
     /// Everything useful when a test fails.
@@ -815,16 +822,8 @@ impl Env {
                 Err(e) => out.push_str(&e.to_string()),
             }
         }
-        let logs = self.cluster.agent_state_dir().join("logs");
-        if let Ok(entries) = std::fs::read_dir(&logs) {
-            for entry in entries.flatten() {
-                let file = entry.file_name().to_string_lossy().into_owned();
-                if file.starts_with(&format!("{}_", self.name())) {
-                    out.push_str(&format!("----- container log {file}\n"));
-                    out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-                }
-            }
-        }
+        out.push_str("----- container logs\n");
+        out.push_str(&self.container_logs());
         out
     }
 }

@@ -37,8 +37,11 @@ pub const SECRET_KEY: &str = "superuser-password";
 /// A running PostgreSQL server; stopped (immediately) on drop, and deleted unless it was
 /// started in a directory of the caller's ([`PgServer::start_in`]).
 pub struct PgServer {
-    /// The TCP port on 127.0.0.1.
+    /// The TCP port (on 127.0.0.1, and on [`PodAccess::host`] when given).
     pub port: u16,
+    /// The address [`PgServer::config_json`] gives: 127.0.0.1, or the host's address on a
+    /// real node's link ([`PodAccess`]).
+    pub host: String,
     /// The superuser's (`postgres`) password.
     pub password: String,
     dir: PathBuf,
@@ -174,12 +177,28 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port on 127.0.0.1")
 }
 
+/// How pods of a real node reach a server on this host: it listens on `host` too (the
+/// host's address on the node's link) and lets clients of `pod_cidr` in with a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodAccess {
+    /// The host's address that pods can reach (`STOWAGE_NODE_HOST_IP`).
+    pub host: String,
+    /// The pods' network (`STOWAGE_NODE_POD_CIDR`).
+    pub pod_cidr: String,
+}
+
 impl PgServer {
     /// initdb and start a server whose superuser `postgres` has `password`.
     pub fn start(password: &str) -> PgServer {
+        PgServer::start_for(password, None)
+    }
+
+    /// [`PgServer::start`], reachable from pods as `access` says (`None`: on 127.0.0.1
+    /// only, for processes of this host).
+    pub fn start_for(password: &str, access: Option<&PodAccess>) -> PgServer {
         let scratch = ScratchDir::new("stowage-pg-");
         let dir = scratch.0.clone();
-        PgServer::start_at(dir, password, Some(scratch))
+        PgServer::start_at(dir, password, Some(scratch), access)
     }
 
     /// Start a server on the cluster kept in `dir` (created with initdb and `password` when
@@ -190,10 +209,15 @@ impl PgServer {
     pub fn start_in(dir: &Path, password: &str) -> PgServer {
         fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("create the directory {}: {e}", dir.display()));
-        PgServer::start_at(dir.to_owned(), password, None)
+        PgServer::start_at(dir.to_owned(), password, None, None)
     }
 
-    fn start_at(dir: PathBuf, password: &str, scratch: Option<ScratchDir>) -> PgServer {
+    fn start_at(
+        dir: PathBuf,
+        password: &str,
+        scratch: Option<ScratchDir>,
+        access: Option<&PodAccess>,
+    ) -> PgServer {
         let bin = server_bin_dir();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
         give_to_server_user(&dir);
@@ -231,8 +255,20 @@ impl PgServer {
             );
         }
 
+        let mut listen = "127.0.0.1".to_owned();
+        if let Some(access) = access {
+            let hba = data.join("pg_hba.conf");
+            let mut text = fs::read_to_string(&hba).expect("read pg_hba.conf");
+            let line = format!("host all all {} scram-sha-256", access.pod_cidr);
+            if !text.lines().any(|l| l == line) {
+                text.push_str(&format!("{line}\n"));
+                fs::write(&hba, text).expect("write pg_hba.conf");
+            }
+            listen = format!("127.0.0.1,{}", access.host);
+        }
         let mut server = PgServer {
             port: 0,
+            host: access.map_or_else(|| "127.0.0.1".to_owned(), |a| a.host.clone()),
             password: password.to_owned(),
             log: PathBuf::new(),
             dir,
@@ -249,7 +285,7 @@ impl PgServer {
                 .arg(&data)
                 .arg("-k")
                 .arg(&sockets)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-h", &listen, "-p", &port.to_string()])
                 .args([
                     "-c",
                     "fsync=off",
@@ -328,7 +364,7 @@ impl PgServer {
     /// [`SECRET_NAME`]/[`SECRET_KEY`].
     pub fn config_json(&self, database: Option<&str>) -> serde_json::Value {
         let mut value = serde_json::json!({
-            "host": "127.0.0.1",
+            "host": self.host,
             "port": self.port,
             "username": "postgres",
             "passwordSecretRef": {"name": SECRET_NAME, "key": SECRET_KEY},

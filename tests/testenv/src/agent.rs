@@ -135,21 +135,27 @@ pub fn ensure_running(plane: &Plane, agent_state: &Path) -> Result<(), TestEnvEr
     Ok(())
 }
 
-/// Waits until the agent's Node reports Ready.
+/// Waits until the cluster's Node (the agent's or the real one) reports Ready.
 pub fn wait_node_ready(cluster: &TestCluster) -> Result<(), TestEnvError> {
     let start = Instant::now();
     let jsonpath = r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
     let mut last = String::new();
     while start.elapsed() < Duration::from_secs(120) {
-        match cluster.kubectl_output(&["get", "node", NODE_NAME, "-o", jsonpath]) {
+        match cluster.kubectl_output(&["get", "node", cluster.node_name(), "-o", jsonpath]) {
             Ok(status) if status.trim() == "True" => return Ok(()),
             Ok(status) => last = format!("Ready={status}"),
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    let log = if cluster.real_node() {
+        "kubelet.log"
+    } else {
+        "node-agent.log"
+    };
     Err(TestEnvError::Startup(format!(
-        "node {NODE_NAME} not Ready ({last}); see {}",
-        cluster.state_dir().join("logs/node-agent.log").display()
+        "node {} not Ready ({last}); see {}",
+        cluster.node_name(),
+        cluster.state_dir().join("logs").join(log).display()
     )))
 }

@@ -25,6 +25,8 @@ pub struct Plane {
     pub api_port: u16,
     /// Started by this process (and so stopped by its reaper).
     pub owned: bool,
+    /// Every variable of the state dir's `env` file.
+    pub env: HashMap<String, String>,
 }
 
 /// Which components `up.sh` starts.
@@ -34,25 +36,28 @@ pub struct PlaneOptions {
     /// controller...). Without it Jobs get no pods and finish only when a client sets their
     /// status, and namespaces get no `default` ServiceAccount.
     pub controller_manager: bool,
+    /// Start a real node (containerd, kubelet, kube-scheduler: `STOWAGE_UP_NODE=kubelet`).
+    pub real_node: bool,
 }
 
 impl Default for PlaneOptions {
-    /// Everything `up.sh` starts by default (what the tests get).
+    /// The control plane with kube-controller-manager and no node.
     fn default() -> Self {
         PlaneOptions {
             controller_manager: true,
+            real_node: false,
         }
     }
 }
 
 /// Starts a control plane in a fresh temporary dir, or reuses `$STOWAGE_TEST_CLUSTER`.
-pub fn start_or_reuse() -> Result<Plane, TestEnvError> {
+pub fn start_or_reuse(options: PlaneOptions) -> Result<Plane, TestEnvError> {
     if let Some(dir) = std::env::var_os(REUSE_VAR).filter(|v| !v.is_empty()) {
         let dir = PathBuf::from(dir);
-        up(&dir, PlaneOptions::default())?;
+        up(&dir, options)?;
         return plane(dir, false);
     }
-    start_fresh("stowage-test", PlaneOptions::default())
+    start_fresh("stowage-test", options)
 }
 
 /// Starts a control plane with `options` in a fresh temporary dir named `<prefix>-…`.
@@ -93,6 +98,10 @@ fn up(state_dir: &Path, options: PlaneOptions) -> Result<(), TestEnvError> {
             "STOWAGE_UP_CONTROLLER_MANAGER",
             if options.controller_manager { "1" } else { "0" },
         )
+        .env(
+            "STOWAGE_UP_NODE",
+            if options.real_node { "kubelet" } else { "none" },
+        )
         .output()
         .map_err(|e| TestEnvError::Startup(format!("running {}: {e}", up.display())))?;
     if !out.status.success() {
@@ -129,6 +138,7 @@ fn plane(state_dir: PathBuf, owned: bool) -> Result<Plane, TestEnvError> {
         api_port,
         state_dir,
         owned,
+        env,
     })
 }
 

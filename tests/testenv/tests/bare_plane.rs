@@ -26,6 +26,7 @@ async fn a_bare_plane_serves_jobs_that_the_simulated_node_finishes_and_counts_ag
     let plane = tokio::task::spawn_blocking(|| {
         BarePlane::start(PlaneOptions {
             controller_manager: false,
+            real_node: false,
         })
     })
     .await??;

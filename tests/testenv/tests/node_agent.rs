@@ -20,7 +20,7 @@ const GUARD: Duration = Duration::from_secs(180);
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn setup(prefix: &str) -> Result<(&'static TestCluster, Client, String), TestEnvError> {
-    let cluster = TestCluster::shared()?;
+    let cluster = TestCluster::shared_with_agent()?;
     let ns = cluster.ns(prefix).await?;
     let client = cluster.client().await?;
     Ok((cluster, client, ns.name().to_string()))
