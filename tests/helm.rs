@@ -769,9 +769,9 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
             "kustomize flag {a} differs from the chart's defaults {chart_args:?}"
         );
     }
-    assert_eq!(
-        kargs[4], "--bind-address=0.0.0.0:8080",
-        "tests/chart/install.sh patches args[4]"
+    assert!(
+        kargs[1].starts_with("--runner-image="),
+        "tests/chart/install.sh patches args[1]: {kargs:?}"
     );
     assert_eq!(
         container(&docs)["securityContext"],
@@ -785,13 +785,14 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
     );
 }
 
-/// Install, upgrade and uninstall on a real control plane with the node agent, plus
-/// `kubectl apply -k deploy/`; each runs the operator and completes a backup. Needs the
-/// stowage and node-agent binaries, so it runs after `cargo build`.
+/// Install, upgrade and uninstall on a real control plane with a real node (the stowage
+/// image built from the binary cargo built and imported), plus `kubectl apply -k deploy/`;
+/// each runs the operator and completes a backup. Needs the stowage binary, so it runs
+/// after `cargo build`.
 #[test]
 fn chart_and_kustomize_install_on_a_local_control_plane() {
     let script = repo().join("tests/chart/install.sh");
-    // The binaries cargo built for this test run (the node agent sits next to stowage).
+    // The binary cargo built for this test run.
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_stowage"))
         .parent()
         .expect("binary directory")

@@ -59,7 +59,16 @@ pack() {
   buildah_ rm "$ctr" >/dev/null
   rm -f "$archive.tmp"
   buildah_ push -q "$ref" "docker-archive:$archive.tmp:$ref"
+  # The archive is the cache; buildah's copy would only grow its store.
+  buildah_ rmi -f "$ref" >/dev/null 2>&1 || true
   mv "$archive.tmp" "$archive"
+  prune "$(basename "$archive" | sed 's/-[0-9a-f]\{12\}\.tar$//')"
+}
+
+# prune KIND: keep the newest 5 archives of KIND (e.g. stowage, standin-tools).
+prune() {
+  find "$IMAGES" -maxdepth 1 -name "$1-????????????.tar" -printf '%T@ %p\n' | sort -rn |
+    tail -n +6 | cut -d' ' -f2- | xargs -r rm -f
 }
 
 # Each builder prints "REFERENCE ARCHIVE".
@@ -89,9 +98,16 @@ build_stowage() {
     log "building $ref from $binary"
     mkdir -p "$IMAGES"
     rm -f "$archive.tmp"
-    bash "$REPO/deploy/image.sh" --binary "$binary" --tag "$ref" \
+    # A debug build carries ~250 MB of debug info that no container needs.
+    local tmp
+    tmp="$(mktemp -d)"
+    strip -o "$tmp/stowage" "$binary"
+    bash "$REPO/deploy/image.sh" --binary "$tmp/stowage" --tag "$ref" \
       --output "docker-archive:$archive.tmp" >&2
+    rm -rf "$tmp"
+    buildah_ rmi -f "$ref" >/dev/null 2>&1 || true
     mv "$archive.tmp" "$archive"
+    prune stowage
   fi
   printf '%s %s\n' "$ref" "$archive"
 }

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# Installs stowage on a real local control plane (deploy/local/up.sh) whose pods the node
-# agent runs (the image's /usr/local/bin/stowage is the locally built binary), and checks
-# what a user would:
+# Installs stowage on a real local control plane with a real node (deploy/local/up.sh with
+# STOWAGE_UP_NODE=kubelet: containerd and the kubelet; the stowage image is built here from
+# the local binary and imported, never pulled), and checks what a user would:
 #   1. every manifest `helm template` renders (default and other values) is accepted by
 #      `kubectl apply --dry-run=server`, and so is deploy/examples/*.yaml;
-#   2. `helm install`: the operator becomes ready, an http BackupTarget (a file served by a
-#      loopback `python3 -m http.server`) backs up on `stowage.dev/backup-now`, and the
-#      artifact on the claim is byte-identical to the file, with the status' sha256;
+#   2. `helm install`: the operator becomes ready, an http BackupTarget (a file served by
+#      `python3 -m http.server` on the host's end of the node's link) backs up on
+#      `stowage.dev/backup-now`, and the artifact on the claim (a local PersistentVolume) is
+#      byte-identical to the file, with the status' sha256;
 #   3. `helm upgrade` with changed values: the Deployment's flags change, the new pod runs,
 #      allowedPlugins is enforced, another backup succeeds;
 #   4. `helm uninstall`: the operator is gone, the CRDs and the BackupTargets are kept,
 #      and a new `helm install` adopts them;
-#   5. `kubectl apply -k deploy/` (through an overlay that only moves the metrics port, as
-#      pods share the host's network here): the operator runs and a backup succeeds.
+#   5. `kubectl apply -k deploy/` (through an overlay that only sets the image, and the
+#      runner image flag, to the one built here): the operator runs and a backup succeeds.
 # Prints one ok/FAIL line per check and exits non-zero on any failure.
 #
-# Needs: deploy/local/build.sh binaries, and `stowage` + `stowage-node-agent` built
-# (cargo build -p stowage --bin stowage -p stowage-testenv --bin stowage-node-agent).
-# Environment: STOWAGE_BIN_DIR_RUST (dir with both binaries; default
+# Needs root (the node), deploy/local/build.sh binaries, and `stowage` built (cargo build
+# -p stowage --bin stowage).
+# Environment: STOWAGE_BIN_DIR_RUST (dir with the binary; default
 #   $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug), KEEP_STATE=1 keeps the cluster up.
 set -euo pipefail
 
@@ -25,17 +26,14 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CACHE="${STOWAGE_CACHE:-$HOME/.cache/stowage}"
 RUST_BIN="${STOWAGE_BIN_DIR_RUST:-${CARGO_TARGET_DIR:-$CACHE/target}/x86_64-unknown-linux-gnu/debug}"
 STOWAGE="$RUST_BIN/stowage"
-AGENT="$RUST_BIN/stowage-node-agent"
-for b in "$STOWAGE" "$AGENT"; do
-  [[ -x "$b" ]] || {
-    echo "install.sh: $b is missing; build it: cargo build -p stowage --bin stowage -p stowage-testenv --bin stowage-node-agent" >&2
-    exit 1
-  }
-done
+[[ -x "$STOWAGE" ]] || {
+  echo "install.sh: $STOWAGE is missing; build it: cargo build -p stowage --bin stowage" >&2
+  exit 1
+}
 
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/stowage-chart.XXXXXX")"
 CP="$STATE/cp"
-AGENT_STATE="$STATE/node-agent"
+VOLUMES="$STATE/volumes"
 WORK="$STATE/work"
 mkdir -p "$WORK"
 pids=()
@@ -60,11 +58,12 @@ cleanup() {
   if ((failed > 0 || status != 0)); then
     log "diagnostics (state dir $STATE):"
     k get pods,jobs -A -o wide 2>/dev/null | tail -n 20 >&2 || true
-    for f in "$AGENT_STATE"/logs/*.log "$CP/logs/node-agent.log"; do
-      [[ -f "$f" ]] || continue
-      echo "--- $f" >&2
-      tail -n 15 "$f" >&2
+    local pod
+    for pod in $(k get pods -A -o 'jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{" "}{end}' 2>/dev/null); do
+      echo "--- kubectl logs $pod" >&2
+      k -n "${pod%%/*}" logs "${pod#*/}" --all-containers --tail 15 >&2 2>&1 || true
     done
+    tail -n 15 "$CP/logs/kubelet.log" >&2 2>/dev/null || true
   fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -77,9 +76,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port: a TCP port nothing listens on.
+# free_port [ADDRESS]: a TCP port nothing listens on.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"
 }
 
 # poll SECONDS COMMAND...: retry until the command succeeds or time runs out.
@@ -92,11 +91,11 @@ poll() {
   done
 }
 
-# ---- cluster + node agent + loopback HTTP server -------------------------------------
-log "starting the control plane in $CP"
+# ---- cluster + real node + HTTP server ----------------------------------------------------
+log "starting the control plane and a real node in $CP"
 # A second attempt covers a port taken by another test between choosing and binding it.
-"$REPO/deploy/local/up.sh" "$CP" >"$STATE/up.log" 2>&1 ||
-  "$REPO/deploy/local/up.sh" "$CP" >>"$STATE/up.log" 2>&1 || {
+STOWAGE_UP_NODE=kubelet "$REPO/deploy/local/up.sh" "$CP" >"$STATE/up.log" 2>&1 ||
+  STOWAGE_UP_NODE=kubelet "$REPO/deploy/local/up.sh" "$CP" >>"$STATE/up.log" 2>&1 || {
   cat "$STATE/up.log" >&2
   exit 1
 }
@@ -105,25 +104,23 @@ source "$CP/env"
 k() { "$KUBECTL" --request-timeout 20s "$@"; }
 H() { "$HELM" "$@"; }
 
-log "starting the node agent"
-setsid "$AGENT" --state-dir "$AGENT_STATE" --kubeconfig "$KUBECONFIG" --node-name stowage-local \
-  --image-map "stowage=$STOWAGE:/usr/local/bin/stowage" >"$STATE/node-agent.log" 2>&1 </dev/null &
-pids+=("$!")
-node_ready() { [[ "$(k get node stowage-local -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]; }
-poll 120 node_ready || {
-  tail -n 30 "$STATE/node-agent.log" >&2
-  echo "node agent did not become Ready" >&2
+IMAGE="$("$REPO/deploy/local/images.sh" import "$CP" "stowage=$STOWAGE" 2>"$STATE/images.log")" || {
+  cat "$STATE/images.log" >&2
+  echo "the stowage image could not be built or imported" >&2
   exit 1
 }
+log "image $IMAGE in the node's containerd"
 
 mkdir -p "$WORK/www"
 head -c 300000 /dev/urandom >"$WORK/www/payload.bin"
 PAYLOAD_SHA="$(sha256sum "$WORK/www/payload.bin" | cut -d' ' -f1)"
-HTTP_PORT="$(free_port)"
-(cd "$WORK/www" && exec python3 -m http.server --bind 127.0.0.1 "$HTTP_PORT") >"$STATE/http.log" 2>&1 &
+# Where pods reach this host: the host's end of the node's link.
+HTTP_HOST="$STOWAGE_NODE_HOST_IP"
+HTTP_PORT="$(free_port "$HTTP_HOST")"
+(cd "$WORK/www" && exec python3 -m http.server --bind "$HTTP_HOST" "$HTTP_PORT") >"$STATE/http.log" 2>&1 &
 pids+=("$!")
-poll 30 curl -sf -o /dev/null "http://127.0.0.1:$HTTP_PORT/payload.bin" || {
-  echo "the loopback HTTP server did not start" >&2
+poll 30 curl -sf -o /dev/null "http://$HTTP_HOST:$HTTP_PORT/payload.bin" || {
+  echo "the HTTP server did not start" >&2
   exit 1
 }
 
@@ -171,20 +168,40 @@ check "dry-run=server accepts ServiceMonitor, PrometheusRule, dashboard, Network
   --set grafanaDashboard.enabled=true --set networkPolicy.enabled=true --set 'networkPolicy.apiServerCIDRs={127.0.0.1/32}'
 
 # ---- 2. helm install + a backup -------------------------------------------------------
-METRICS_PORT="$(free_port)"
 k create namespace demo >/dev/null
+# No provisioner on the local node: a local volume made for the claim.
+CLAIM_DIR="$VOLUMES/demo-backups"
+mkdir -p "$CLAIM_DIR"
 k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: demo-backups}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  claimRef: {namespace: demo, name: backups}
+  local: {path: $CLAIM_DIR}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$STOWAGE_NODE_NAME]}
+---
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: backups, namespace: demo}
 spec:
   accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: demo-backups
   resources: {requests: {storage: 1Gi}}
 EOF
 # Client-side dry runs of the examples need their CRDs: install first, then check them.
 install() {
   H upgrade --install stowage "$REPO/charts/stowage" -n stowage-system \
-    --set "metrics.port=$METRICS_PORT" --set logFormat=text \
+    --set "image.repository=${IMAGE%:*}" --set "image.tag=${IMAGE##*:}" --set logFormat=text \
     --set 'runner.serviceAccount.namespaces={demo}' "$@" >"$WORK/helm.out" 2>&1 ||
     {
       cat "$WORK/helm.out" >&2
@@ -199,14 +216,19 @@ deployment_ready() { # deployment_ready NAMESPACE NAME
     [[ "$(k -n "$1" get deployment "$2" -o 'jsonpath={.status.updatedReplicas}')" == "$want" ]] &&
     [[ -z "$(k -n "$1" get deployment "$2" -o 'jsonpath={.status.unavailableReplicas}')" ]]
 }
-# metrics_served PORT: /readyz answers 200 and /metrics is OpenMetrics text.
+# metrics_served: the operator pod's /readyz answers 200 and /metrics is OpenMetrics text
+# (at the pod's address: the host routes the node's pod network).
 metrics_served() {
-  curl -sf -o /dev/null "http://127.0.0.1:$1/readyz" && curl -sf "http://127.0.0.1:$1/metrics" | grep -q '^# EOF'
+  local ip
+  ip="$(k -n stowage-system get pods -l app.kubernetes.io/name=stowage --field-selector status.phase=Running \
+    -o 'jsonpath={.items[0].status.podIP}')" || return 1
+  [[ -n "$ip" ]] &&
+    curl -sf -o /dev/null "http://$ip:8080/readyz" && curl -sf "http://$ip:8080/metrics" | grep -q '^# EOF'
 }
 
 check "helm install succeeds" install
 check "the operator Deployment becomes ready" poll 180 deployment_ready stowage-system stowage
-check "the operator serves /readyz and /metrics" poll 60 metrics_served "$METRICS_PORT"
+check "the operator serves /readyz and /metrics" poll 60 metrics_served
 check "the CRDs carry helm.sh/resource-policy: keep" \
   test "$(k get crd backuptargets.stowage.dev -o 'jsonpath={.metadata.annotations.helm\.sh/resource-policy}')" = keep
 check "the runner ServiceAccount exists in namespace demo" k -n demo get serviceaccount stowage-runner
@@ -230,7 +252,7 @@ kind: BackupTarget
 metadata: {name: $1, namespace: demo}
 spec:
   http:
-    url: http://127.0.0.1:$HTTP_PORT/payload.bin
+    url: http://$HTTP_HOST:$HTTP_PORT/payload.bin
     expectedStatus: 200
   storage: {claimName: backups}
   compression: none
@@ -283,7 +305,7 @@ artifact_matches() {
   local rel sha path
   rel="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["artifact"])' "$1")" || return 1
   sha="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sha256"])' "$1")" || return 1
-  path="$AGENT_STATE/volumes/pvc/demo/backups/$rel"
+  path="$CLAIM_DIR/$rel"
   [[ -f "$path" ]] || {
     echo "artifact $path missing" >&2
     return 1
@@ -345,29 +367,30 @@ check "helm uninstall (again) succeeds" uninstall
 check "the operator is gone again" poll 120 operator_gone
 
 # ---- 5. kubectl apply -k deploy/ --------------------------------------------------------
-KPORT="$(free_port)"
 mkdir -p "$WORK/overlay"
 cat >"$WORK/overlay/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - $(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$REPO/deploy" "$WORK/overlay")
+images:
+  - name: ghcr.io/stowage-dev/stowage
+    newName: ${IMAGE%:*}
+    newTag: ${IMAGE##*:}
+# The runner image is a flag, which an images: entry does not rewrite.
 patches:
   - target: {kind: Deployment, name: stowage}
     patch: |-
       - op: replace
-        path: /spec/template/spec/containers/0/args/4
-        value: --bind-address=0.0.0.0:$KPORT
-      - op: replace
-        path: /spec/template/spec/containers/0/ports/0/containerPort
-        value: $KPORT
+        path: /spec/template/spec/containers/0/args/1
+        value: --runner-image=$IMAGE
 EOF
 kustomize_args_ok() { k kustomize "$REPO/deploy" | grep -q -- '--bind-address=0.0.0.0:8080'; }
-check "deploy/ renders with the bind address where the overlay patches it" kustomize_args_ok
+check "deploy/ renders with the metrics bind address" kustomize_args_ok
 apply_k() { k apply -k "$WORK/overlay" >"$WORK/kustomize.out" 2>&1 || { cat "$WORK/kustomize.out" >&2; return 1; }; }
-check "kubectl apply -k deploy/ (port overlay) succeeds" apply_k
+check "kubectl apply -k deploy/ (image overlay) succeeds" apply_k
 check "the kustomize operator Deployment becomes ready" poll 180 deployment_ready stowage-system stowage
-check "the kustomize operator serves /metrics" poll 60 metrics_served "$KPORT"
+check "the kustomize operator serves /metrics" poll 60 metrics_served
 # With kustomize nobody creates the runner's ServiceAccount (helm uninstall removed the
 # chart's): the documented example does.
 sa_example() { sed 's/namespace: shop/namespace: demo/' "$REPO/deploy/examples/runner-serviceaccount.yaml" | k apply -f - >/dev/null; }
