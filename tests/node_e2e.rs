@@ -1,8 +1,9 @@
 //! What only a real node can show (`deploy/local/node.sh`: containerd, runc and the
 //! kubelet): the backup pod's security settings really hold, a fresh claim becomes writable
 //! for the runner through `fsGroup`, a tool image without its tool gives a clear condition,
-//! an OOM-killed run is recorded as such, and a result stays within the
-//! kubelet's 4 KiB. Each test backs up through the operator (a local process, as in
+//! an OOM-killed run is recorded as such, a result stays within the kubelet's 4 KiB,
+//! `kubectl logs`/`exec` reach the node, and an image never built here is named on the
+//! target (nothing is pulled). Each test backs up through the operator (a local process, as in
 //! `operator_e2e`) with stand-in tools packed into an image of their own
 //! (`deploy/local/images.sh standin-tools=DIR`), so every test controls what its pod runs.
 
@@ -357,5 +358,171 @@ exit 1
             panic!("the termination message is the whole result ({e}): {text}")
         });
         assert_eq!(parsed["outcome"], outcome, "{parsed}");
+    }
+}
+
+/// The kubelet's API works through the API server: `kubectl logs` and `kubectl exec`
+/// reach a container that runs in containerd (its ID says so).
+#[tokio::test]
+async fn kubectl_logs_and_exec_reach_a_container_of_the_node() {
+    let env = real_node_env("node-kubectl").await;
+    let (_dir, image) = tools_image(&env, &[]);
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "shell"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main", "image": image,
+                "command": ["/bin/sh", "-c", "echo hello-from-the-pod; exec sleep 600"],
+            }],
+        }
+    }));
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shell",
+        "--timeout=120s",
+    ]);
+    let id = env.kubectl(&[
+        "get",
+        "pod",
+        "shell",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    assert!(id.starts_with("containerd://"), "container ID {id}");
+    let logs = env.kubectl(&["logs", "shell"]);
+    assert_eq!(logs.trim(), "hello-from-the-pod");
+    // Not env.kubectl: its `-n` would land after `--`, in the container's command.
+    let answer = env
+        .cluster
+        .kubectl_output(&[
+            "exec",
+            "-n",
+            env.name(),
+            "shell",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo $((6 * 7))",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer.trim(), "42");
+}
+
+/// Nothing is pulled: a target whose image was never built here shows the kubelet's
+/// pull failure, naming the image, on the target at once.
+#[tokio::test]
+async fn an_image_never_built_is_named_on_the_target() {
+    let mut env = real_node_env("node-noimage").await;
+    let missing = "localhost/stowage-never-built:1";
+    standin_target(&env, "nowhere", missing, json!({"backoffLimit": 0}));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    let target = env
+        .wait_target(
+            "the pull failure on the target",
+            "nowhere",
+            |t| match condition(t, "Reachable") {
+                Some(c)
+                    if c["status"] == "False"
+                        && matches!(
+                            c["reason"].as_str(),
+                            Some("ErrImagePull" | "ImagePullBackOff")
+                        ) =>
+                {
+                    Ok(())
+                }
+                _ => Err(condition_summary(t, "Reachable")),
+            },
+        )
+        .await;
+    let reachable = condition(&target, "Reachable").expect("Reachable");
+    assert!(
+        reachable["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(missing),
+        "the condition names the image: {reachable}"
+    );
+}
+
+/// Pod traffic stays inside the namespaces the test run made: a pod reaches a server of
+/// this host on the host's end of the node's link, and not the same server on the host's
+/// other addresses.
+#[tokio::test]
+async fn pods_reach_the_hosts_end_of_the_link_and_nothing_else() {
+    let env = real_node_env("node-net").await;
+    let server = std::net::TcpListener::bind("0.0.0.0:0").expect("bind a server");
+    let port = server.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for stream in server.incoming().flatten() {
+            let mut stream = stream;
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            );
+        }
+    });
+    // The host's addresses other than the link's (where its default route leaves).
+    let route = std::process::Command::new("ip")
+        .args(["-4", "route", "get", "192.0.2.123"])
+        .output()
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    let other = route
+        .split_whitespace()
+        .skip_while(|w| *w != "src")
+        .nth(1)
+        .map(str::to_owned);
+    let (_dir, image) = tools_image(&env, &[]);
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "main", "image": image, "command": ["sleep", "600"]}],
+        }
+    }));
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client",
+        "--timeout=120s",
+    ]);
+    // busybox nc (its static wget crashes resolving names); a connection that cannot be
+    // made prints nothing.
+    let fetch = |host: &str| {
+        env.cluster
+            .kubectl_output(&[
+                "exec",
+                "-n",
+                env.name(),
+                "client",
+                "--",
+                "/bin/sh",
+                "-c",
+                &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}; true"),
+            ])
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let link = env.cluster.pod_host().to_owned();
+    let answer = fetch(&link);
+    assert!(
+        answer.contains("200 OK"),
+        "the host's end of the link ({link}) answers: {answer:?}"
+    );
+    match other.filter(|ip| *ip != link) {
+        Some(ip) => {
+            let answer = fetch(&ip);
+            assert!(
+                !answer.contains("200 OK"),
+                "the host's address {ip} must be out of the pods' reach: {answer:?}"
+            );
+        }
+        None => eprintln!("no other host address to try (route: {route})"),
     }
 }

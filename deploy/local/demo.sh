@@ -297,7 +297,8 @@ esac
 echo
 "$KUBECTL" get backuptargets,backupschedules -A
 echo
-"$KUBECTL" -n "$NS" get pods -o wide
+# Each run's pod ran on the real node, in a containerd container of the image it names.
+"$KUBECTL" -n "$NS" get pods -o custom-columns='POD:.metadata.name,NODE:.spec.nodeName,STATUS:.status.phase,IMAGE:.spec.containers[0].image,CONTAINER:.status.containerStatuses[0].containerID'
 echo
 echo "Artifacts on the claim ($CLAIM_DIR, the local volume $NS-backups):"
 "$STOWAGE" artifacts list "$CLAIM_DIR" || true

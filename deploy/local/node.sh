@@ -14,8 +14,9 @@
 # The network: each state dir gets its own namespace `stowage-<hash>` holding containerd,
 # the kubelet and every pod. A veth pair links it to the host: host 10.213.<i>.1, node
 # 10.213.<i>.2 (the Node's InternalIP, where the API server reaches the kubelet for
-# `kubectl logs/exec`). Pods get 10.214.<i>.0/24 on a bridge inside the namespace. The host
-# does not forward, so pods reach the host's addresses on that link and nothing beyond.
+# `kubectl logs/exec`). Pods get 10.214.<i>.0/24 on a bridge inside the namespace. A
+# FORWARD rule in the namespace lets pods reach the host's end of the link and nothing
+# beyond it.
 # In the namespace, the `kubernetes` Service (10.0.0.1:443) is DNATed to the API server.
 # Environment: STOWAGE_NODE_TIMEOUT (seconds to wait for Ready, default 180).
 set -euo pipefail
@@ -248,6 +249,11 @@ EOF
       in_ns iptables -t nat -A "$chain" -d 10.0.0.1/32 -p tcp --dport 443 \
         -j DNAT --to-destination "$NODE_HOST_IP:$API_PORT"
   done
+
+  # Pods reach the host's end of the link and nothing beyond it, whether the host forwards
+  # or not: their traffic stays in the namespaces this run made.
+  in_ns iptables -C FORWARD -o eth0 ! -d "$NODE_HOST_IP/32" -j DROP 2>/dev/null ||
+    in_ns iptables -A FORWARD -o eth0 ! -d "$NODE_HOST_IP/32" -j DROP
 
   start containerd containerd --config "$NODE/containerd/config.toml"
   wait_for containerd "its socket $SOCK" ctr_ version
