@@ -226,6 +226,11 @@ async fn a_failed_backup_reports_the_plugin_error_without_the_password() {
         !log.contains(wrong),
         "the password leaked into the operator log"
     );
+    // Text logs into a file (or `kubectl logs`) carry no terminal colour codes.
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escape codes in the operator's text log"
+    );
 }
 
 /// Stand-in `psql` and `pg_dump` that echo `$PGPASSWORD`: on stderr always, in the
