@@ -86,6 +86,10 @@ net_index() {
 net_up() {
   ensure_pkg ip iproute2
   ensure_pkg iptables iptables
+  # One state dir at a time picks and claims a subnet.
+  mkdir -p /run/stowage
+  exec 7>/run/stowage/.net.lock
+  flock 7
   local i
   i="$(net_index)"
   HOST_IP="10.213.$i.1" NODE_IP="10.213.$i.2" POD_CIDR="10.214.$i.0/24"
@@ -108,6 +112,7 @@ net_up() {
   in_ns sysctl -qw net.ipv4.ip_forward=1
   printf 'NODE_NET_INDEX=%s\nNODE_HOST_IP=%s\nNODE_IP=%s\nNODE_POD_CIDR=%s\nNODE_NETNS=%s\n' \
     "$i" "$HOST_IP" "$NODE_IP" "$POD_CIDR" "$NETNS" >"$NODE/net.env"
+  exec 7>&-
 }
 
 # ---- start ----------------------------------------------------------------------------
