@@ -361,30 +361,37 @@ exit 1
     }
 }
 
+/// Starts pod `name` of `image` running `command` and waits until it is Ready.
+fn running_pod(env: &Env, name: &str, image: &str, command: Value) {
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "main", "image": image, "command": command}],
+        }
+    }));
+    env.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=120s",
+    ]);
+}
+
 /// The kubelet's API works through the API server: `kubectl logs` and `kubectl exec`
 /// reach a container that runs in containerd (its ID says so).
 #[tokio::test]
 async fn kubectl_logs_and_exec_reach_a_container_of_the_node() {
     let env = real_node_env("node-kubectl").await;
     let (_dir, image) = tools_image(&env, &[]);
-    env.apply(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "shell"},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "containers": [{
-                "name": "main", "image": image,
-                "command": ["/bin/sh", "-c", "echo hello-from-the-pod; exec sleep 600"],
-            }],
-        }
-    }));
-    env.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/shell",
-        "--timeout=120s",
-    ]);
+    running_pod(
+        &env,
+        "shell",
+        &image,
+        json!(["/bin/sh", "-c", "echo hello-from-the-pod; exec sleep 600"]),
+    );
     let id = env.kubectl(&[
         "get",
         "pod",
@@ -479,21 +486,7 @@ async fn pods_reach_the_hosts_end_of_the_link_and_nothing_else() {
         .nth(1)
         .map(str::to_owned);
     let (_dir, image) = tools_image(&env, &[]);
-    env.apply(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "client"},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "containers": [{"name": "main", "image": image, "command": ["sleep", "600"]}],
-        }
-    }));
-    env.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/client",
-        "--timeout=120s",
-    ]);
+    running_pod(&env, "client", &image, json!(["sleep", "600"]));
     // busybox nc (its static wget crashes resolving names); a connection that cannot be
     // made prints nothing.
     let fetch = |host: &str| {

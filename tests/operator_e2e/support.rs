@@ -211,35 +211,9 @@ impl Env {
     /// `kubectl apply` (server-side) of one object into the namespace.
     pub fn apply(&self, mut object: Value) {
         object["metadata"]["namespace"] = self.name().into();
-        let mut child = self
-            .cluster
-            .kubectl()
-            .args([
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--field-manager=e2e",
-                "-f",
-                "-",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl starts");
-        let body = serde_json::to_vec(&object).expect("JSON");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(&body)
-            .expect("write to kubectl");
-        let out = child.wait_with_output().expect("kubectl runs");
-        assert!(
-            out.status.success(),
-            "kubectl apply {object}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.cluster
+            .apply(std::slice::from_ref(&object))
+            .unwrap_or_else(|e| panic!("kubectl apply {object}: {e}"));
     }
 
     /// `kubectl <args> -n <ns>`; its stdout (panics with stderr on failure).

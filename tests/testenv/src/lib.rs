@@ -179,6 +179,12 @@ impl TestCluster {
         self.api_port
     }
 
+    /// `kubectl apply --server-side` of `objects` (JSON; each names its namespace when it
+    /// has one).
+    pub fn apply(&self, objects: &[serde_json::Value]) -> Result<(), TestEnvError> {
+        node::apply(&self.kubectl, &self.kubeconfig, objects)
+    }
+
     /// What runs this cluster's pods.
     pub fn node(&self) -> &NodeKind {
         &self.node
@@ -280,7 +286,7 @@ impl TestCluster {
                 "spec": {"accessModes": [access_mode], "resources": {"requests": {"storage": "1Gi"}}}
             })],
         };
-        node::apply(&self.kubectl, &self.kubeconfig, &objects)?;
+        self.apply(&objects)?;
         if self.real_node() {
             // Bound before anything uses it: the scheduler refuses a pod whose claim is
             // not bound yet (the node agent never looked).
