@@ -4,11 +4,15 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{BackupSchedule, BackupTarget};
+use crate::api::{BackupRestore, BackupSchedule, BackupTarget};
 
 /// Every CRD stowage defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![BackupTarget::crd(), BackupSchedule::crd()]
+    vec![
+        BackupTarget::crd(),
+        BackupSchedule::crd(),
+        BackupRestore::crd(),
+    ]
 }
 
 /// The file name under `crds/` for a CRD (`<plural>.<group>.yaml`).

@@ -64,6 +64,9 @@ pub struct Candidate<Id> {
     pub schedule: Option<String>,
     /// The time it is bucketed by (the schedule tick, else the run's start).
     pub time: Timestamp,
+    /// A restore is reading it ([`crate::artifacts::select::Hold`]): kept whatever the
+    /// rules say.
+    pub held: bool,
 }
 
 /// An artifact that stays, and every reason why.
@@ -223,6 +226,9 @@ pub fn plan<Id: Clone>(
                 reasons.push(format!("oldest {}", rule.name));
             }
         }
+        if reasons.is_empty() && candidate.held {
+            reasons.push("being restored".to_owned());
+        }
         if reasons.is_empty() {
             prune.push(Pruned {
                 id: candidate.id.clone(),
@@ -272,6 +278,7 @@ pub fn apply(
     }
     let found = catalog::scan(&base)?;
     let mut stored_bytes = BTreeMap::new();
+    let now = std::time::SystemTime::now();
     let candidates: Vec<Candidate<PathBuf>> = found
         .artifacts
         .into_iter()
@@ -281,6 +288,7 @@ pub fn apply(
             Candidate {
                 time: l.sidecar.time(),
                 schedule: l.sidecar.schedule,
+                held: crate::artifacts::select::is_held(&l.path, now),
                 id: l.path,
             }
         })
@@ -336,6 +344,7 @@ mod tests {
             id,
             schedule: Some("nightly".into()),
             time: at(time),
+            held: false,
         }
     }
 
@@ -440,11 +449,13 @@ mod tests {
                 id: 3,
                 schedule: None,
                 time: at("2025-01-01T00:00:00Z"),
+                held: false,
             },
             Candidate {
                 id: 4,
                 schedule: Some("hourly".into()),
                 time: at("2025-01-01T00:00:00Z"),
+                held: false,
             },
         ];
         let policy = RetentionPolicy {
@@ -463,6 +474,28 @@ mod tests {
         let reasons: Vec<_> = plan.keep.iter().map(|k| k.reasons.join(",")).collect();
         assert!(reasons.contains(&"on-demand".to_owned()));
         assert!(reasons.contains(&"made by schedule hourly".to_owned()));
+    }
+
+    #[test]
+    fn an_artifact_being_restored_is_kept_whatever_the_rules_say() {
+        let mut artifacts = vec![
+            nightly(1, "2026-01-01T00:00:00Z"),
+            nightly(2, "2026-01-02T00:00:00Z"),
+            nightly(3, "2026-01-03T00:00:00Z"),
+        ];
+        artifacts[0].held = true;
+        let policy = RetentionPolicy {
+            keep_last: 1,
+            ..Default::default()
+        };
+        let plan = plan(&policy, "nightly", &artifacts, &TimeZone::UTC);
+        assert_eq!(kept_ids(&plan), vec![1, 3]);
+        assert_eq!(
+            plan.keep.iter().find(|k| k.id == 1).unwrap().reasons,
+            vec!["being restored"]
+        );
+        assert_eq!(plan.prune.len(), 1);
+        assert_eq!(plan.prune[0].id, 2);
     }
 
     #[test]
@@ -517,6 +550,7 @@ mod tests {
                         _ => Some("nightly".into()),
                     },
                     time: base + jiff::SignedDuration::from_mins(minutes),
+                    held: false,
                 })
                 .collect()
         })

@@ -10,6 +10,7 @@
 //! namespace's objects and events, and the containers' logs are printed.
 
 #[path = "operator_e2e/support.rs"]
+#[allow(dead_code)] // shared with the other e2e suites
 mod support;
 
 use std::time::Duration;

@@ -497,22 +497,18 @@ fn a_corrupt_artifact_is_not_restored_even_partly() {
     assert!(!stowage_verify(&root).status.success(), "verify sees it");
 
     let restore = restore_invocation(&app_db, &root, &secrets, &artifact, Some("restored"));
-    let failed = run(&restore, scratch.path(), &[]).expect_failure(16, "IoError");
+    let failed = run(&restore, scratch.path(), &[]).expect_failure(20, "ChecksumMismatch");
     assert!(
         failed.message().contains("does not match its sidecar"),
         "{}",
         failed.message()
     );
-    // The whole SQL went into psql, but its end never did: nothing was committed.
-    assert_eq!(
-        server
-            .psql(
-                "restored",
-                "select count(*) from pg_tables where schemaname = 'public'"
-            )
-            .trim(),
-        "0",
-        "a corrupt artifact was (partly) restored"
+    assert_eq!(failed.result["restore"]["stage"], "verify");
+    // The artifact is re-hashed before the server is contacted: not even the destination
+    // database was created.
+    assert!(
+        server.try_psql("restored", "select 1").is_err(),
+        "a corrupt artifact reached the server"
     );
 }
 

@@ -230,7 +230,11 @@ fi
             "psql",
             r#"case "$*" in
   *server_version*) echo "170002|17.2 (stand-in server, password $PGPASSWORD)" ;;
-  *) cat >/dev/null; echo "created"; echo "restored with $PGPASSWORD" ;;
+  *) input=$(cat)
+     case "$input" in
+       *"SELECT EXISTS"*) echo "f" ;;  # the destination database does not exist yet
+       *) echo "created"; echo "restored with $PGPASSWORD" ;;
+     esac ;;
 esac
 "#,
         ),

@@ -1,13 +1,18 @@
-//! The `stowage.dev/v1alpha1` API: `BackupTarget` and `BackupSchedule`.
+//! The `stowage.dev/v1alpha1` API: `BackupTarget`, `BackupSchedule` and `BackupRestore`.
 //!
 //! Every field's doc comment is the description that `kubectl explain` shows, so they
 //! are written for users, not for Rust readers.
 
 mod common;
+mod restore;
 mod schedule;
 mod target;
 
 pub use common::{Compression, JobSettings, ProbeSettings, StorageSpec, condition_list_schema};
+pub use restore::{
+    BackupRestore, BackupRestoreSpec, BackupRestoreStatus, Latest, RestoreDestination, RestoreMode,
+    RestorePhase, RestorePlan, RestoreSource, RestoredArtifact, TargetRef, restore_conditions,
+};
 pub use schedule::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus, ConcurrencyPolicy};
 pub use target::{
     ArtifactSummary, BackupRecord, BackupTarget, BackupTargetSpec, BackupTargetStatus,

@@ -13,6 +13,7 @@ mod fsio;
 pub mod layout;
 pub mod pipeline;
 pub mod reader;
+pub mod select;
 pub mod sidecar;
 pub mod writer;
 

@@ -29,7 +29,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 
-use crate::api::{BackupSchedule, BackupTarget};
+use crate::api::{BackupRestore, BackupSchedule, BackupTarget};
 use crate::jobs::{RunKind, job_kind};
 
 use super::runs::{self, ActiveRun, StartDecision, StartRequest};
@@ -65,6 +65,8 @@ pub struct RunJob {
     pub failed_message: Option<String>,
     /// Whether it is being deleted.
     pub deleting: bool,
+    /// The BackupRestore it runs, for a restore (annotation `stowage.dev/restore`).
+    pub restore: Option<String>,
 }
 
 impl RunJob {
@@ -125,6 +127,7 @@ impl RunJob {
             failed_reason: failed.as_ref().and_then(|c| c.reason.clone()),
             failed_message: failed.and_then(|c| c.message),
             deleting: job.metadata.deletion_timestamp.is_some(),
+            restore: annotation(crate::jobs::annotations::RESTORE),
         }
     }
 
@@ -342,6 +345,9 @@ impl Jobs {
     }
 }
 
+/// Where the BackupRestore triggers of one watched scope (`None`: all) go.
+type RestoreRoute = (Option<String>, UnboundedSender<ObjectRef<BackupRestore>>);
+
 /// Where the triggers of one watched scope go.
 struct Route {
     /// The namespace, or `None` for all.
@@ -369,6 +375,8 @@ pub struct Cache {
     /// Objects whose reconcile waits for the Job creations in flight, with when they
     /// first waited.
     deferred: Mutex<HashMap<Deferred, std::time::Instant>>,
+    /// Where the BackupRestore triggers of each watched scope go.
+    restore_routes: Mutex<Vec<RestoreRoute>>,
 }
 
 /// The longest an object's reconcile waits for Job creations
@@ -454,6 +462,7 @@ impl Cache {
             syncing: tokio::sync::watch::channel(0).0,
             max_probes: max_probes.max(1),
             deferred: Mutex::default(),
+            restore_routes: Mutex::default(),
         }
     }
 
@@ -493,6 +502,45 @@ impl Cache {
             targets: target_triggers,
             schedules: schedule_triggers,
         });
+    }
+
+    /// Add where a scope's BackupRestore triggers go: a restore's Job changing wakes it.
+    pub fn add_restore_route(
+        &self,
+        scope: Option<String>,
+        triggers: UnboundedSender<ObjectRef<BackupRestore>>,
+    ) {
+        lock(&self.restore_routes).push((scope, triggers));
+    }
+
+    fn trigger_restore(&self, namespace: &str, name: &str) {
+        for (scope, triggers) in lock(&self.restore_routes).iter() {
+            if scope.as_deref().is_none_or(|s| s == namespace) {
+                let _ = triggers.unbounded_send(ObjectRef::new(name).within(namespace));
+            }
+        }
+    }
+
+    /// The BackupTarget `namespace/name` as the watch shows it; `None` when there is none
+    /// (or it cannot be read with this operator's types).
+    pub fn target(&self, namespace: &str, name: &str) -> Option<Arc<BackupTarget>> {
+        let object = ObjectRef::new(name).within(namespace);
+        let stores = lock(&self.targets).clone();
+        stores
+            .iter()
+            .find_map(|store| store.get(&object))
+            .and_then(|t| parsed(&t))
+    }
+
+    /// The Job `namespace/name` as the watch last showed it.
+    pub fn job(&self, namespace: &str, name: &str) -> Option<RunJob> {
+        lock(&self.jobs).all.get(&key(namespace, name)).cloned()
+    }
+
+    /// Whether the Job `namespace/name` exists, or this replica created it and the watch
+    /// does not show it yet.
+    pub fn job_exists(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.jobs).exists(namespace, name)
     }
 
     fn trigger_target(&self, namespace: &str, name: &str) {
@@ -554,6 +602,7 @@ impl Cache {
     pub fn apply_job_event(&self, event: Event<Job>, sync: &mut SyncToken) {
         let mut wake_targets: Vec<Key> = Vec::new();
         let mut wake_schedules: Vec<Key> = Vec::new();
+        let mut wake_restores: Vec<Key> = Vec::new();
         let mut note = |ns: &str, old: Option<&RunJob>, new: Option<&RunJob>| {
             if old == new {
                 return;
@@ -562,6 +611,9 @@ impl Cache {
                 wake_targets.push(key(ns, &job.target));
                 if let Some(s) = &job.schedule {
                     wake_schedules.push(key(ns, s));
+                }
+                if let Some(r) = &job.restore {
+                    wake_restores.push(key(ns, r));
                 }
             }
         };
@@ -624,6 +676,11 @@ impl Cache {
         for (ns, name) in wake_schedules {
             self.trigger_schedule(&ns, &name);
         }
+        wake_restores.sort();
+        wake_restores.dedup();
+        for (ns, name) in wake_restores {
+            self.trigger_restore(&ns, &name);
+        }
     }
 
     /// The Jobs of a target, as the watch last showed them.
@@ -658,6 +715,7 @@ impl Cache {
                     failed_reason: None,
                     failed_message: None,
                     deleting: false,
+                    restore: None,
                 }),
         );
         out

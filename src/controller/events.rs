@@ -29,6 +29,14 @@ pub mod reasons {
     pub const JOB_REJECTED: &str = "JobRejected";
     /// A run's pod cannot start (missing Secret, image pull failure, unschedulable).
     pub const RUN_CANNOT_START: &str = "RunCannotStart";
+    /// A restore Job was created.
+    pub const RESTORE_STARTED: &str = "RestoreStarted";
+    /// A restore (or its dry run) succeeded.
+    pub const RESTORE_SUCCEEDED: &str = "RestoreSucceeded";
+    /// A restore failed or was refused.
+    pub const RESTORE_FAILED: &str = "RestoreFailed";
+    /// A restore waits for another run of its destination target.
+    pub const RESTORE_WAITING: &str = "RestoreWaiting";
 }
 
 /// An event to publish: type, reason and note.
@@ -71,6 +79,8 @@ impl PlannedEvent {
             | reasons::RUN_CANNOT_START => "StartBackup",
             reasons::BACKUP_SUCCEEDED | reasons::BACKUP_FAILED => "RecordBackup",
             reasons::PROBE_FAILED => "RecordProbe",
+            reasons::RESTORE_STARTED | reasons::RESTORE_WAITING => "StartRestore",
+            reasons::RESTORE_SUCCEEDED | reasons::RESTORE_FAILED => "RecordRestore",
             reasons::ARTIFACTS_PRUNED => "ApplyRetention",
             _ => "Schedule",
         }

@@ -65,6 +65,19 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Labels of finished restores.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabels {
+    /// Namespace of the BackupRestore.
+    pub namespace: String,
+    /// Plugin of the destination target.
+    pub plugin: String,
+    /// `succeeded`, `failed` or `dry-run`.
+    pub result: String,
+    /// The `Completed` condition's reason (`Restored`, `DryRun`, or an error kind).
+    pub reason: String,
+}
+
 type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -89,6 +102,10 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     /// `stowage_reconcile_errors_total{controller,error}`.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Finished restores, by namespace, plugin, result and reason.
+    pub restores: Family<RestoreLabels, Counter>,
+    /// Duration of finished restores (not dry runs), by plugin and result.
+    pub restore_duration: DurationFamily,
 }
 
 impl Default for Metrics {
@@ -101,6 +118,8 @@ impl Default for Metrics {
             next_run: Family::default(),
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
+            restores: Family::default(),
+            restore_duration: Family::new_with_constructor(duration_histogram),
         }
     }
 }
@@ -142,6 +161,16 @@ impl Metrics {
             "stowage_reconcile_errors",
             "Failed reconciliations, by controller and error",
             self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "stowage_restores",
+            "Finished BackupRestores, by namespace, plugin, result and reason",
+            self.restores.clone(),
+        );
+        registry.register(
+            "stowage_restore_duration_seconds",
+            "Duration of finished restores (not dry runs) in seconds",
+            self.restore_duration.clone(),
         );
         self
     }
@@ -194,6 +223,33 @@ impl Metrics {
     }
 
     /// Set the target's gauges from its status.
+    /// Count a finished restore; `duration_seconds` for restores that ran (not dry runs).
+    pub fn restore_finished(
+        &self,
+        namespace: &str,
+        plugin: &str,
+        result: &str,
+        reason: &str,
+        duration_seconds: Option<f64>,
+    ) {
+        self.restores
+            .get_or_create(&RestoreLabels {
+                namespace: namespace.to_owned(),
+                plugin: plugin.to_owned(),
+                result: result.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+        if let Some(seconds) = duration_seconds.filter(|s| s.is_finite() && *s >= 0.0) {
+            self.restore_duration
+                .get_or_create(&DurationLabels {
+                    plugin: plugin.to_owned(),
+                    result: result.to_owned(),
+                })
+                .observe(seconds);
+        }
+    }
+
     pub fn target_observed(
         &self,
         namespace: &str,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod restore;
 pub mod runs;
 pub mod schedule;
 pub mod server;
@@ -44,7 +45,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::api::{BackupSchedule, BackupTarget};
+use crate::api::{BackupRestore, BackupSchedule, BackupTarget};
 use crate::jobs::JobDefaults;
 
 pub use config::{Clock, ControllerArgs, LogFormat, SystemClock, TestClock};
@@ -156,6 +157,8 @@ pub struct Context {
     pub target_statuses: cache::WrittenStatuses<crate::api::BackupTargetStatus>,
     /// The same for schedules.
     pub schedule_statuses: cache::WrittenStatuses<crate::api::BackupScheduleStatus>,
+    /// The same for restores.
+    pub restore_statuses: cache::WrittenStatuses<crate::api::BackupRestoreStatus>,
     /// The Job creations: bounded ([`JOB_CREATE_CONCURRENCY`]) and counted.
     pub job_creates: Arc<JobCreates>,
     /// Bounds the event batches published in the background ([`events::publish_later`]).
@@ -185,6 +188,7 @@ impl Context {
             cache,
             target_statuses: Default::default(),
             schedule_statuses: Default::default(),
+            restore_statuses: Default::default(),
             job_creates: Default::default(),
             event_slots: Arc::new(tokio::sync::Semaphore::new(events::EVENT_CONCURRENCY)),
             events_inline: false,
@@ -708,6 +712,15 @@ async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()
             "cannot list BackupSchedules ({e}); are the CRDs installed (`stowage crd | kubectl apply -f -`)?"
         );
     }
+    let restores: Api<BackupRestore> = match namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    if let Err(e) = restores.list(&params).await {
+        anyhow::bail!(
+            "cannot list BackupRestores ({e}); are this release's CRDs installed (`stowage crd | kubectl apply -f -`) and does the operator's RBAC allow backuprestores?"
+        );
+    }
     Ok(())
 }
 
@@ -1041,6 +1054,7 @@ fn scope_controllers(
             move |event, sync| cache.apply_pod_event(watched::unwrap_event(event, |p| p.0), sync),
         )
     };
+    let stop_restores = stop.clone();
     let claims = watch_into(
         api_in::<PersistentVolumeClaim>(&ctx.client, ns),
         watcher::Config::default(),
@@ -1049,7 +1063,43 @@ fn scope_controllers(
         claim_sync,
         move |event, sync| cache.apply_claim_event(event, sync),
     );
-    vec![targets, schedules, jobs, pods, claims]
+    let restores = {
+        let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded();
+        ctx.cache.add_restore_route(scope.clone(), restore_tx);
+        let (reader, writer) = reflector::store::<BackupRestore>();
+        let stream = reflector(
+            writer,
+            watcher::watcher(
+                api_in::<BackupRestore>(&ctx.client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(strip_managed_fields),
+        )
+        .inspect(|event| {
+            if let Err(e) = event {
+                log_watch_error("BackupRestore", e);
+            }
+        })
+        .applied_objects();
+        let ctx_for_results = ctx.clone();
+        Controller::for_stream(stream, reader)
+            .with_config(Config::default().concurrency(RECONCILE_CONCURRENCY))
+            .reconcile_on(restore_rx)
+            .graceful_shutdown_on(stop_restores)
+            .run(
+                restore::reconcile,
+                |obj, err, ctx| error_policy(obj, err, ctx, restore::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(handle_result::<BackupRestore>(
+                restore::CONTROLLER,
+                ctx_for_results,
+                restore::forget,
+            ))
+            .boxed()
+    };
+    vec![targets, schedules, jobs, pods, claims, restores]
 }
 
 #[cfg(test)]

@@ -402,7 +402,7 @@ mod tests {
     }
 
     #[test]
-    fn active_runs_come_from_active_backup_jobs_only() {
+    fn active_runs_come_from_active_backup_and_restore_jobs_only() {
         let job = |name: &str, kind: &str, finished: bool, deleting: bool| -> RunJob {
             let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(serde_json::json!({
                 "metadata": {
@@ -429,10 +429,27 @@ mod tests {
             job("done", "backup", true, false),
             job("probe", "probe", false, false),
             job("stopping", "backup", false, true),
+            job("restoring", "restore", false, false),
         ];
+        let active = active_runs(&jobs);
         assert_eq!(
-            active_runs(&jobs),
-            vec![run("running", "app-db", Some("nightly"), "backups")]
+            active,
+            vec![
+                run("running", "app-db", Some("nightly"), "backups"),
+                run("restoring", "app-db", Some("nightly"), "backups"),
+            ]
         );
+        // A restore of the target keeps its backups waiting, and the other way round.
+        let restoring = &active[1..];
+        assert_eq!(
+            plan_start(&scheduled(ConcurrencyPolicy::Allow), restoring),
+            target_busy("restoring")
+        );
+        let restore = StartRequest {
+            job: "r1-r-1".into(),
+            trigger: StartTrigger::OnDemand,
+            ..scheduled(ConcurrencyPolicy::Forbid)
+        };
+        assert_eq!(plan_start(&restore, &active[..1]), target_busy("running"));
     }
 }

@@ -240,7 +240,7 @@ async fn observe(
 
 /// The pods of a finished Job whose run is being recorded, read by name (their
 /// termination messages hold the run's result, which the caches do not keep).
-async fn job_pods(ctx: &Context, namespace: &str, job: &str) -> Result<Vec<Pod>, Error> {
+pub(super) async fn job_pods(ctx: &Context, namespace: &str, job: &str) -> Result<Vec<Pod>, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut pods = Vec::new();
     for summary in ctx.cache.pods_of_job(namespace, job) {

@@ -1,5 +1,5 @@
-//! The Kubernetes Job of one run (a backup or a probe of one `BackupTarget`), built as a
-//! pure function of the target, the run request and the operator's defaults.
+//! The Kubernetes Job of one run (a backup, a probe or a restore of one `BackupTarget`),
+//! built as a pure function of the target, the run request and the operator's defaults.
 //!
 //! The Job's name is derived from the run ([`job_name`]), so creating it twice yields
 //! `AlreadyExists` instead of a second run. The pod runs `stowage run backup|probe`
@@ -45,6 +45,8 @@ pub mod labels {
     pub const RUN: &str = "stowage.dev/run";
     /// `backup`, `probe` or `restore` ([`RunKind`](super::RunKind)).
     pub const KIND: &str = "stowage.dev/kind";
+    /// The BackupRestore's name (restores only), through [`label_value`](super::label_value).
+    pub const RESTORE: &str = "stowage.dev/restore";
 }
 
 /// Annotations on every Job that stowage creates, with the full (unshortened) values.
@@ -58,6 +60,8 @@ pub mod annotations {
     /// The `stowage.dev/backup-now` or `stowage.dev/probe-now` token (or the
     /// controller's probe token) that triggered the run.
     pub const TOKEN: &str = "stowage.dev/token";
+    /// The BackupRestore's name (restores only).
+    pub const RESTORE: &str = "stowage.dev/restore";
 }
 
 /// Names of the env variables the runner (`stowage run`, [`crate::runner::RunArgs`])
@@ -91,7 +95,30 @@ pub mod env {
     /// Seconds after which the runner gives up with a `Timeout` result, a little less
     /// than the Job's deadline so the failure is reported rather than killed.
     pub const TIMEOUT_SECONDS: &str = "STOWAGE_TIMEOUT_SECONDS";
+    /// Restore: the artifact's path relative to the claim.
+    pub const RESTORE_ARTIFACT: &str = "STOWAGE_RESTORE_ARTIFACT";
+    /// Restore: the BackupTarget whose artifacts to choose from (empty: any, with a path).
+    pub const RESTORE_SOURCE_TARGET: &str = "STOWAGE_RESTORE_SOURCE_TARGET";
+    /// Restore: choose the newest artifact at or before this time.
+    pub const RESTORE_AS_OF: &str = "STOWAGE_RESTORE_AS_OF";
+    /// Restore: skip this many of the newest artifacts.
+    pub const RESTORE_PREVIOUS: &str = "STOWAGE_RESTORE_PREVIOUS";
+    /// Restore: choose among this schedule's artifacts only.
+    pub const RESTORE_SCHEDULE: &str = "STOWAGE_RESTORE_SCHEDULE";
+    /// Restore: the name inside the destination (e.g. a database).
+    pub const RESTORE_INTO: &str = "STOWAGE_RESTORE_INTO";
+    /// Restore: `IntoEmpty` or `Replace`.
+    pub const RESTORE_MODE: &str = "STOWAGE_RESTORE_MODE";
+    /// Restore: `true` for a dry run.
+    pub const RESTORE_DRY_RUN: &str = "STOWAGE_RESTORE_DRY_RUN";
+    /// Restore: the claim's name, for messages.
+    pub const RESTORE_CLAIM: &str = "STOWAGE_RESTORE_CLAIM";
 }
+
+/// `activeDeadlineSeconds` of a restore Job when neither the BackupRestore nor the
+/// destination target sets one: 6 hours (a restore of a large database takes longer
+/// than its backup: indexes are rebuilt).
+pub const RESTORE_DEADLINE_SECONDS: i64 = 6 * 3600;
 
 /// Name of the container that runs `stowage run` (its termination message is the result).
 pub const RUN_CONTAINER: &str = "run";
@@ -182,6 +209,40 @@ pub enum Trigger {
         /// The token.
         token: String,
     },
+    /// A `BackupRestore`.
+    Restore(Box<RestoreRun>),
+}
+
+/// What the Job of one `BackupRestore` does; the target of the [`build_job`] call is the
+/// destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestoreRun {
+    /// The BackupRestore's name.
+    pub name: String,
+    /// The BackupRestore's uid (part of the run id: one Job per BackupRestore).
+    pub uid: String,
+    /// The Job's owner: the BackupRestore, so deleting it deletes (cancels) the Job.
+    pub owner: OwnerReference,
+    /// The claim holding the artifact, mounted where backups mount theirs.
+    pub claim: String,
+    /// The target whose artifacts to choose from; `None`: any (a path on a claim).
+    pub source_target: Option<String>,
+    /// The artifact's path relative to the claim.
+    pub path: Option<String>,
+    /// The newest artifact at or before this time.
+    pub as_of: Option<Timestamp>,
+    /// Skip this many of the newest.
+    pub previous: Option<u32>,
+    /// Only this schedule's artifacts.
+    pub schedule: Option<String>,
+    /// The name inside the destination (e.g. a database).
+    pub into: Option<String>,
+    /// `mode: Replace`.
+    pub replace: bool,
+    /// Only plan.
+    pub dry_run: bool,
+    /// `spec.activeDeadlineSeconds` of the BackupRestore.
+    pub deadline_seconds: Option<i64>,
 }
 
 /// One run to start: what it does and why.
@@ -229,6 +290,14 @@ impl RunRequest {
             trigger: Trigger::Probe {
                 token: token.into(),
             },
+        }
+    }
+
+    /// The restore of a BackupRestore.
+    pub fn restore(run: RestoreRun) -> Self {
+        RunRequest {
+            kind: RunKind::Restore,
+            trigger: Trigger::Restore(Box::new(run)),
         }
     }
 }
@@ -333,14 +402,17 @@ pub fn build_job(
     }
     // Deleting the target deletes its Jobs; foreground deletion waits for them. (With
     // the OwnerReferencesPermissionEnforcement admission plugin, blockOwnerDeletion needs
-    // `update` on `backuptargets/finalizers` in the operator's RBAC.)
-    let owner = target
-        .controller_owner_ref(&())
-        .map(|owner| OwnerReference {
-            block_owner_deletion: Some(true),
-            ..owner
-        })
-        .ok_or(missing("metadata.uid"))?;
+    // `update` on `backuptargets/finalizers` in the operator's RBAC.) A restore's Job
+    // belongs to its BackupRestore instead: deleting that cancels the restore.
+    let owner = match &request.trigger {
+        Trigger::Restore(run) => Some(run.owner.clone()),
+        _ => target.controller_owner_ref(&()),
+    }
+    .map(|owner| OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner
+    })
+    .ok_or(missing("metadata.uid"))?;
     check_trigger(request)?;
 
     let plugin_key = target.spec.plugin.key();
@@ -367,12 +439,28 @@ pub fn build_job(
         Trigger::BackupNow { token } | Trigger::Probe { token } => {
             annotations.insert(annotations::TOKEN.to_owned(), token.clone());
         }
+        Trigger::Restore(run) => {
+            labels.insert(labels::RESTORE.to_owned(), label_value(&run.name));
+            annotations.insert(annotations::RESTORE.to_owned(), run.name.clone());
+        }
     }
 
     let settings = target.spec.job.clone().unwrap_or_default();
-    let deadline = settings
-        .active_deadline_seconds
-        .unwrap_or(defaults.active_deadline_seconds);
+    let (deadline, backoff_limit) = match &request.trigger {
+        // A restore is not retried: a human asked for it once, and reads its outcome.
+        Trigger::Restore(run) => (
+            run.deadline_seconds
+                .or(settings.active_deadline_seconds)
+                .unwrap_or(RESTORE_DEADLINE_SECONDS),
+            0,
+        ),
+        _ => (
+            settings
+                .active_deadline_seconds
+                .unwrap_or(defaults.active_deadline_seconds),
+            settings.backoff_limit.unwrap_or(defaults.backoff_limit),
+        ),
+    };
     let pod = pod::PodInputs {
         target,
         namespace: &namespace,
@@ -403,7 +491,7 @@ pub fn build_job(
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
-            backoff_limit: Some(settings.backoff_limit.unwrap_or(defaults.backoff_limit)),
+            backoff_limit: Some(backoff_limit),
             active_deadline_seconds: Some(deadline),
             ttl_seconds_after_finished: defaults.ttl_seconds_after_finished,
             pod_failure_policy: Some(pod::failure_policy()),
@@ -417,11 +505,15 @@ pub fn build_job(
 fn check_trigger(request: &RunRequest) -> Result<(), BuildError> {
     let (trigger, fix) = match (&request.kind, &request.trigger) {
         (RunKind::Backup, Trigger::Schedule { .. } | Trigger::BackupNow { .. })
-        | (RunKind::Probe, Trigger::Probe { .. }) => return Ok(()),
+        | (RunKind::Probe, Trigger::Probe { .. })
+        | (RunKind::Restore, Trigger::Restore(_)) => return Ok(()),
+        (RunKind::Backup | RunKind::Probe, Trigger::Restore(_)) => {
+            ("a BackupRestore", "restore for restores")
+        }
         (RunKind::Backup, Trigger::Probe { .. }) => ("a probe token", "probe"),
         (RunKind::Probe, Trigger::Schedule { .. }) => ("a schedule tick", "scheduled"),
         (RunKind::Probe, Trigger::BackupNow { .. }) => ("a backup-now token", "backup_now"),
-        (RunKind::Restore, _) => ("a backup trigger", "backup_now or scheduled for backups"),
+        (RunKind::Restore, _) => ("a backup or probe trigger", "restore"),
     };
     Err(BuildError::TriggerMismatch {
         kind: request.kind.as_str(),

@@ -68,6 +68,11 @@ pub fn run_id(target: &BackupTarget, request: &RunRequest) -> String {
             field(b"probe");
             field(token.as_bytes());
         }
+        Trigger::Restore(run) => {
+            field(b"restore");
+            field(run.name.as_bytes());
+            field(run.uid.as_bytes());
+        }
     }
     let digest = hasher.finalize();
     let mut hex = String::with_capacity(HASH_HEX_LEN);
@@ -77,7 +82,8 @@ pub fn run_id(target: &BackupTarget, request: &RunRequest) -> String {
     hex
 }
 
-/// The name of the run's Job: `<target>-<b|p>-<run id>`, the target's name shortened to
+/// The name of the run's Job: `<target>-<b|p>-<run id>` (`<restore>-r-<run id>` for a
+/// restore), the name shortened to
 /// fit 63 characters and reduced to `[a-z0-9-]`. The same run always gets the same name, so
 /// a retried reconcile or a restarted operator gets `AlreadyExists` instead of creating a
 /// second Job.
@@ -88,10 +94,12 @@ pub fn job_name(target: &BackupTarget, request: &RunRequest) -> String {
         RunKind::Restore => 'r',
     };
     let suffix = format!("-{letter}-{}", run_id(target, request));
-    let prefix = dns_label_prefix(
-        target.metadata.name.as_deref().unwrap_or_default(),
-        MAX_JOB_NAME_LEN - suffix.len(),
-    );
+    // A restore's Job is named after its BackupRestore, where users look for it.
+    let name = match &request.trigger {
+        Trigger::Restore(run) => run.name.as_str(),
+        _ => target.metadata.name.as_deref().unwrap_or_default(),
+    };
+    let prefix = dns_label_prefix(name, MAX_JOB_NAME_LEN - suffix.len());
     format!("{prefix}{suffix}")
 }
 

@@ -64,11 +64,20 @@ impl PodInputs<'_> {
 
         let mut volumes = vec![empty_dir(TMP_VOLUME)];
         let mut mounts = vec![mount(TMP_VOLUME, "/tmp", false)];
-        if self.request.kind == RunKind::Backup {
+        // Backups write the target's claim; a restore reads the artifact's claim (and
+        // writes a hold file next to the artifact, so it is mounted read-write).
+        let claim = match &self.request.trigger {
+            Trigger::Restore(run) => Some(run.claim.clone()),
+            _ if self.request.kind == RunKind::Backup => {
+                Some(self.target.spec.storage.claim_name.clone())
+            }
+            _ => None,
+        };
+        if let Some(claim_name) = claim {
             volumes.push(Volume {
                 name: ARTIFACTS_VOLUME.to_owned(),
                 persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: self.target.spec.storage.claim_name.clone(),
+                    claim_name,
                     read_only: Some(false),
                 }),
                 ..Volume::default()
@@ -188,8 +197,34 @@ impl PodInputs<'_> {
             // Tools look for their dotfiles in $HOME; the root filesystem is read-only.
             plain("HOME", "/tmp"),
         ];
-        if self.request.kind == RunKind::Backup {
+        if self.request.kind.writes() {
             vars.push(plain(env::ARTIFACT_ROOT, &self.defaults.artifact_root));
+        }
+        if let Trigger::Restore(run) = &self.request.trigger {
+            vars.push(plain(env::RESTORE_CLAIM, &run.claim));
+            vars.push(plain(
+                env::RESTORE_SOURCE_TARGET,
+                run.source_target.as_deref().unwrap_or_default(),
+            ));
+            let optional = [
+                (env::RESTORE_ARTIFACT, run.path.clone()),
+                (env::RESTORE_AS_OF, run.as_of.map(|t| t.to_string())),
+                (env::RESTORE_PREVIOUS, run.previous.map(|n| n.to_string())),
+                (env::RESTORE_SCHEDULE, run.schedule.clone()),
+                (env::RESTORE_INTO, run.into.clone()),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    vars.push(plain(name, &value));
+                }
+            }
+            vars.push(plain(
+                env::RESTORE_MODE,
+                if run.replace { "Replace" } else { "IntoEmpty" },
+            ));
+            if run.dry_run {
+                vars.push(plain(env::RESTORE_DRY_RUN, "true"));
+            }
         }
         if let Trigger::Schedule {
             name,

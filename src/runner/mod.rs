@@ -21,8 +21,13 @@ use stowage_plugin_sdk::{ErrorKind, Redactor, Secrets, secret_bindings};
 
 pub use plugin::{RunnablePlugin, Single};
 pub use progress::{ProgressReporter, ProgressSample, spawn_progress};
-pub use result::{Outcome, RunKind, RunResult, TERMINATION_MESSAGE_LIMIT, truncate_marked};
-pub use run::{RunError, RunSpec, backup, probe, resolve_artifact, restore};
+pub use result::{
+    Outcome, RestoreProgress, RestoreStage, RunKind, RunResult, TERMINATION_MESSAGE_LIMIT,
+    truncate_marked,
+};
+pub use run::{
+    RestoreInputs, RestoreSourceSpec, RunError, RunSpec, backup, probe, resolve_artifact, restore,
+};
 
 use crate::api::Compression;
 use crate::registry::PluginConfig;
@@ -36,7 +41,7 @@ pub enum RunCommand {
     /// Test connectivity and credentials without side effects.
     Probe(RunArgs),
     /// Restore an artifact from the store into the service the plugin config describes.
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
 }
 
 /// Inputs shared by every `stowage run` operation.
@@ -93,18 +98,101 @@ pub struct RunArgs {
     pub timeout_seconds: Option<u64>,
 }
 
-/// Inputs of `stowage run restore`.
+/// Inputs of `stowage run restore`. `--namespace`/`--target` and the plugin config name
+/// the destination; the artifact is `--artifact`, or chosen among `--source-target`'s
+/// artifacts (by default the destination's own).
 #[derive(Debug, Clone, clap::Args)]
 pub struct RestoreArgs {
     /// Inputs shared with backup and probe.
     #[command(flatten)]
     pub run: RunArgs,
-    /// The artifact to restore, relative to the store root.
+    /// The artifact to restore, relative to the store root; unset: chosen among the
+    /// source target's artifacts.
     #[arg(long, env = "STOWAGE_RESTORE_ARTIFACT")]
-    pub artifact: PathBuf,
+    pub artifact: Option<PathBuf>,
+    /// The BackupTarget (in `--namespace`) whose artifacts to choose from, and that an
+    /// `--artifact` must belong to; default `--target`. Empty with `--artifact`: any
+    /// artifact (disaster recovery from a claim).
+    #[arg(long, env = "STOWAGE_RESTORE_SOURCE_TARGET")]
+    pub source_target: Option<String>,
+    /// Choose the newest artifact made at or before this time (RFC 3339).
+    #[arg(long, env = "STOWAGE_RESTORE_AS_OF")]
+    pub as_of: Option<String>,
+    /// Skip this many of the newest artifacts.
+    #[arg(long, env = "STOWAGE_RESTORE_PREVIOUS")]
+    pub previous: Option<u32>,
+    /// Choose only among the artifacts of this BackupSchedule.
+    #[arg(long, env = "STOWAGE_RESTORE_SCHEDULE")]
+    pub from_schedule: Option<String>,
     /// A name inside the destination to restore into (e.g. a database), overriding the config.
     #[arg(long, env = "STOWAGE_RESTORE_INTO")]
     pub into: Option<String>,
+    /// `IntoEmpty` (refuse a destination that holds data) or `Replace`.
+    #[arg(long, env = "STOWAGE_RESTORE_MODE", default_value = "IntoEmpty")]
+    pub mode: String,
+    /// Only resolve, verify and inspect the destination; change nothing.
+    #[arg(long, env = "STOWAGE_RESTORE_DRY_RUN")]
+    pub dry_run: bool,
+    /// Name of the claim mounted at the store root, for messages.
+    #[arg(long, env = "STOWAGE_RESTORE_CLAIM")]
+    pub claim: Option<String>,
+}
+
+impl RestoreArgs {
+    /// The restore's inputs beyond the run's.
+    pub fn inputs(&self) -> Result<RestoreInputs, RunError> {
+        let invalid = |m: String| RunError::new(ErrorKind::InvalidConfig, m);
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+        let as_of = match nonempty(&self.as_of) {
+            None => None,
+            Some(text) => Some(text.parse::<Timestamp>().map_err(|e| {
+                invalid(format!(
+                    "STOWAGE_RESTORE_AS_OF {text:?} is not an RFC 3339 time (e.g. 2026-11-30T02:00:00Z): {e}"
+                ))
+            })?),
+        };
+        let replace = match self.mode.as_str() {
+            "IntoEmpty" | "" => false,
+            "Replace" => true,
+            other => {
+                return Err(invalid(format!(
+                    "STOWAGE_RESTORE_MODE {other:?} is not a restore mode; use IntoEmpty or Replace"
+                )));
+            }
+        };
+        let source_target = match (&self.source_target, &self.artifact) {
+            // Set but empty with an artifact: any target's artifact.
+            (Some(t), Some(_)) if t.trim().is_empty() => None,
+            (Some(t), _) if !t.trim().is_empty() => Some(t.clone()),
+            _ => Some(self.run.target.clone()),
+        };
+        let source = match (self.artifact.clone(), source_target) {
+            (Some(path), source_target) => RestoreSourceSpec::Path {
+                path,
+                source_target,
+            },
+            (None, Some(target)) => RestoreSourceSpec::Choose {
+                target,
+                selection: crate::artifacts::select::Selection {
+                    schedule: nonempty(&self.from_schedule),
+                    as_of,
+                    previous: self.previous,
+                },
+            },
+            (None, None) => {
+                return Err(invalid(
+                    "name the artifact (STOWAGE_RESTORE_ARTIFACT) or the target to choose it from (STOWAGE_RESTORE_SOURCE_TARGET)".into(),
+                ));
+            }
+        };
+        Ok(RestoreInputs {
+            source,
+            into: nonempty(&self.into),
+            replace,
+            dry_run: self.dry_run,
+            claim: nonempty(&self.claim),
+        })
+    }
 }
 
 /// Parse a compression name.
@@ -179,6 +267,9 @@ pub fn redact_result(result: &mut RunResult, redactor: &Redactor) {
     for value in result.facts.values_mut() {
         *value = redactor.redact(value);
     }
+    if let Some(text) = result.restore.as_mut().and_then(|r| r.destination.as_mut()) {
+        *text = redactor.redact(text);
+    }
 }
 
 /// Write the result to the termination message path and stdout; the exit code.
@@ -239,9 +330,10 @@ impl RunCommand {
             Ok((spec, secrets, Ok(plugin))) => {
                 let redactor = secrets.redactor();
                 let result = match (operation, restore_args) {
-                    (RunKind::Restore, Some(r)) => {
-                        restore(&plugin, &spec, secrets, &r.artifact, r.into).await
-                    }
+                    (RunKind::Restore, Some(r)) => match r.inputs() {
+                        Ok(inputs) => restore(&plugin, &spec, secrets, &inputs).await,
+                        Err(e) => failed_early(operation, start, e, &args.plugin),
+                    },
                     (RunKind::Probe, _) => probe(&plugin, &spec, secrets).await,
                     _ => backup(&plugin, &spec, secrets).await,
                 };

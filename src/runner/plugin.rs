@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use stowage_plugin_sdk::{
-    ArtifactSink, ArtifactSource, BackupReport, Plugin, PluginError, PluginInfo, ProbeReport,
-    RestoreReport, RestoreRequest, RunContext, ValidationErrors,
+    ArtifactSink, ArtifactSource, BackupReport, DestinationReport, Plugin, PluginError, PluginInfo,
+    ProbeReport, RestoreReport, RestoreRequest, RunContext, ValidationErrors,
 };
 
 use crate::registry::PluginConfig;
@@ -29,6 +29,12 @@ pub trait RunnablePlugin: Send + Sync {
         ctx: &RunContext,
         sink: &mut ArtifactSink<'_>,
     ) -> impl Future<Output = Result<BackupReport, PluginError>> + Send;
+    /// Look at the restore destination.
+    fn inspect_destination(
+        &self,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+    ) -> impl Future<Output = Result<DestinationReport, PluginError>> + Send;
     /// Restore from `source`.
     fn restore(
         &self,
@@ -57,6 +63,13 @@ impl RunnablePlugin for PluginConfig {
         sink: &mut ArtifactSink<'_>,
     ) -> Result<BackupReport, PluginError> {
         PluginConfig::backup(self, ctx, sink).await
+    }
+    async fn inspect_destination(
+        &self,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+    ) -> Result<DestinationReport, PluginError> {
+        PluginConfig::inspect_destination(self, ctx, request).await
     }
     async fn restore(
         &self,
@@ -93,6 +106,13 @@ impl<P: Plugin> RunnablePlugin for Single<P> {
         sink: &mut ArtifactSink<'_>,
     ) -> impl Future<Output = Result<BackupReport, PluginError>> + Send {
         P::backup(&self.0, ctx, sink)
+    }
+    fn inspect_destination(
+        &self,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+    ) -> impl Future<Output = Result<DestinationReport, PluginError>> + Send {
+        P::inspect_destination(&self.0, ctx, request)
     }
     fn restore(
         &self,

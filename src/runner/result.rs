@@ -75,6 +75,55 @@ pub struct RunResult {
     /// Plugin facts (probe: e.g. `serverVersion`; backup: the sidecar's facts).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub facts: BTreeMap<String, String>,
+    /// Restore only: how far it got and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreProgress>,
+}
+
+/// The steps of a restore, in order; a failed restore names the one that failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreStage {
+    /// Choosing the artifact and reading its sidecar.
+    #[default]
+    Resolve,
+    /// Re-hashing the artifact against its sidecar.
+    Verify,
+    /// Looking at the destination (the plugin's `inspect_destination`).
+    Destination,
+    /// Feeding the artifact to the service.
+    Restore,
+    /// Finished (restored, or planned for a dry run).
+    Done,
+}
+
+/// What a restore found on its way, reported whether it succeeded or not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreProgress {
+    /// The step reached (the failing one when the restore failed).
+    pub stage: RestoreStage,
+    /// Only planned: nothing was changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// When the chosen artifact's backup finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// The schedule that made the chosen artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The plugin that made the chosen artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_plugin: Option<String>,
+    /// The destination in the plugin's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Whether the destination held data before the restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds_data: Option<bool>,
+    /// Whether that data is (or, in a dry run, would be) replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replaces: bool,
 }
 
 impl RunResult {
@@ -104,6 +153,7 @@ impl RunResult {
             error_kind: None,
             message: None,
             facts: BTreeMap::new(),
+            restore: None,
         }
     }
 
@@ -145,6 +195,9 @@ impl RunResult {
             .flatten()
         {
             truncate_marked(text, limit);
+        }
+        if let Some(text) = result.restore.as_mut().and_then(|r| r.destination.as_mut()) {
+            truncate_marked(text, limit / 8);
         }
         while size(&result) > limit && facts_size(&result) > limit / 4 {
             drop_largest_fact(&mut result);

@@ -19,6 +19,7 @@ use super::result::{Outcome, RunKind, RunResult};
 use crate::api::Compression;
 use crate::artifacts::layout::{SIDECAR_SUFFIX, with_suffix};
 use crate::artifacts::reader::{Decoded, check_digest};
+use crate::artifacts::select::{self, Hold, Selection};
 use crate::artifacts::{
     ArtifactName, ArtifactStore, Counters, Sidecar, StoreError, TargetDir, sidecar,
 };
@@ -397,55 +398,340 @@ pub fn resolve_artifact(root: &Path, artifact: &Path) -> Result<PathBuf, RunErro
     Ok(root.join(relative))
 }
 
-/// Run a restore from an artifact (path relative to the store root).
+/// Where a restore's artifact comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreSourceSpec {
+    /// One artifact by path (relative to the store root). With `source_target`, it must
+    /// be one of that target's artifacts (of the run's namespace).
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// The target it must belong to; `None` for any (disaster recovery).
+        source_target: Option<String>,
+    },
+    /// Chosen among one target's artifacts (of the run's namespace).
+    Choose {
+        /// The target.
+        target: String,
+        /// How.
+        selection: Selection,
+    },
+}
+
+/// Everything a restore needs besides the run's inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreInputs {
+    /// The artifact.
+    pub source: RestoreSourceSpec,
+    /// A name inside the destination to restore into (e.g. a database).
+    pub into: Option<String>,
+    /// Replace data the destination holds (`mode: Replace`); otherwise such a
+    /// destination is refused.
+    pub replace: bool,
+    /// Only resolve, verify and inspect.
+    pub dry_run: bool,
+    /// The claim mounted at the store root, named in messages.
+    pub claim: Option<String>,
+}
+
+impl RestoreInputs {
+    /// A restore of one artifact by path, into an empty destination.
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        RestoreInputs {
+            source: RestoreSourceSpec::Path {
+                path: path.into(),
+                source_target: None,
+            },
+            into: None,
+            replace: false,
+            dry_run: false,
+            claim: None,
+        }
+    }
+}
+
+/// Run a restore: resolve the artifact, check it against its sidecar, look at the
+/// destination, then (unless a dry run) feed it to the plugin. The result says how far
+/// it got ([`super::RestoreProgress`]).
 pub async fn restore(
     plugin: &impl RunnablePlugin,
     spec: &RunSpec,
     secrets: Secrets,
-    artifact: &Path,
-    into: Option<String>,
+    inputs: &RestoreInputs,
 ) -> RunResult {
     let start = Timestamp::now();
-    let outcome = restore_inner(plugin, spec, secrets, artifact, into, start).await;
-    finish(RunKind::Restore, start, plugin, outcome)
+    let mut progress = super::RestoreProgress {
+        dry_run: inputs.dry_run,
+        ..Default::default()
+    };
+    let mut chosen: Option<(String, Sidecar)> = None;
+    let outcome = restore_inner(
+        plugin,
+        spec,
+        secrets,
+        inputs,
+        start,
+        &mut progress,
+        &mut chosen,
+    )
+    .await;
+    let mut result = finish(RunKind::Restore, start, plugin, outcome);
+    if let Some((relative, sidecar)) = chosen {
+        result.artifact.get_or_insert(relative);
+        result.sha256.get_or_insert(sidecar.sha256);
+        result.stored_bytes.get_or_insert(sidecar.stored_bytes);
+    }
+    result.restore = Some(progress);
+    result
+}
+
+fn where_searched(inputs: &RestoreInputs, root: &Path, dir: &Path) -> String {
+    let relative = dir.strip_prefix(root).unwrap_or(dir);
+    match &inputs.claim {
+        Some(claim) => format!("{}/ on claim {claim}", relative.display()),
+        None => format!("{}", dir.display()),
+    }
+}
+
+/// The artifact `inputs` name, with its sidecar: by path, or chosen among a target's.
+fn resolve(spec: &RunSpec, inputs: &RestoreInputs) -> Result<(PathBuf, Sidecar), RunError> {
+    match &inputs.source {
+        RestoreSourceSpec::Path {
+            path: artifact,
+            source_target,
+        } => {
+            let path = resolve_artifact(&spec.root, artifact)?;
+            let sidecar_path = with_suffix(&path, SIDECAR_SUFFIX);
+            let on_claim = inputs
+                .claim
+                .as_deref()
+                .map(|c| format!(" on claim {c}"))
+                .unwrap_or_default();
+            let sidecar = Sidecar::read(&sidecar_path).map_err(|e| match e {
+                StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    RunError::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "no artifact {}{on_claim}: its sidecar {} does not exist (the \
+                             artifact does not exist or is incomplete); `stowage artifacts \
+                             list` on the claim shows the artifacts there",
+                            artifact.display(),
+                            sidecar_path.display(),
+                        ),
+                    )
+                }
+                other => other.into(),
+            })?;
+            if !path.exists() {
+                return Err(RunError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "artifact {}{on_claim} has a sidecar but no file: it was deleted or \
+                         never published",
+                        artifact.display()
+                    ),
+                ));
+            }
+            if let Some(target) = source_target
+                && (sidecar.namespace != spec.namespace || &sidecar.target != target)
+            {
+                return Err(RunError::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "artifact {} was made for BackupTarget {}/{}, not {}/{target}; a \
+                         restore from a target only takes that target's artifacts (name the \
+                         claim instead of the target to restore any artifact)",
+                        artifact.display(),
+                        sidecar.namespace,
+                        sidecar.target,
+                        spec.namespace
+                    ),
+                ));
+            }
+            Ok((path, sidecar))
+        }
+        RestoreSourceSpec::Choose { target, selection } => {
+            let dir = TargetDir::new(&spec.namespace, target)?;
+            let base = ArtifactStore::new(&spec.root).target_path(&dir);
+            let searched = where_searched(inputs, &spec.root, &base);
+            let found = if base.exists() {
+                crate::artifacts::catalog::scan(&base)?
+            } else {
+                Default::default()
+            };
+            let mine: Vec<_> = found
+                .artifacts
+                .into_iter()
+                .filter(|l| l.sidecar.namespace == spec.namespace && &l.sidecar.target == target)
+                .collect();
+            let problems = if found.problems.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} file(s) there were skipped: `stowage artifacts verify` lists them)",
+                    found.problems.len()
+                )
+            };
+            match select::choose(&mine, selection) {
+                Ok(listed) => Ok((listed.path.clone(), listed.sidecar.clone())),
+                Err(select::NoArtifact::None) => Err(RunError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "BackupTarget {}/{target} has no artifact{} in {searched}{problems}; \
+                         back it up first (annotate it with stowage.dev/backup-now), or name \
+                         another target or an artifact's path",
+                        spec.namespace,
+                        selection
+                            .schedule
+                            .as_deref()
+                            .map(|s| format!(" made by schedule {s}"))
+                            .unwrap_or_default(),
+                    ),
+                )),
+                Err(select::NoArtifact::NoneFits {
+                    considered,
+                    oldest,
+                    newest,
+                }) => Err(RunError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no artifact of BackupTarget {}/{target} fits ({}): {considered} \
+                         artifact(s) in {searched}, made from {oldest} to {newest}{problems}",
+                        spec.namespace,
+                        selection.describe(),
+                    ),
+                )),
+            }
+        }
+    }
 }
 
 async fn restore_inner(
     plugin: &impl RunnablePlugin,
     spec: &RunSpec,
     secrets: Secrets,
-    artifact: &Path,
-    into: Option<String>,
+    inputs: &RestoreInputs,
     start: Timestamp,
+    progress: &mut super::RestoreProgress,
+    chosen: &mut Option<(String, Sidecar)>,
 ) -> Result<RunResult, RunError> {
+    use super::RestoreStage;
     TargetDir::new(&spec.namespace, &spec.target)?;
     check_capability(plugin, RunKind::Restore)?;
-    let path = resolve_artifact(&spec.root, artifact)?;
-    let sidecar_path = with_suffix(&path, SIDECAR_SUFFIX);
-    let sidecar = Sidecar::read(&sidecar_path).map_err(|e| match e {
-        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            RunError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "no sidecar {}: the artifact does not exist or is incomplete",
-                    sidecar_path.display()
-                ),
-            )
-        }
-        other => other.into(),
-    })?;
     let info = plugin.info();
+
+    progress.stage = RestoreStage::Resolve;
+    let (path, sidecar) = resolve(spec, inputs)?;
+    let relative = path
+        .strip_prefix(&spec.root)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
+    progress.created_at = Some(sidecar.end_time);
+    progress.schedule = sidecar.schedule.clone();
+    progress.artifact_plugin = Some(sidecar.plugin.clone());
+    *chosen = Some((relative.clone(), sidecar.clone()));
+    tracing::info!(
+        artifact = %relative,
+        made_by = %format!("{}/{}", sidecar.namespace, sidecar.target),
+        schedule = sidecar.schedule.as_deref().unwrap_or(""),
+        stored_bytes = sidecar.stored_bytes,
+        "artifact chosen"
+    );
     if sidecar.plugin != info.key {
         return Err(RunError::new(
             ErrorKind::InvalidConfig,
             format!(
-                "{} was made by the {} plugin, not {}",
-                path.display(),
-                sidecar.plugin,
-                info.key
+                "artifact {relative} was made by the {} plugin; BackupTarget {}/{} uses {}: \
+                 restore into a target of the {} plugin",
+                sidecar.plugin, spec.namespace, spec.target, info.key, sidecar.plugin
             ),
         ));
     }
+    // Retention of a backup running meanwhile must not delete what is read.
+    let _hold = Hold::take(&path, &spec.run_id);
+
+    progress.stage = RestoreStage::Verify;
+    let hashed = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || crate::artifacts::catalog::hash_file(&path))
+            .await
+            .map_err(|e| RunError::new(ErrorKind::Internal, format!("hashing failed: {e}")))?
+            .map_err(|e| {
+                RunError::new(ErrorKind::IoError, format!("cannot read {relative}: {e}"))
+            })?
+    };
+    if hashed != (sidecar.stored_bytes, sidecar.sha256.clone()) {
+        return Err(RunError::new(
+            ErrorKind::ChecksumMismatch,
+            format!(
+                "artifact {relative} does not match its sidecar ({} bytes, sha256 {} on disk; \
+                 {} bytes, sha256 {} recorded): it is corrupt or was changed, and nothing was \
+                 restored; choose another artifact",
+                hashed.0, hashed.1, sidecar.stored_bytes, sidecar.sha256
+            ),
+        ));
+    }
+    tracing::info!(artifact = %relative, sha256 = %sidecar.sha256, "artifact verified against its sidecar");
+
+    progress.stage = RestoreStage::Destination;
+    let ctx = spec.context(secrets);
+    let request = RestoreRequest {
+        facts: sidecar.facts.clone(),
+        into: inputs.into.clone(),
+        replace: inputs.replace,
+    };
+    let destination = with_timeout(
+        spec.timeout,
+        "look at the destination",
+        plugin.inspect_destination(&ctx, &request),
+    )
+    .await?;
+    progress.destination = Some(destination.description.clone());
+    progress.holds_data = Some(destination.holds_data);
+    progress.replaces = destination.holds_data && inputs.replace;
+    tracing::info!(
+        destination = %destination.description,
+        holds_data = destination.holds_data,
+        replace = inputs.replace,
+        dry_run = inputs.dry_run,
+        "destination inspected"
+    );
+    let refused = destination.holds_data && !inputs.replace;
+    if inputs.dry_run {
+        progress.stage = RestoreStage::Done;
+        let mut result = RunResult::new(RunKind::Restore, Outcome::Ok, start, start);
+        result.message = Some(format!(
+            "dry run: would restore {relative} ({} bytes, sha256 verified) into {}{}",
+            sidecar.stored_bytes,
+            destination.description,
+            if refused {
+                "; refused as it is: the destination holds data (restore into another name \
+                 with spec.destination.into, or set mode: Replace and confirm)"
+            } else if progress.replaces {
+                "; its data would be replaced"
+            } else {
+                ""
+            }
+        ));
+        result.artifact = Some(relative);
+        result.stored_bytes = Some(sidecar.stored_bytes);
+        result.sha256 = Some(sidecar.sha256);
+        return Ok(result);
+    }
+    if refused {
+        return Err(RunError::new(
+            ErrorKind::DestinationNotEmpty,
+            format!(
+                "{}; nothing was restored. Restore into another name (spec.destination.into, \
+                 e.g. a new database), or replace the data with mode: Replace and confirm: \
+                 {}",
+                destination.description, spec.target
+            ),
+        ));
+    }
+
+    progress.stage = RestoreStage::Restore;
     let decoded = Decoded::open(&path, sidecar.compression).map_err(|e| {
         RunError::new(
             ErrorKind::NotFound,
@@ -456,10 +742,10 @@ async fn restore_inner(
     let _progress = spawn_progress(counters.clone(), spec.progress_interval, |s| {
         log_sample("restore", s)
     });
-    // The plugin sees the end of its input only after the whole file was read and its
-    // size and SHA-256 matched the sidecar: a read error, a corrupt stream or a digest
-    // mismatch reaches it as an error instead, so a tool that commits at the end of its
-    // input (`psql --single-transaction`) is stopped before it commits.
+    // Verified above, and checked again while read: the plugin sees the end of its input
+    // only after the whole file was read and its size and SHA-256 matched the sidecar, so
+    // a file changed since the check reaches it as an error and a tool that commits at
+    // the end of its input (`psql --single-transaction`) is stopped before it commits.
     let (tx, rx) =
         mpsc::channel::<std::io::Result<Vec<u8>>>(crate::artifacts::reader::CHANNEL_CHUNKS);
     let checked_path = path.clone();
@@ -505,17 +791,13 @@ async fn restore_inner(
         // Dropping `tx` ends the input cleanly.
         checked
     });
-    let ctx = spec.context(secrets);
-    let request = RestoreRequest {
-        facts: sidecar.facts.clone(),
-        into,
-    };
     let mut source = ArtifactSource::new(ChunkReader {
         rx,
         chunk: Vec::new(),
         pos: 0,
         counters: counters.clone(),
     });
+    tracing::info!(artifact = %relative, destination = %destination.description, "restore started");
     let report = with_timeout(
         spec.timeout,
         "restore",
@@ -526,15 +808,12 @@ async fn restore_inner(
     let checked = reader
         .await
         .map_err(|e| RunError::new(ErrorKind::Internal, format!("artifact reader failed: {e}")))?;
+    // A digest failure first: it explains a plugin error it caused.
+    checked.map_err(|message| RunError::new(ErrorKind::ChecksumMismatch, message))?;
     let report = report?;
-    checked.map_err(|message| RunError::new(ErrorKind::IoError, message))?;
+    progress.stage = RestoreStage::Done;
     let mut result = RunResult::new(RunKind::Restore, Outcome::Ok, start, start);
-    result.artifact = Some(
-        path.strip_prefix(&spec.root)
-            .unwrap_or(&path)
-            .display()
-            .to_string(),
-    );
+    result.artifact = Some(relative);
     result.raw_bytes = Some(counters.raw());
     result.stored_bytes = Some(sidecar.stored_bytes);
     result.sha256 = Some(sidecar.sha256);

@@ -8,9 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stowage_plugin_sdk::{
-    ArtifactSink, ArtifactSource, BackupReport, Capabilities, Execution, Plugin, PluginError,
-    PluginInfo, ProbeReport, RestoreReport, RestoreRequest, RunContext, SecretKeyRef, SecretValue,
-    Secrets,
+    ArtifactSink, ArtifactSource, BackupReport, Capabilities, DestinationReport, Execution, Plugin,
+    PluginError, PluginInfo, ProbeReport, RestoreReport, RestoreRequest, RunContext, SecretKeyRef,
+    SecretValue, Secrets,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,6 +92,21 @@ impl Plugin for Pattern {
         })
     }
 
+    /// A destination named `full...` holds data; the description echoes the token, so
+    /// redaction is tested.
+    async fn inspect_destination(
+        config: &PatternConfig,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+    ) -> Result<DestinationReport, PluginError> {
+        let token = ctx.secret(&config.token_secret_ref)?.expose().to_owned();
+        let into = request.into.clone().unwrap_or_default();
+        Ok(DestinationReport {
+            holds_data: into.starts_with("full"),
+            description: format!("destination {into:?} reached with token {token}"),
+        })
+    }
+
     async fn restore(
         _config: &PatternConfig,
         _ctx: &RunContext,
@@ -126,6 +141,231 @@ fn spec(root: &std::path::Path) -> RunSpec {
         progress_interval: Duration::from_secs(5),
         timeout: None,
     }
+}
+
+fn by_path(artifact: &str, into: Option<String>) -> RestoreInputs {
+    RestoreInputs {
+        into,
+        ..RestoreInputs::path(artifact)
+    }
+}
+
+fn choose(selection: crate::artifacts::select::Selection, into: &str) -> RestoreInputs {
+    RestoreInputs {
+        source: RestoreSourceSpec::Choose {
+            target: "app-db".into(),
+            selection,
+        },
+        into: Some(into.into()),
+        replace: false,
+        dry_run: false,
+        claim: Some("backups".into()),
+    }
+}
+
+fn restored_into(into: &str) -> bool {
+    RESTORED
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, i)| i.as_deref() == Some(into))
+}
+
+/// Three backups of `app-db` by schedule `nightly` on three days, sizes 1000, 2000, 3000.
+async fn three_backups(root: &std::path::Path) -> Vec<String> {
+    let mut artifacts = Vec::new();
+    for (day, size) in [(1, 1000u64), (2, 2000), (3, 3000)] {
+        let mut spec = spec(root);
+        spec.run_id = format!("run-{day}");
+        spec.scheduled_time = Some(format!("2026-11-0{day}T02:00:00Z").parse().unwrap());
+        let result = backup(&plugin(size, None), &spec, secrets()).await;
+        assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+        artifacts.push(result.artifact.unwrap());
+    }
+    artifacts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_chooses_among_the_targets_own_artifacts() {
+    use crate::artifacts::select::Selection;
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = three_backups(dir.path()).await;
+    // Another target's newer artifact on the same claim is never chosen.
+    let mut other = spec(dir.path());
+    other.target = "app-db-2".into();
+    other.scheduled_time = Some("2026-11-09T02:00:00Z".parse().unwrap());
+    assert_eq!(
+        backup(&plugin(10, None), &other, secrets()).await.outcome,
+        Outcome::Ok
+    );
+    let spec = spec(dir.path());
+    let cases = [
+        ("choose-latest", Selection::default(), &artifacts[2]),
+        (
+            "choose-previous",
+            Selection {
+                previous: Some(2),
+                ..Selection::default()
+            },
+            &artifacts[0],
+        ),
+        (
+            "choose-as-of",
+            Selection {
+                as_of: Some("2026-11-02T12:00:00Z".parse().unwrap()),
+                ..Selection::default()
+            },
+            &artifacts[1],
+        ),
+    ];
+    for (into, selection, want) in cases {
+        let result = restore(&plugin(0, None), &spec, secrets(), &choose(selection, into)).await;
+        assert_eq!(result.outcome, Outcome::Ok, "{into}: {result:?}");
+        assert_eq!(result.artifact.as_deref(), Some(want.as_str()), "{into}");
+        let progress = result.restore.unwrap();
+        assert_eq!(progress.stage, RestoreStage::Done);
+        assert_eq!(progress.schedule.as_deref(), Some("nightly"));
+        assert_eq!(progress.holds_data, Some(false));
+        assert!(restored_into(into), "{into}");
+    }
+
+    let none = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        &choose(
+            Selection {
+                previous: Some(3),
+                ..Selection::default()
+            },
+            "choose-none",
+        ),
+    )
+    .await;
+    assert_eq!(none.error_kind, Some(ErrorKind::NotFound));
+    let message = none.message.unwrap();
+    assert!(
+        message.contains("3 artifact(s) in shop/app-db/ on claim backups"),
+        "{message}"
+    );
+
+    // A path of another target is refused when the restore names its source target.
+    let foreign = RestoreInputs {
+        source: RestoreSourceSpec::Path {
+            path: "shop/app-db-2/2026-11-09/pattern-20261109T020000Z-nightly.bin.zst".into(),
+            source_target: Some("app-db".into()),
+        },
+        ..by_path("unused", Some("foreign".into()))
+    };
+    let refused = restore(&plugin(0, None), &spec, secrets(), &foreign).await;
+    assert_eq!(
+        refused.error_kind,
+        Some(ErrorKind::InvalidConfig),
+        "{refused:?}"
+    );
+    assert!(refused.message.unwrap().contains("not shop/app-db"));
+    assert!(!restored_into("foreign"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_without_artifacts_names_the_claim_and_path_searched() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = restore(
+        &plugin(0, None),
+        &spec(dir.path()),
+        secrets(),
+        &choose(Default::default(), "nothing"),
+    )
+    .await;
+    assert_eq!(result.error_kind, Some(ErrorKind::NotFound));
+    assert_eq!(result.restore.unwrap().stage, RestoreStage::Resolve);
+    let message = result.message.unwrap();
+    assert!(
+        message
+            .contains("BackupTarget shop/app-db has no artifact in shop/app-db/ on claim backups"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_with_data_is_refused_unless_replacing_and_a_dry_run_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    three_backups(dir.path()).await;
+    let spec = spec(dir.path());
+
+    let mut refused = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        &choose(Default::default(), "full-a"),
+    )
+    .await;
+    assert_eq!(refused.error_kind, Some(ErrorKind::DestinationNotEmpty));
+    assert_eq!(refused.exit_code(), 21);
+    assert!(!restored_into("full-a"), "the plugin must not be called");
+    let message = refused.message.clone().unwrap();
+    assert!(
+        message.contains("mode: Replace and confirm: app-db"),
+        "{message}"
+    );
+    redact_result(&mut refused, &secrets().redactor());
+    let json = refused.to_bounded_json(TERMINATION_MESSAGE_LIMIT);
+    assert!(!json.contains("s3cr3t-t0ken"), "{json}");
+    assert!(json.contains("with token <redacted>"), "{json}");
+
+    let mut dry = choose(Default::default(), "full-b");
+    dry.dry_run = true;
+    let planned = restore(&plugin(0, None), &spec, secrets(), &dry).await;
+    assert_eq!(planned.outcome, Outcome::Ok, "{planned:?}");
+    assert!(!restored_into("full-b"), "a dry run changes nothing");
+    let progress = planned.restore.clone().unwrap();
+    assert!(progress.dry_run && progress.holds_data == Some(true) && !progress.replaces);
+    assert!(planned.message.unwrap().contains("refused as it is"));
+
+    let mut replace = choose(Default::default(), "full-c");
+    replace.replace = true;
+    let replaced = restore(&plugin(0, None), &spec, secrets(), &replace).await;
+    assert_eq!(replaced.outcome, Outcome::Ok, "{replaced:?}");
+    assert!(replaced.restore.unwrap().replaces);
+    assert!(restored_into("full-c"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_holds_its_artifact_against_retention_and_releases_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = three_backups(dir.path()).await;
+    let spec = spec(dir.path());
+    let oldest = dir.path().join(&artifacts[0]);
+    let before = std::time::SystemTime::now();
+    let hold = crate::artifacts::select::Hold::take(&oldest, "restore-x");
+    // Retention as a backup would apply it, while the restore holds the oldest.
+    let policy = crate::retention::RetentionPolicy {
+        keep_last: 1,
+        ..Default::default()
+    };
+    let store = crate::artifacts::ArtifactStore::new(dir.path());
+    let target = crate::artifacts::TargetDir::new("shop", "app-db").unwrap();
+    let outcome =
+        crate::retention::apply(&store, &target, "nightly", &policy, &TimeZone::UTC, false)
+            .unwrap();
+    assert_eq!(outcome.pruned.len(), 1, "{outcome:?}");
+    assert!(oldest.exists(), "the held artifact stays");
+    assert!(!dir.path().join(&artifacts[1]).exists());
+    drop(hold);
+    assert!(!crate::artifacts::select::is_held(&oldest, before));
+    // The restore's own hold is gone when it ends.
+    let result = restore(
+        &plugin(0, None),
+        &spec,
+        secrets(),
+        &by_path(&artifacts[0], Some("held".into())),
+    )
+    .await;
+    assert_eq!(result.outcome, Outcome::Ok, "{result:?}");
+    assert!(!crate::artifacts::select::is_held(
+        &oldest,
+        std::time::SystemTime::now()
+    ));
 }
 
 fn secrets() -> Secrets {
@@ -182,8 +422,7 @@ async fn backup_writes_artifact_and_sidecar_then_restore_reads_it_back() {
         &plugin(0, None),
         &spec,
         secrets(),
-        std::path::Path::new(&artifact),
-        Some("copy".into()),
+        &by_path(&artifact, Some("copy".into())),
     )
     .await;
     assert_eq!(restored.outcome, Outcome::Ok, "{restored:?}");
@@ -208,12 +447,16 @@ async fn restore_refuses_a_corrupted_artifact_and_escaping_paths() {
         &plugin(0, None),
         &spec,
         secrets(),
-        std::path::Path::new(&artifact),
-        None,
+        &by_path(&artifact, None),
     )
     .await;
     assert_eq!(restored.outcome, Outcome::Failed);
-    assert_eq!(restored.error_kind, Some(ErrorKind::IoError));
+    assert_eq!(restored.error_kind, Some(ErrorKind::ChecksumMismatch));
+    assert_eq!(
+        restored.restore.as_ref().map(|r| r.stage),
+        Some(RestoreStage::Verify),
+        "the checksum is checked before the destination is touched"
+    );
     assert!(
         restored
             .message
@@ -225,8 +468,7 @@ async fn restore_refuses_a_corrupted_artifact_and_escaping_paths() {
         &plugin(0, None),
         &spec,
         secrets(),
-        std::path::Path::new("../../etc/passwd"),
-        None,
+        &by_path("../../etc/passwd", None),
     )
     .await;
     assert_eq!(escaped.error_kind, Some(ErrorKind::InvalidConfig));
@@ -234,8 +476,7 @@ async fn restore_refuses_a_corrupted_artifact_and_escaping_paths() {
         &plugin(0, None),
         &spec,
         secrets(),
-        std::path::Path::new("shop/app-db/nope.bin"),
-        None,
+        &by_path("shop/app-db/nope.bin", None),
     )
     .await;
     assert_eq!(missing.error_kind, Some(ErrorKind::NotFound));

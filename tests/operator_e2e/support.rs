@@ -275,6 +275,79 @@ impl Env {
         Some(serde_json::to_value(obj).expect("JSON"))
     }
 
+    /// A BackupRestore `name` with `spec`.
+    pub fn create_restore(&self, name: &str, spec: Value) {
+        self.apply(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupRestore",
+            "metadata": {"name": name},
+            "spec": spec
+        }));
+    }
+
+    /// A BackupRestore as JSON (`None` when it does not exist).
+    pub async fn restore(&self, name: &str) -> Option<Value> {
+        let api = self.dynamic("BackupRestore", "backuprestores");
+        let obj = api.get_opt(name).await.expect("get the BackupRestore")?;
+        Some(serde_json::to_value(obj).expect("JSON"))
+    }
+
+    /// Wait until BackupRestore `name` has ended (`status.phase` Succeeded or Failed);
+    /// returns it.
+    pub async fn wait_restore_end(&self, name: &str) -> Value {
+        eventually(
+            &format!("BackupRestore {name} ends"),
+            RUN_TIMEOUT,
+            || async move {
+                let restore = self
+                    .restore(name)
+                    .await
+                    .ok_or_else(|| format!("BackupRestore {name} does not exist"))?;
+                match restore["status"]["phase"].as_str() {
+                    Some("Succeeded" | "Failed") => Ok(restore),
+                    _ => Err(format!("status = {}", restore["status"])),
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Annotate target `name` with `stowage.dev/backup-now=<token>` and wait for that
+    /// backup to succeed; returns the target.
+    pub async fn backup_now(&self, name: &str, token: &str) -> Value {
+        let before = self
+            .target(name)
+            .await
+            .map(|t| t["status"]["lastBackup"]["job"].clone())
+            .unwrap_or(Value::Null);
+        self.kubectl(&[
+            "annotate",
+            "--overwrite",
+            "backuptarget",
+            name,
+            &format!("stowage.dev/backup-now={token}"),
+        ]);
+        let target = self
+            .wait_target(&format!("backup-now {token} of {name}"), name, |t| {
+                // The token is handled when the Job starts; its run is recorded later.
+                if t["status"]["lastHandledBackupNow"] == token
+                    && t["status"]["lastBackup"]["outcome"].is_string()
+                    && t["status"]["lastBackup"]["job"] != before
+                {
+                    Ok(())
+                } else {
+                    Err(format!("lastBackup = {}", t["status"]["lastBackup"]))
+                }
+            })
+            .await;
+        assert_eq!(
+            target["status"]["lastBackup"]["outcome"], "Succeeded",
+            "{}",
+            target["status"]
+        );
+        target
+    }
+
     /// A BackupSchedule as JSON.
     pub async fn schedule(&self, name: &str) -> Value {
         let api = self.dynamic("BackupSchedule", "backupschedules");

@@ -104,13 +104,13 @@ values through secretKeyRef, the operator never reads them.
 {{- define "stowage.rules" -}}
 {{- /* Keep in step with deploy/rbac/operator.yaml (a test compares them). */}}
 - apiGroups: ["stowage.dev"]
-  resources: ["backuptargets", "backupschedules"]
+  resources: ["backuptargets", "backupschedules", "backuprestores"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["stowage.dev"]
-  resources: ["backuptargets/status", "backupschedules/status"]
+  resources: ["backuptargets/status", "backupschedules/status", "backuprestores/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: ["stowage.dev"]
-  resources: ["backuptargets/finalizers", "backupschedules/finalizers"]
+  resources: ["backuptargets/finalizers", "backupschedules/finalizers", "backuprestores/finalizers"]
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

@@ -17,6 +17,8 @@
 //!   into the artifact sink with backpressure: memory stays flat whatever the dump's size.
 //!   Facts recorded: `serverVersion`, `dumpToolVersion`, `format`, and `database` or
 //!   `allDatabases`.
+//! - **inspect_destination** tells whether a restore would overwrite data: see
+//!   [`PostgresPlugin::inspect_with`].
 //! - **restore**: see [`PostgresPlugin::restore_with`].
 
 mod config;
@@ -34,9 +36,9 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use stowage_plugin_sdk::{
-    ArtifactSink, ArtifactSource, BackupReport, Capabilities, Execution, Plugin, PluginError,
-    PluginInfo, ProbeReport, Redactor, RestoreReport, RestoreRequest, RunContext, SecretValue,
-    ValidationErrors,
+    ArtifactSink, ArtifactSource, BackupReport, Capabilities, DestinationReport, Execution, Plugin,
+    PluginError, PluginInfo, ProbeReport, Redactor, RestoreReport, RestoreRequest, RunContext,
+    SecretValue, ValidationErrors,
 };
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -120,6 +122,14 @@ impl Plugin for PostgresPlugin {
         sink: &mut ArtifactSink<'_>,
     ) -> Result<BackupReport, PluginError> {
         Self::backup_with(config, ctx, sink, &Toolbox::from_env()).await
+    }
+
+    async fn inspect_destination(
+        config: &PostgresConfig,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+    ) -> Result<DestinationReport, PluginError> {
+        Self::inspect_with(config, ctx, request, &Toolbox::from_env()).await
     }
 
     async fn restore(
@@ -212,25 +222,78 @@ impl PostgresPlugin {
         Ok(BackupReport { facts })
     }
 
+    /// [`Plugin::inspect_destination`] with the tools from `tools`: whether a restore of
+    /// the artifact `request` describes would overwrite data, without changing anything.
+    ///
+    /// The artifact's kind comes from its facts exactly as for [`PostgresPlugin::restore_with`]
+    /// (with the same errors for a missing database name, or a target database given for an
+    /// all-databases artifact).
+    ///
+    /// - **One database** (`request.into`, else `spec.postgres.database`): holds data when it
+    ///   exists and has at least one user table (an ordinary or partitioned table outside
+    ///   `pg_catalog`, `information_schema` and the TOAST schemas; temporary tables do not
+    ///   count). Its existence is checked through the `postgres` database, its tables by
+    ///   connecting to it.
+    /// - **All databases** (`pg_dumpall`): the server holds data when it has a database other
+    ///   than `postgres`, `template0` and `template1` (the description names up to five), or
+    ///   when its `postgres` database has user tables.
+    ///
+    /// Connection failures are classified like every other operation's (a wrong password is
+    /// `Unauthorized`, a refused connection `Unreachable`, ...); no message carries the
+    /// password.
+    pub async fn inspect_with(
+        config: &PostgresConfig,
+        ctx: &RunContext,
+        request: &RestoreRequest,
+        tools: &Toolbox,
+    ) -> Result<DestinationReport, PluginError> {
+        let session = Session::new(config, ctx, tools)?;
+        match destination(config, request)? {
+            Destination::AllDatabases => session.inspect_server().await,
+            Destination::Database(database) => session.inspect_database(database).await,
+        }
+    }
+
     /// [`Plugin::restore`] with the tools from `tools`.
     ///
     /// The artifact's format and kind come from the facts recorded at backup time
     /// (`format`, `allDatabases`), falling back to the destination config.
     ///
     /// - **One database** (custom, tar or plain): the destination database is
-    ///   `request.into`, else `spec.postgres.database`. It is created (`CREATE DATABASE`
-    ///   through `psql` connected to the `postgres` database) when it does not exist; an
-    ///   existing database is used as is and nothing in it is dropped, so restore into a new
-    ///   or empty database. Custom and tar archives are restored with `pg_restore
-    ///   --exit-on-error --single-transaction --no-owner --no-privileges`: the whole restore
-    ///   is one transaction (all or nothing), and objects are owned by the restoring role
-    ///   without the source's grants, because the source's roles often do not exist on the
-    ///   destination (and would abort the restore). Plain dumps are replayed verbatim with
-    ///   `psql -v ON_ERROR_STOP=1 --single-transaction`; roles they name in `OWNER TO` or
-    ///   `GRANT` must exist (back up with `extraDumpOptions: [--no-owner, --no-privileges]`
-    ///   to avoid that).
+    ///   `request.into`, else `spec.postgres.database`. Custom and tar archives are restored
+    ///   with `pg_restore --exit-on-error --single-transaction --no-owner --no-privileges`:
+    ///   the whole restore is one transaction (all or nothing), and objects are owned by the
+    ///   restoring role without the source's grants, because the source's roles often do not
+    ///   exist on the destination (and would abort the restore). Plain dumps are replayed
+    ///   verbatim with `psql -v ON_ERROR_STOP=1 --single-transaction`; roles they name in
+    ///   `OWNER TO` or `GRANT` must exist (back up with `extraDumpOptions: [--no-owner,
+    ///   --no-privileges]` to avoid that).
+    ///   - Without `request.replace` (`mode: IntoEmpty`), the database is created (`CREATE
+    ///     DATABASE` through `psql` connected to the `postgres` database) when it does not
+    ///     exist; an existing database is used as is and nothing in it is dropped, so a
+    ///     restore over existing tables fails (and, being one transaction, leaves nothing
+    ///     behind).
+    ///   - With `request.replace` (`mode: Replace`), nothing is lost if the restore fails:
+    ///     the artifact is restored into a new scratch database
+    ///     (`<database>_stowage_new_<8 hex digits>`, the name shortened to stay within
+    ///     PostgreSQL's 63 bytes), which is dropped again when the restore fails, leaving
+    ///     the existing database untouched. On success the other sessions on the existing
+    ///     database are ended (`pg_terminate_backend`; a non-superuser needs
+    ///     `pg_signal_backend` to end other roles' sessions), then one transaction renames the
+    ///     existing database to `<database>_stowage_old_<same digits>` and the scratch
+    ///     database to its name (PostgreSQL allows `ALTER DATABASE ... RENAME` in a
+    ///     transaction block, so applications never see the name missing), and the old
+    ///     database is dropped. When the database did not exist, the scratch database is
+    ///     simply renamed into place. If the swap fails (sessions reconnected, or the role
+    ///     may not rename the database: that needs its ownership and `CREATEDB`), the
+    ///     scratch database is dropped and the error says what to do; the existing database
+    ///     is unchanged. The replaced database's own settings (owner, grants, `ALTER
+    ///     DATABASE ... SET` parameters) are not carried over: the new one is created like
+    ///     any restored database, owned by the restoring role.
     /// - **All databases** (`pg_dumpall`): replayed with `psql -v ON_ERROR_STOP=1` connected
-    ///   to the `postgres` database; `request.into` is rejected. Roles that already exist on
+    ///   to the `postgres` database; `request.into` is rejected, and so is
+    ///   `request.replace` (`Unsupported`: such an artifact restores only into a fresh
+    ///   server). Roles that already exist on
     ///   the destination (at least the restoring superuser) are updated rather than failing
     ///   the restore (`CREATE ROLE` becomes create-if-missing, the dump's `ALTER ROLE`
     ///   follows). The restoring role (`spec.postgres.username`) keeps its own password, so
@@ -246,11 +309,7 @@ impl PostgresPlugin {
         tools: &Toolbox,
     ) -> Result<RestoreReport, PluginError> {
         let session = Session::new(config, ctx, tools)?;
-        let all = match request.facts.get(FACT_ALL_DATABASES) {
-            Some(value) => value == "true",
-            None if request.facts.contains_key(FACT_DATABASE) => false,
-            None => config.dumps_all_databases(),
-        };
+        let destination = destination(config, request)?;
         let format = match request.facts.get(FACT_FORMAT) {
             Some(name) => parse_format(name).ok_or_else(|| {
                 PluginError::Unsupported(format!(
@@ -258,79 +317,37 @@ impl PostgresPlugin {
                      (custom, plain, tar)"
                 ))
             })?,
-            None if all => DumpFormat::Plain,
+            None if destination == Destination::AllDatabases => DumpFormat::Plain,
             None => config.effective_format(),
         };
-        if all {
-            if let Some(into) = &request.into {
-                return Err(PluginError::InvalidConfig(ValidationErrors::single(
-                    "into",
-                    format!(
-                        "the artifact holds every database of a server (pg_dumpall), which \
-                         restores into their own names, not into {into:?}; restore without a \
-                         target database"
-                    ),
-                )));
+        let database = match destination {
+            Destination::AllDatabases if request.replace => {
+                return Err(PluginError::Unsupported(
+                    "the artifact holds every database of a server (pg_dumpall), which \
+                     restores only into a fresh server (mode IntoEmpty), never over existing \
+                     databases (mode Replace)"
+                        .to_owned(),
+                ));
             }
-            return session.restore_all(source).await;
-        }
-        let database = request
-            .into
-            .as_deref()
-            .filter(|d| !d.is_empty())
-            .or(config.database.as_deref())
-            .ok_or_else(|| {
-                PluginError::InvalidConfig(ValidationErrors::single(
-                    "database",
-                    "name the database to restore into (spec.postgres.database or the \
-                     restore's target database)",
-                ))
-            })?;
-        let created = session.ensure_database(database).await?;
-        let tool = match format {
-            DumpFormat::Plain => "psql",
-            DumpFormat::Custom | DumpFormat::Tar => "pg_restore",
+            Destination::AllDatabases => return session.restore_all(source).await,
+            Destination::Database(database) => database,
         };
+        if request.replace {
+            return session
+                .replace_database(ctx, database, format, source)
+                .await;
+        }
+        let created = session.ensure_database(database).await?;
         tracing::info!(
             namespace = %ctx.namespace,
             target = %ctx.target,
-            tool,
+            tool = restore_tool(format),
             database,
             created,
             format = format_name(format),
             "restoring"
         );
-        let args: Vec<OsString> = match format {
-            DumpFormat::Plain => vec![
-                "-X".into(),
-                "-q".into(),
-                "--no-password".into(),
-                "-v".into(),
-                "ON_ERROR_STOP=1".into(),
-                "--single-transaction".into(),
-                "--file=-".into(),
-            ],
-            DumpFormat::Custom | DumpFormat::Tar => vec![
-                format!("--format={}", format_name(format)).into(),
-                "--exit-on-error".into(),
-                "--single-transaction".into(),
-                "--no-owner".into(),
-                "--no-privileges".into(),
-                "--no-password".into(),
-                // pg_restore only connects when given --dbname; a conninfo string keeps any
-                // database name literal (host, port, user and password come from the env).
-                format!("--dbname=dbname={}", conninfo_quote(database)).into(),
-            ],
-        };
-        let output = session
-            .command(tool, database, args)?
-            .run_from_source(
-                source,
-                &session.redactor,
-                session.classifier(tool, database),
-            )
-            .await?;
-        session.log_warnings(tool, &output);
+        session.restore_into(database, format, source).await?;
         let how = if created {
             "created and restored"
         } else {
@@ -344,6 +361,56 @@ impl PostgresPlugin {
             ),
         })
     }
+}
+
+/// Where a restore writes: the one place that decides it from the artifact's facts and the
+/// request, for restores and destination inspections alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Destination<'a> {
+    /// Every database of the server (a `pg_dumpall` artifact).
+    AllDatabases,
+    /// This one database.
+    Database(&'a str),
+}
+
+/// The destination of a restore of the artifact `request` describes: all databases for a
+/// `pg_dumpall` artifact (its `allDatabases` fact; without facts, the destination config's
+/// kind), else the database `request.into` or `spec.postgres.database`.
+fn destination<'a>(
+    config: &'a PostgresConfig,
+    request: &'a RestoreRequest,
+) -> Result<Destination<'a>, PluginError> {
+    let all = match request.facts.get(FACT_ALL_DATABASES) {
+        Some(value) => value == "true",
+        None if request.facts.contains_key(FACT_DATABASE) => false,
+        None => config.dumps_all_databases(),
+    };
+    if all {
+        if let Some(into) = &request.into {
+            return Err(PluginError::InvalidConfig(ValidationErrors::single(
+                "into",
+                format!(
+                    "the artifact holds every database of a server (pg_dumpall), which \
+                     restores into their own names, not into {into:?}; restore without a \
+                     target database"
+                ),
+            )));
+        }
+        return Ok(Destination::AllDatabases);
+    }
+    request
+        .into
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .or(config.database.as_deref())
+        .map(Destination::Database)
+        .ok_or_else(|| {
+            PluginError::InvalidConfig(ValidationErrors::single(
+                "database",
+                "name the database to restore into (spec.postgres.database or the \
+                 restore's target database)",
+            ))
+        })
 }
 
 /// One operation's connection: the config, the password and the tools.
@@ -521,16 +588,189 @@ impl<'a> Session<'a> {
         Ok((server, dump_tool))
     }
 
+    /// Run the psql `script` connected to `database`, stopping at its first error. The
+    /// script is fed on stdin so that psql interpolates its `:'name'` (as a literal) and
+    /// `:"name"` (as an identifier) references to `vars`, quoted: any database name is safe
+    /// there, unlike in SQL built with `format!` (and `-c` would not interpolate them).
+    async fn run_script(
+        &self,
+        database: &str,
+        script: &str,
+        vars: &[(&str, &str)],
+        timeout: Duration,
+        classify: impl Fn(&ToolFailure) -> PluginError,
+    ) -> Result<ToolOutput, PluginError> {
+        let mut args: Vec<OsString> = vec![
+            "-XAtq".into(),
+            "--no-password".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+        ];
+        for (name, value) in vars {
+            args.push("-v".into());
+            args.push(format!("{name}={value}").into());
+        }
+        let mut input = ArtifactSource::new(script.as_bytes());
+        self.command("psql", database, args)?
+            .timeout(timeout)
+            .run_from_source(&mut input, &self.redactor, classify)
+            .await
+    }
+
     /// Create `database` unless it exists; whether it was created.
     async fn ensure_database(&self, database: &str) -> Result<bool, PluginError> {
-        // psql variables quote the name (:'db' as a literal, :"db" as an identifier), so
-        // any database name is safe; -c would not interpolate them, hence stdin.
         let script = "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = :'db') AS missing \\gset\n\
                       \\if :missing\n\
                       CREATE DATABASE :\"db\";\n\
                       \\echo created\n\
                       \\endif\n";
-        let mut input = ArtifactSource::new(script.as_bytes());
+        let output = self
+            .run_script(
+                MAINTENANCE_DATABASE,
+                script,
+                &[("db", database)],
+                SHORT_COMMAND_TIMEOUT,
+                self.classifier("psql", MAINTENANCE_DATABASE),
+            )
+            .await?;
+        Ok(output.stdout.lines().any(|l| l.trim() == "created"))
+    }
+
+    /// Create `database`, failing when it exists.
+    async fn create_database(&self, database: &str) -> Result<(), PluginError> {
+        self.run_script(
+            MAINTENANCE_DATABASE,
+            "CREATE DATABASE :\"db\";\n",
+            &[("db", database)],
+            SHORT_COMMAND_TIMEOUT,
+            self.classifier("psql", MAINTENANCE_DATABASE),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Drop `database` if it exists.
+    async fn drop_database(&self, database: &str) -> Result<(), PluginError> {
+        self.run_script(
+            MAINTENANCE_DATABASE,
+            "DROP DATABASE IF EXISTS :\"db\";\n",
+            &[("db", database)],
+            DROP_TIMEOUT,
+            self.classifier("psql", MAINTENANCE_DATABASE),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Drop the scratch database of a replacing restore that did not replace anything, as
+    /// best it can (a failure is logged); whether it is gone.
+    async fn drop_scratch(&self, scratch: &str) -> bool {
+        match self.drop_database(scratch).await {
+            Ok(()) => {
+                tracing::info!(database = scratch, "dropped the scratch database");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    database = scratch,
+                    %error,
+                    "could not drop the scratch database; drop it by hand"
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether `database` exists (asked through the `postgres` database).
+    async fn database_exists(&self, database: &str) -> Result<bool, PluginError> {
+        let output = self
+            .run_script(
+                MAINTENANCE_DATABASE,
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = :'db');\n",
+                &[("db", database)],
+                SHORT_COMMAND_TIMEOUT,
+                self.classifier("psql", MAINTENANCE_DATABASE),
+            )
+            .await?;
+        match output.stdout.trim() {
+            "t" => Ok(true),
+            "f" => Ok(false),
+            other => Err(PluginError::ToolFailed(format!(
+                "psql printed {:?} instead of whether database {database:?} exists",
+                excerpt(other)
+            ))),
+        }
+    }
+
+    /// How many user tables (see [`USER_TABLES_SQL`]) the existing `database` has.
+    async fn user_tables(&self, database: &str) -> Result<u64, PluginError> {
+        let output = self
+            .command(
+                "psql",
+                database,
+                vec![
+                    "-XAtq".into(),
+                    "--no-password".into(),
+                    "-c".into(),
+                    USER_TABLES_SQL.into(),
+                ],
+            )?
+            .timeout(SHORT_COMMAND_TIMEOUT)
+            .run(&self.redactor, self.classifier("psql", database))
+            .await?;
+        output.stdout.trim().parse().map_err(|_| {
+            PluginError::ToolFailed(format!(
+                "psql printed {:?} instead of the number of tables in database {database:?}",
+                excerpt(&output.stdout)
+            ))
+        })
+    }
+
+    /// How many user tables `database` has; `None` when it does not exist.
+    async fn tables_in(&self, database: &str) -> Result<Option<u64>, PluginError> {
+        if !self.database_exists(database).await? {
+            return Ok(None);
+        }
+        self.user_tables(database).await.map(Some)
+    }
+
+    /// What a restore into `database` would overwrite.
+    async fn inspect_database(&self, database: &str) -> Result<DestinationReport, PluginError> {
+        let address = self.address();
+        Ok(match self.tables_in(database).await? {
+            None => DestinationReport {
+                holds_data: false,
+                description: format!(
+                    "database {database:?} does not exist on PostgreSQL at {address}; it will \
+                     be created"
+                ),
+            },
+            Some(0) => DestinationReport {
+                holds_data: false,
+                description: format!(
+                    "database {database:?} on PostgreSQL at {address} exists and has no user \
+                     tables"
+                ),
+            },
+            Some(n) => DestinationReport {
+                holds_data: true,
+                description: format!(
+                    "database {database:?} on PostgreSQL at {address} has {}",
+                    user_tables_phrase(n)
+                ),
+            },
+        })
+    }
+
+    /// What an all-databases restore would overwrite: the server's databases other than
+    /// `postgres` and the templates, and the `postgres` database's user tables.
+    async fn inspect_server(&self) -> Result<DestinationReport, PluginError> {
+        let query = format!(
+            "SELECT ({USER_TABLES_SQL}), \
+             (SELECT coalesce(pg_catalog.json_agg(datname::text ORDER BY datname), '[]') \
+              FROM pg_catalog.pg_database \
+              WHERE datname NOT IN ('{MAINTENANCE_DATABASE}', 'template0', 'template1'))"
+        );
         let output = self
             .command(
                 "psql",
@@ -538,20 +778,306 @@ impl<'a> Session<'a> {
                 vec![
                     "-XAtq".into(),
                     "--no-password".into(),
-                    "-v".into(),
-                    "ON_ERROR_STOP=1".into(),
-                    "-v".into(),
-                    format!("db={database}").into(),
+                    "-c".into(),
+                    query.into(),
                 ],
             )?
             .timeout(SHORT_COMMAND_TIMEOUT)
-            .run_from_source(
-                &mut input,
+            .run(
                 &self.redactor,
                 self.classifier("psql", MAINTENANCE_DATABASE),
             )
             .await?;
-        Ok(output.stdout.lines().any(|l| l.trim() == "created"))
+        // `<tables>|<JSON array of names>`: the count has no `|`, so the first one splits.
+        let parsed = output
+            .stdout
+            .trim_end_matches('\n')
+            .split_once('|')
+            .and_then(|(tables, names)| {
+                Some((
+                    tables.parse::<u64>().ok()?,
+                    serde_json::from_str::<Vec<String>>(names).ok()?,
+                ))
+            });
+        let Some((tables, databases)) = parsed else {
+            return Err(PluginError::ToolFailed(format!(
+                "psql printed {:?} instead of the server's databases",
+                excerpt(&output.stdout)
+            )));
+        };
+        let address = self.address();
+        let databases = if databases.is_empty() {
+            None
+        } else {
+            let shown: Vec<String> = databases
+                .iter()
+                .take(NAMED_DATABASES)
+                .map(|d| format!("{d:?}"))
+                .collect();
+            let more = match databases.len().saturating_sub(NAMED_DATABASES) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            let noun = if databases.len() == 1 {
+                "database"
+            } else {
+                "databases"
+            };
+            Some(format!(
+                "PostgreSQL at {address} holds {} {noun} besides postgres, template0 and \
+                 template1 ({}{more})",
+                databases.len(),
+                shown.join(", ")
+            ))
+        };
+        let description = match (databases, tables) {
+            (None, 0) => {
+                return Ok(DestinationReport {
+                    holds_data: false,
+                    description: format!(
+                        "PostgreSQL at {address} holds no databases besides postgres, \
+                         template0 and template1, and its postgres database has no user \
+                         tables"
+                    ),
+                });
+            }
+            (None, n) => format!(
+                "the postgres database on PostgreSQL at {address} has {}",
+                user_tables_phrase(n)
+            ),
+            (Some(databases), 0) => databases,
+            (Some(databases), n) => format!(
+                "{databases}, and its postgres database has {}",
+                user_tables_phrase(n)
+            ),
+        };
+        Ok(DestinationReport {
+            holds_data: true,
+            description,
+        })
+    }
+
+    /// Restore a one-database artifact of `format` from `source` into the existing
+    /// `database`, as one transaction: `pg_restore` for custom and tar archives, `psql` for
+    /// plain dumps (see [`PostgresPlugin::restore_with`]).
+    async fn restore_into(
+        &self,
+        database: &str,
+        format: DumpFormat,
+        source: &mut ArtifactSource<'_>,
+    ) -> Result<ToolOutput, PluginError> {
+        let tool = restore_tool(format);
+        let args: Vec<OsString> = match format {
+            DumpFormat::Plain => vec![
+                "-X".into(),
+                "-q".into(),
+                "--no-password".into(),
+                "-v".into(),
+                "ON_ERROR_STOP=1".into(),
+                "--single-transaction".into(),
+                "--file=-".into(),
+            ],
+            DumpFormat::Custom | DumpFormat::Tar => vec![
+                format!("--format={}", format_name(format)).into(),
+                "--exit-on-error".into(),
+                "--single-transaction".into(),
+                "--no-owner".into(),
+                "--no-privileges".into(),
+                "--no-password".into(),
+                // pg_restore only connects when given --dbname; a conninfo string keeps any
+                // database name literal (host, port, user and password come from the env).
+                format!("--dbname=dbname={}", conninfo_quote(database)).into(),
+            ],
+        };
+        let output = self
+            .command(tool, database, args)?
+            .run_from_source(source, &self.redactor, self.classifier(tool, database))
+            .await?;
+        self.log_warnings(tool, &output);
+        Ok(output)
+    }
+
+    /// A `mode: Replace` restore of a one-database artifact into `database`: restore into a
+    /// scratch database, then swap it in (see [`PostgresPlugin::restore_with`]). Whatever
+    /// fails before the swap commits leaves `database` as it was, and the scratch database
+    /// is dropped again.
+    async fn replace_database(
+        &self,
+        ctx: &RunContext,
+        database: &str,
+        format: DumpFormat,
+        source: &mut ArtifactSource<'_>,
+    ) -> Result<RestoreReport, PluginError> {
+        // Counting also checks, before the long restore, that the database can be reached.
+        let tables = self.tables_in(database).await?;
+        let (scratch, old) = scratch_names(database, random_suffix());
+        tracing::info!(
+            namespace = %ctx.namespace,
+            target = %ctx.target,
+            tool = restore_tool(format),
+            database,
+            scratch = %scratch,
+            existing_tables = ?tables,
+            format = format_name(format),
+            "restoring into a scratch database, to replace the database"
+        );
+        self.create_database(&scratch).await?;
+        if let Err(error) = self.restore_into(&scratch, format, source).await {
+            let dropped = self.drop_scratch(&scratch).await;
+            return Err(with_note(error, &scratch_note(database, &scratch, dropped)));
+        }
+        let swap = match self.swap(database, &scratch, &old).await {
+            Ok(swap) => swap,
+            Err(error) => {
+                let dropped = self.drop_scratch(&scratch).await;
+                return Err(with_note(error, &scratch_note(database, &scratch, dropped)));
+            }
+        };
+        let address = self.address();
+        let dump = format_name(format);
+        let ended = match swap.ended {
+            0 => String::new(),
+            1 => "; ended 1 other session using it".to_owned(),
+            n => format!("; ended {n} other sessions using it"),
+        };
+        if !swap.replaced {
+            return Ok(RestoreReport {
+                message: format!(
+                    "created and restored database {database:?} on PostgreSQL at {address} \
+                     from a {dump} dump (there was no database to replace)"
+                ),
+            });
+        }
+        let had = match tables {
+            Some(n) => format!(", which had {},", user_tables_phrase(n)),
+            None => String::new(),
+        };
+        let mut message = format!(
+            "replaced database {database:?}{had} on PostgreSQL at {address} with a {dump} dump, \
+             restored into a new database first and then renamed into place{ended}"
+        );
+        match self.drop_database(&old).await {
+            Ok(()) => tracing::info!(database = %old, "dropped the replaced database"),
+            Err(error) => {
+                tracing::warn!(
+                    database = %old,
+                    %error,
+                    "could not drop the replaced database; drop it by hand"
+                );
+                message.push_str(&format!(
+                    "; the replaced database, renamed {old:?}, could not be dropped ({error}): \
+                     drop it by hand"
+                ));
+            }
+        }
+        Ok(RestoreReport { message })
+    }
+
+    /// Put the restored `scratch` database in the place of `target`: end the other sessions
+    /// on `target`, then, in one transaction, rename `target` to `old` and `scratch` to
+    /// `target` (just the second rename when `target` does not exist). On failure nothing
+    /// was renamed.
+    async fn swap(&self, target: &str, scratch: &str, old: &str) -> Result<Swap, PluginError> {
+        // The target is passed to the DO block in a custom setting: psql does not
+        // interpolate variables inside dollar quotes. Autovacuum workers (no role) are left
+        // to the server, which ends them itself for a rename; sessions the role may not end
+        // (other roles' without pg_signal_backend, superusers' for a non-superuser) are
+        // counted and reported, and the rename then fails if they are still there.
+        let script = r#"SELECT pg_catalog.set_config('stowage.target', :'target', false) IS NULL AS unused \gset
+DO $stowage$
+DECLARE
+  other integer;
+  ended integer := 0;
+  refused integer := 0;
+BEGIN
+  FOR other IN
+    SELECT pid FROM pg_catalog.pg_stat_activity
+    WHERE datname = pg_catalog.current_setting('stowage.target')
+      AND pid <> pg_catalog.pg_backend_pid()
+      AND usesysid IS NOT NULL
+  LOOP
+    BEGIN
+      IF pg_catalog.pg_terminate_backend(other) THEN
+        ended := ended + 1;
+      END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+      refused := refused + 1;
+    END;
+  END LOOP;
+  PERFORM pg_catalog.set_config('stowage.ended', ended::text, false);
+  IF refused > 0 THEN
+    RAISE WARNING 'the restoring role may not end % session(s) on the database', refused;
+  END IF;
+END
+$stowage$;
+SELECT pg_catalog.current_setting('stowage.ended') AS ended \gset
+\echo ended :ended
+SELECT EXISTS (SELECT FROM pg_catalog.pg_database WHERE datname = :'target') AS present \gset
+BEGIN;
+\if :present
+ALTER DATABASE :"target" RENAME TO :"old";
+\endif
+ALTER DATABASE :"scratch" RENAME TO :"target";
+COMMIT;
+\if :present
+\echo replaced
+\else
+\echo created
+\endif
+"#;
+        let connect_to = maintenance_database_for(target);
+        let output = self
+            .run_script(
+                connect_to,
+                script,
+                &[("target", target), ("scratch", scratch), ("old", old)],
+                SHORT_COMMAND_TIMEOUT,
+                |failure: &ToolFailure| self.swap_failure(failure, target, connect_to),
+            )
+            .await?;
+        self.log_warnings("psql", &output);
+        let mut swap = Swap::default();
+        for line in output.stdout.lines() {
+            if let Some(n) = line.strip_prefix("ended ") {
+                swap.ended = n.trim().parse().unwrap_or(0);
+            } else if line.trim() == "replaced" {
+                swap.replaced = true;
+            }
+        }
+        Ok(swap)
+    }
+
+    /// The error for a failed swap of `target`: what to do about sessions that are still
+    /// there or a missing privilege, else the classifier's.
+    fn swap_failure(&self, failure: &ToolFailure, target: &str, connected_to: &str) -> PluginError {
+        let said = excerpt(&failure.stderr);
+        let address = self.address();
+        let user = &self.config.username;
+        if failure.stderr.contains("is being accessed by other users") {
+            return PluginError::Remote {
+                status: None,
+                message: format!(
+                    "database {target:?} on PostgreSQL at {address} was not replaced: other \
+                     sessions were still using it (they reconnected after stowage ended them, \
+                     or role {user:?} may not end them), so it could not be renamed. Stop the \
+                     applications using the database (e.g. scale them to zero) and restore \
+                     again, or grant role {user:?} pg_signal_backend (or restore as a \
+                     superuser) so stowage can end other roles' sessions (psql: {said})"
+                ),
+            };
+        }
+        if failure.stderr.contains("must be owner of database")
+            || failure
+                .stderr
+                .contains("permission denied to rename database")
+        {
+            return PluginError::Unauthorized(format!(
+                "role {user:?} may not rename database {target:?} on PostgreSQL at {address}, \
+                 which replacing it needs: make the role the database's owner (ALTER DATABASE \
+                 ... OWNER TO) and give it CREATEDB, or restore as a superuser (psql: {said})"
+            ));
+        }
+        self.classifier("psql", connected_to)(failure)
     }
 
     /// Replay a `pg_dumpall` script into the server.
@@ -661,6 +1187,125 @@ fn without_own_password(line: &[u8], role: &str) -> Option<String> {
     let value = start + " PASSWORD '".len();
     let end = value + text[value..].find('\'')? + 1;
     Some(format!("{}{}", &text[..start], &text[end..]))
+}
+
+/// How long dropping a database may take (removing a large database's files takes a while).
+const DROP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// PostgreSQL's longest identifier, in bytes (longer names are truncated).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// How many databases an inspection of a whole server names.
+const NAMED_DATABASES: usize = 5;
+
+/// Counts the user tables of the connected database: ordinary and partitioned tables
+/// outside the system schemas (`pg_catalog`, `information_schema`, the TOAST schemas),
+/// temporary tables excepted (they vanish with their session).
+const USER_TABLES_SQL: &str = "SELECT count(*) FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg\\_toast%'";
+
+/// What a swap did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Swap {
+    /// An existing database was replaced (else the restored one was only renamed into
+    /// place).
+    replaced: bool,
+    /// How many other sessions on the replaced database were ended.
+    ended: u64,
+}
+
+/// `1 user table`, `N user tables`.
+fn user_tables_phrase(n: u64) -> String {
+    if n == 1 {
+        "1 user table".to_owned()
+    } else {
+        format!("{n} user tables")
+    }
+}
+
+/// The database a swap of `target` connects to: `postgres`, or `template1` when `postgres`
+/// itself is replaced (a session cannot rename its own database).
+fn maintenance_database_for(target: &str) -> &'static str {
+    if target == MAINTENANCE_DATABASE {
+        "template1"
+    } else {
+        MAINTENANCE_DATABASE
+    }
+}
+
+/// The scratch database a replacing restore of `target` fills, and the name the replaced
+/// database has until it is dropped: `<target>_stowage_new_<suffix>` and
+/// `<target>_stowage_old_<suffix>` (8 hex digits), `target` shortened (on a character
+/// boundary) so that both fit in PostgreSQL's 63 bytes.
+fn scratch_names(target: &str, suffix: u32) -> (String, String) {
+    let tag_len = "_stowage_new_".len() + 8;
+    let mut end = target.len().min(MAX_IDENTIFIER_BYTES - tag_len);
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    let prefix = &target[..end];
+    (
+        format!("{prefix}_stowage_new_{suffix:08x}"),
+        format!("{prefix}_stowage_old_{suffix:08x}"),
+    )
+}
+
+/// A random suffix for [`scratch_names`]: the standard library's randomly keyed hasher over
+/// the time and the process id.
+fn random_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+}
+
+/// What a replacing restore that failed did, appended to its error: `database` was not
+/// touched, and the `scratch` database it restored into was dropped again (or not).
+fn scratch_note(database: &str, scratch: &str, dropped: bool) -> String {
+    let scratch = if dropped {
+        format!("the scratch database {scratch:?} used for the restore was dropped again")
+    } else {
+        format!(
+            "the scratch database {scratch:?} used for the restore could not be dropped: \
+             drop it by hand"
+        )
+    };
+    format!("; nothing was replaced: database {database:?} is unchanged, and {scratch}")
+}
+
+/// `error` with `note` appended to its message, its kind kept.
+fn with_note(error: PluginError, note: &str) -> PluginError {
+    match error {
+        PluginError::NotFound(m) => PluginError::NotFound(m + note),
+        PluginError::Unreachable(m) => PluginError::Unreachable(m + note),
+        PluginError::Unauthorized(m) => PluginError::Unauthorized(m + note),
+        PluginError::Remote { status, message } => PluginError::Remote {
+            status,
+            message: message + note,
+        },
+        PluginError::Timeout(m) => PluginError::Timeout(m + note),
+        PluginError::Io(e) => PluginError::Io(std::io::Error::new(e.kind(), format!("{e}{note}"))),
+        PluginError::Unsupported(m) => PluginError::Unsupported(m + note),
+        PluginError::ToolFailed(m) => PluginError::ToolFailed(m + note),
+        PluginError::Internal(m) => PluginError::Internal(m + note),
+        other => other,
+    }
+}
+
+/// The tool restoring a one-database artifact of `format`.
+fn restore_tool(format: DumpFormat) -> &'static str {
+    match format {
+        DumpFormat::Plain => "psql",
+        DumpFormat::Custom | DumpFormat::Tar => "pg_restore",
+    }
 }
 
 fn format_name(format: DumpFormat) -> &'static str {
@@ -785,6 +1430,46 @@ mod tests {
         config.database = None;
         config.all_databases = Some(true);
         assert_eq!(PostgresPlugin::artifact_extension(&config), "sql");
+    }
+
+    #[test]
+    fn scratch_names_fit_in_an_identifier() {
+        assert_eq!(
+            scratch_names("shop", 0x1a2b3c),
+            (
+                "shop_stowage_new_001a2b3c".to_owned(),
+                "shop_stowage_old_001a2b3c".to_owned()
+            )
+        );
+        // 63 bytes of two-byte characters: cut on a character boundary.
+        let long = "x".to_owned() + &"é".repeat(31);
+        let (scratch, old) = scratch_names(&long, u32::MAX);
+        assert!(scratch.len() <= 63 && old.len() <= 63, "{scratch} {old}");
+        assert_eq!(
+            scratch,
+            "x".to_owned() + &"é".repeat(20) + "_stowage_new_ffffffff"
+        );
+        assert_eq!(
+            old,
+            "x".to_owned() + &"é".repeat(20) + "_stowage_old_ffffffff"
+        );
+        assert_ne!(random_suffix(), random_suffix());
+    }
+
+    #[test]
+    fn notes_keep_the_error_kind() {
+        let err = with_note(
+            PluginError::ToolFailed("pg_restore failed".into()),
+            "; note",
+        );
+        assert_eq!(err.kind(), stowage_plugin_sdk::ErrorKind::ToolFailed);
+        assert_eq!(err.to_string(), "pg_restore failed; note");
+        let err = with_note(
+            PluginError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad")),
+            "; note",
+        );
+        assert_eq!(err.kind(), stowage_plugin_sdk::ErrorKind::IoError);
+        assert_eq!(err.to_string(), "I/O error: bad; note");
     }
 
     #[test]

@@ -43,6 +43,7 @@ async fn every_database_and_role_moves_to_a_fresh_server() {
     let into = RestoreRequest {
         facts: report.facts.clone(),
         into: Some("elsewhere".into()),
+        replace: false,
     };
     let err = PostgresPlugin::restore(
         &dest_config,
@@ -57,6 +58,7 @@ async fn every_database_and_role_moves_to_a_fresh_server() {
     let request = RestoreRequest {
         facts: report.facts,
         into: None,
+        replace: false,
     };
     let mut input = ArtifactSource::new(&artifact[..]);
     if let Err(e) =

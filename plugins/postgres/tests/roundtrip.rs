@@ -56,6 +56,7 @@ async fn round_trip(format: DumpFormat, precreate: bool) -> Vec<u8> {
     let request = RestoreRequest {
         facts,
         into: Some("restored".into()),
+        replace: false,
     };
     let mut source = ArtifactSource::new(&artifact[..]);
     let report =
@@ -122,7 +123,11 @@ async fn restore_never_overwrites_existing_tables() {
     let config = server.config(Some("shop"));
     let (artifact, facts) = backup_to_memory(&config, &server).await;
     server.psql("shop", "insert into empty_one values (1, 'kept')");
-    let request = RestoreRequest { facts, into: None };
+    let request = RestoreRequest {
+        facts,
+        into: None,
+        replace: false,
+    };
     let mut source = ArtifactSource::new(&artifact[..]);
     let err = PostgresPlugin::restore(&config, &server.ctx(), &mut source, &request)
         .await

@@ -97,11 +97,17 @@ pub enum ErrorKind {
     ToolFailed,
     /// A bug or an unexpected state in stowage itself.
     Internal,
+    /// An artifact's bytes do not match the size and SHA-256 its sidecar recorded: it is
+    /// corrupt or was changed, and is not restored.
+    ChecksumMismatch,
+    /// A restore destination already holds data and the restore was not asked to
+    /// replace it (`mode: IntoEmpty`).
+    DestinationNotEmpty,
 }
 
 impl ErrorKind {
     /// Every kind, in exit-code order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::InvalidConfig,
         ErrorKind::NotFound,
         ErrorKind::Unreachable,
@@ -112,6 +118,8 @@ impl ErrorKind {
         ErrorKind::Unsupported,
         ErrorKind::ToolFailed,
         ErrorKind::Internal,
+        ErrorKind::ChecksumMismatch,
+        ErrorKind::DestinationNotEmpty,
     ];
 
     /// The condition reason (CamelCase, stable; part of the API).
@@ -127,10 +135,12 @@ impl ErrorKind {
             ErrorKind::Unsupported => "Unsupported",
             ErrorKind::ToolFailed => "ToolFailed",
             ErrorKind::Internal => "Internal",
+            ErrorKind::ChecksumMismatch => "ChecksumMismatch",
+            ErrorKind::DestinationNotEmpty => "DestinationNotEmpty",
         }
     }
 
-    /// The runner's exit code for this kind (stable; 10 to 19, so shells' 1/2 and
+    /// The runner's exit code for this kind (stable; 10 to 21, so shells' 1/2 and
     /// signals' 128+n stay distinguishable).
     pub fn exit_code(self) -> i32 {
         match self {
@@ -144,6 +154,8 @@ impl ErrorKind {
             ErrorKind::Unsupported => 17,
             ErrorKind::ToolFailed => 18,
             ErrorKind::Internal => 19,
+            ErrorKind::ChecksumMismatch => 20,
+            ErrorKind::DestinationNotEmpty => 21,
         }
     }
 

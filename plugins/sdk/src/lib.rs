@@ -128,6 +128,25 @@ pub struct RestoreRequest {
     /// A name inside the destination to restore into (for database plugins: a database),
     /// overriding the one in the destination config.
     pub into: Option<String>,
+    /// Restore over data the destination already holds (`mode: Replace` of a
+    /// `BackupRestore`). When false the runner has already checked, with
+    /// [`Plugin::inspect_destination`], that the destination holds no data; a plugin
+    /// restores into an empty destination then. When true the plugin replaces what is
+    /// there, and must leave the existing data in place if the restore fails.
+    pub replace: bool,
+}
+
+/// What a destination holds, as the plugin sees it, before a restore (see
+/// [`Plugin::inspect_destination`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationReport {
+    /// Whether restoring there would overwrite data (postgres: the database exists and
+    /// has user tables). A restore with `mode: IntoEmpty` is refused when true.
+    pub holds_data: bool,
+    /// One line for humans naming the destination and what is in it (e.g. `database
+    /// "shop" on db.shop.svc:5432 exists with 12 user tables`); never a secret value.
+    pub description: String,
 }
 
 /// The outcome of a successful restore.
@@ -185,6 +204,23 @@ pub trait Plugin: Send + Sync + 'static {
         ctx: &RunContext,
         sink: &mut ArtifactSink<'_>,
     ) -> impl Future<Output = Result<BackupReport, PluginError>> + Send;
+
+    /// Look at the restore destination without changing it: whether it holds data a
+    /// restore would overwrite, and what it is. Runs before every restore and dry run.
+    /// Plugins that restore must implement it; the default says the plugin cannot tell,
+    /// so the runner refuses to restore with it.
+    fn inspect_destination(
+        _config: &Self::Config,
+        _ctx: &RunContext,
+        _request: &RestoreRequest,
+    ) -> impl Future<Output = Result<DestinationReport, PluginError>> + Send {
+        async {
+            Err(PluginError::Unsupported(format!(
+                "the {} plugin cannot tell whether a restore destination holds data",
+                Self::KEY
+            )))
+        }
+    }
 
     /// Read an artifact from `source` back into the service described by `config`.
     fn restore(

@@ -130,6 +130,15 @@ macro_rules! plugin_registry {
                 match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::backup(c, ctx, sink).await,)+ }
             }
 
+            /// Inspect the selected plugin's restore destination.
+            pub async fn inspect_destination(
+                &self,
+                ctx: &$crate::RunContext,
+                request: &$crate::RestoreRequest,
+            ) -> ::std::result::Result<$crate::DestinationReport, $crate::PluginError> {
+                match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::inspect_destination(c, ctx, request).await,)+ }
+            }
+
             /// Run the selected plugin's restore from `source`.
             pub async fn restore(
                 &self,
