@@ -712,7 +712,10 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
         kinds,
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
@@ -739,11 +742,42 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
     }
     // Same operator permissions as the chart, and so no Secrets either.
     let chart = render(&[]);
-    let chart_role = of_kind(&chart, "ClusterRole")
-        .into_iter()
-        .find(|r| r["metadata"]["name"] == "stowage")
-        .expect("chart ClusterRole");
-    assert_eq!(one(&docs, "ClusterRole")["rules"], chart_role["rules"]);
+    let chart_role = |name: &str| {
+        of_kind(&chart, "ClusterRole")
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("chart ClusterRole {name}"))
+    };
+    let kustomize_role = |name: &str| {
+        of_kind(&docs, "ClusterRole")
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("kustomize ClusterRole {name}"))
+    };
+    assert_eq!(
+        kustomize_role("stowage-controller")["rules"],
+        chart_role("stowage")["rules"]
+    );
+    // Users' access through the default roles: the same in both.
+    for (kustomize, chart) in [
+        ("stowage-edit", "stowage-edit"),
+        ("stowage-view", "stowage-view"),
+    ] {
+        assert_eq!(
+            kustomize_role(kustomize)["rules"],
+            chart_role(chart)["rules"],
+            "{kustomize}"
+        );
+        assert_eq!(
+            kustomize_role(kustomize)["metadata"]["labels"]
+                .as_object()
+                .map(|l| l.keys().filter(|k| k.starts_with("rbac.")).count()),
+            chart_role(chart)["metadata"]["labels"]
+                .as_object()
+                .map(|l| l.keys().filter(|k| k.starts_with("rbac.")).count()),
+            "{kustomize}: aggregated to the same default roles"
+        );
+    }
     assert_eq!(
         one(&docs, "Role")["rules"],
         of_kind(&chart, "Role")[0]["rules"],
