@@ -19,7 +19,9 @@
 #   4. creates namespace shop, a local PersistentVolume and PVC `backups`, Secret
 #      `app-db-backup` (the role's password), `helm upgrade --install`s stowage, applies
 #      BackupTarget app-db + BackupSchedule nightly;
-#   5. annotates stowage.dev/backup-now, waits for the run and shows the result.
+#   5. annotates stowage.dev/backup-now, waits for the run and shows the result;
+#   6. restores that backup into a new database, shop_restored, with a BackupRestore
+#      (deploy/examples/restore.yaml), and compares its row counts with shop's.
 # Needs root (network namespaces, containers), Rust and Go.
 # Environment: STOWAGE_DEMO_DIR (default ~/.cache/stowage/demo), STOWAGE_DEMO_PG_PORT,
 #   STOWAGE_DEMO_PG_DIR (PostgreSQL's data, default /var/tmp/stowage-demo-postgres: it must
@@ -95,7 +97,7 @@ esac
 mkdir -p "$DEMO" "$LOGS"
 
 # ---- 1. packages and builds ---------------------------------------------------------------
-step "1/5 packages and builds"
+step "1/6 packages and builds"
 bash "$REPO/tests/install-deps.sh" >"$LOGS/install-deps.log" 2>&1 || {
   tail -n 20 "$LOGS/install-deps.log" >&2
   die "installing packages failed (log: $LOGS/install-deps.log)"
@@ -116,7 +118,7 @@ log "stowage (cargo build; log: $LOGS/cargo.log)"
 STOWAGE="$RUST_BIN/stowage"
 
 # ---- 2. control plane + node ------------------------------------------------------------------
-step "2/5 local Kubernetes control plane and a real node"
+step "2/6 local Kubernetes control plane and a real node"
 STOWAGE_UP_NODE=kubelet "$HERE/up.sh" "$CP" >"$LOGS/up.log" 2>&1 || {
   tail -n 30 "$LOGS/up.log" >&2
   die "the control plane did not start (log: $LOGS/up.log)"
@@ -133,7 +135,7 @@ log "images in the node's containerd: $STOWAGE_IMAGE, $PG_CLIENT_IMAGE"
 
 # ---- 3. PostgreSQL with sample data -----------------------------------------------------------
 PG_HOST="$STOWAGE_NODE_HOST_IP"
-step "3/5 PostgreSQL on 127.0.0.1:$PG_PORT and $PG_HOST:$PG_PORT (for pods) with sample data"
+step "3/6 PostgreSQL on 127.0.0.1:$PG_PORT and $PG_HOST:$PG_PORT (for pods) with sample data"
 PGBIN="$(pg_bin)"
 mkdir -p "$PG_DIR"
 chown postgres:postgres "$PG_DIR"
@@ -172,6 +174,8 @@ DO \$\$ BEGIN
   END IF;
 END \$\$;
 ALTER ROLE backup PASSWORD '$PASSWORD_SQL';
+-- Step 6 restores into a new database, created by the target's role.
+ALTER ROLE backup CREATEDB;
 SQL
 if [[ -z "$(psql_admin -d postgres -c "SELECT 1 FROM pg_database WHERE datname = 'shop'")" ]]; then
   psql_admin -d postgres -c "CREATE DATABASE shop" >/dev/null
@@ -195,7 +199,7 @@ else
 fi
 
 # ---- 4. stowage and the backup definitions ---------------------------------------------------------
-step "4/5 stowage (helm upgrade --install) and a BackupTarget + BackupSchedule"
+step "4/6 stowage (helm upgrade --install) and a BackupTarget + BackupSchedule"
 k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
 # No provisioner here: the claim is bound to a local volume on the node, made for it.
 CLAIM_DIR="$VOLUMES/$NS-backups"
@@ -266,7 +270,7 @@ k apply -f "$DEMO/app-db.yaml" -f "$REPO/deploy/examples/nightly-schedule.yaml" 
 log "applied BackupTarget $NS/app-db ($DEMO/app-db.yaml) and BackupSchedule $NS/nightly (deploy/examples/nightly-schedule.yaml)"
 
 # ---- 5. an on-demand backup -------------------------------------------------------------------
-step "5/5 on-demand backup"
+step "5/6 on-demand backup"
 previous="$(k -n "$NS" get backuptarget app-db -o 'jsonpath={.status.lastBackup.job}')"
 token="$(date +%s)"
 k -n "$NS" annotate backuptarget app-db "stowage.dev/backup-now=$token" --overwrite >/dev/null
@@ -294,8 +298,37 @@ case "$result" in
   *) log "the backup has not finished yet; watch it with: kubectl -n $NS get backuptarget app-db -w" ;;
 esac
 
+# ---- 6. a restore into a new database ----------------------------------------------------------
+step "6/6 restore the backup into a new database (BackupRestore)"
+restored=""
+if [[ "$result" == ok* ]]; then
+  # A fresh copy each run: drop the previous one (the restore refuses a database with data).
+  k -n "$NS" delete backuprestore app-db-into-new-database --ignore-not-found >/dev/null
+  psql_admin -d postgres -c "DROP DATABASE IF EXISTS shop_restored" >/dev/null
+  k apply -f "$REPO/deploy/examples/restore.yaml" >/dev/null
+  log "kubectl apply -f deploy/examples/restore.yaml   (newest artifact of app-db into database shop_restored)"
+  phase=""
+  for _ in $(seq 1 150); do
+    phase="$(k -n "$NS" get backuprestore app-db-into-new-database -o 'jsonpath={.status.phase}')" || phase=""
+    [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
+    sleep 2
+  done
+  case "$phase" in
+    Succeeded)
+      counts() { psql_admin -d "$1" -c "SELECT (SELECT count(*) FROM customers) || ' customers, ' || (SELECT count(*) FROM orders) || ' orders'"; }
+      live="$(counts shop)"
+      restored="$(counts shop_restored)"
+      log "restore succeeded: shop has $live, shop_restored has $restored"
+      ;;
+    Failed) log "restore FAILED: $(k -n "$NS" get backuprestore app-db-into-new-database -o 'jsonpath={.status.conditions[?(@.type=="Completed")].message}')" ;;
+    *) log "the restore has not finished yet; watch it with: kubectl -n $NS get backuprestores -w" ;;
+  esac
+else
+  log "skipped: the backup did not succeed"
+fi
+
 echo
-"$KUBECTL" get backuptargets,backupschedules -A
+"$KUBECTL" get backuptargets,backupschedules,backuprestores -A
 echo
 # Each run's pod ran on the real node, in a containerd container of the image it names.
 "$KUBECTL" -n "$NS" get pods -o custom-columns='POD:.metadata.name,NODE:.spec.nodeName,STATUS:.status.phase,IMAGE:.spec.containers[0].image,CONTAINER:.status.containerStatuses[0].containerID'
@@ -310,6 +343,8 @@ Look around:
   alias kubectl=$KUBECTL
   kubectl get stowage -A                         # every stowage resource
   kubectl -n $NS describe backuptarget app-db    # conditions, last backup, events
+  kubectl -n $NS describe backuprestore app-db-into-new-database   # the restore's checks
+  psql -h 127.0.0.1 -p $PG_PORT -U backup shop_restored   # the restored copy
   kubectl -n stowage-system logs deploy/stowage  # the operator's log
   kubectl -n stowage-system port-forward deploy/stowage 8080   # then curl localhost:8080/metrics
   kubectl -n $NS annotate backuptarget app-db stowage.dev/backup-now="\$(date +%s)" --overwrite
@@ -321,6 +356,6 @@ Run it again to re-trigger a backup:  $0
 Stop:   $0 stop        (state kept; '$0 clean' deletes it)
 EOF
 case "$result" in
-  ok*) exit 0 ;;
+  ok*) [[ -n "$restored" ]] && exit 0 || exit 1 ;;
   *) exit 1 ;;
 esac
