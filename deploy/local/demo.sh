@@ -304,7 +304,7 @@ restored=""
 if [[ "$result" == ok* ]]; then
   # A fresh copy each run: drop the previous one (the restore refuses a database with data).
   k -n "$NS" delete backuprestore app-db-into-new-database --ignore-not-found >/dev/null
-  psql_admin -d postgres -c "DROP DATABASE IF EXISTS shop_restored" >/dev/null
+  psql_admin -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS shop_restored" >/dev/null
   k apply -f "$REPO/deploy/examples/restore.yaml" >/dev/null
   log "kubectl apply -f deploy/examples/restore.yaml   (newest artifact of app-db into database shop_restored)"
   phase=""

@@ -627,16 +627,9 @@ pub fn transition_events(
             vec![PlannedEvent::normal(
                 event_reasons::RESTORE_STARTED,
                 format!(
-                    "Job {} started{}",
+                    "Job {} started; destination: {}",
                     status.job.as_deref().unwrap_or_default(),
-                    if status.destination.is_some() {
-                        format!(
-                            ", restoring into {}",
-                            status.destination.as_deref().unwrap_or_default()
-                        )
-                    } else {
-                        String::new()
-                    }
+                    status.destination.as_deref().unwrap_or_default()
                 ),
             )]
         }

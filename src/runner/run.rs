@@ -702,7 +702,7 @@ async fn restore_inner(
         progress.stage = RestoreStage::Done;
         let mut result = RunResult::new(RunKind::Restore, Outcome::Ok, start, start);
         result.message = Some(format!(
-            "dry run: would restore {relative} ({} bytes, sha256 verified) into {}{}",
+            "dry run: would restore {relative} ({} bytes, sha256 verified); destination: {}{}",
             sidecar.stored_bytes,
             destination.description,
             if refused {
