@@ -5,6 +5,9 @@ stowage_plugin_sdk::plugin_registry! {
     /// The plugin section of a BackupTarget: exactly one key, naming the plugin, whose value
     /// is that plugin's configuration.
     pub enum PluginConfig {
+        /// Snapshot an etcd cluster through its maintenance API (what `etcdctl snapshot
+        /// save` does), checked against etcd's own SHA-256; restore offline with `etcdutl`.
+        "etcd" => Etcd(stowage_plugin_etcd::EtcdPlugin),
         /// Download a URL (an application's export endpoint, a file) with optional
         /// authentication; the response body is the artifact.
         "http" => Http(stowage_plugin_http::HttpPlugin),

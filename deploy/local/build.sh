@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the local control-plane and node binaries (etcd, kube-apiserver,
+# Build the local control-plane and node binaries (etcd and etcdutl, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl, kubelet, helm) from pinned versions fetched through
 # the Go module proxy. Nothing is downloaded from release pages.
 #
@@ -157,19 +157,25 @@ build_etcd() {
   local stamp
   stamp="$(stamp_of "$ETCD_VERSION" "$GO_VERSION" "$ldflags" "${GOFLAGS_BUILD[*]}" \
     "$(cat "$HERE/etcd/go.mod" "$HERE/etcd/go.sum")")"
-  if up_to_date "$stamp" etcd etcd; then
+  if up_to_date "$stamp" etcd etcd etcdutl; then
     log "etcd ${ETCD_VERSION}: up to date ($BIN)"
     return
   fi
-  log "etcd ${ETCD_VERSION}: building"
+  log "etcd ${ETCD_VERSION}: building etcd and etcdutl"
   local tmp
   tmp="$(mktemp -d "$BIN/.tmp-etcd.XXXXXX")"
-  (cd "$HERE/etcd" && go build "${GOFLAGS_BUILD[@]}" -ldflags "$ldflags" -o "$tmp/etcd" \
-    go.etcd.io/etcd/server/v3) || {
-    rm -rf "$tmp"
-    die "go build of etcd ${ETCD_VERSION} failed (see output above)"
-  }
-  install_from "$tmp" "$stamp" etcd etcd
+  # etcdutl restores the etcd plugin's snapshots in its tests (`etcdutl snapshot restore`).
+  # One build each: `-o dir/` would name them after their package (`server`, `etcdutl`).
+  local bin pkg
+  for bin in etcd etcdutl; do
+    pkg=go.etcd.io/etcd/server/v3
+    [[ "$bin" == etcdutl ]] && pkg=go.etcd.io/etcd/etcdutl/v3
+    (cd "$HERE/etcd" && go build "${GOFLAGS_BUILD[@]}" -ldflags "$ldflags" -o "$tmp/$bin" "$pkg") || {
+      rm -rf "$tmp"
+      die "go build of $bin ${ETCD_VERSION} failed (see output above)"
+    }
+  done
+  install_from "$tmp" "$stamp" etcd etcd etcdutl
 }
 
 # ---- helm ------------------------------------------------------------------------
@@ -206,7 +212,7 @@ log "all binaries ready in $BIN ($((SECONDS - total_start))s)"
 if $print_bin_dir; then
   printf '%s\n' "$BIN"
 else
-  for b in etcd kube-apiserver kube-controller-manager kubectl helm; do
+  for b in etcd etcdutl kube-apiserver kube-controller-manager kubectl helm; do
     printf '%s\n' "$BIN/$b"
   done
 fi

@@ -14,6 +14,8 @@
 //! [`plugin_registry!`] turns a list of plugin types into the externally tagged
 //! enum that the `BackupTarget` CRD embeds, with static dispatch to each plugin.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod context;
 mod error;
 mod registry;
