@@ -11,6 +11,9 @@ stowage_plugin_sdk::plugin_registry! {
         /// Download a URL (an application's export endpoint, a file) with optional
         /// authentication; the response body is the artifact.
         "http" => Http(stowage_plugin_http::HttpPlugin),
+        /// Export selected Redis databases key by key (SCAN, DUMP), restored into a running
+        /// server with RESTORE.
+        "redis" => Redis(stowage_plugin_redis::RedisPlugin),
         /// Dump a PostgreSQL database (pg_dump) or every database (pg_dumpall).
         "postgres" => Postgres(stowage_plugin_postgres::PostgresPlugin),
     }

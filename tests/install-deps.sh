@@ -22,6 +22,7 @@ packages=(
   libc6-dev       # ... and the static C library it links
   busybox-static  # the shell of the tests' stand-in tools image (deploy/local/images.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
+  redis-server    # real Redis servers the redis plugin's tests start on loopback (and redis-cli)
   protobuf-compiler  # protoc: etcd-client generates its gRPC code when stowage builds
 )
 

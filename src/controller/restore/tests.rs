@@ -144,7 +144,8 @@ fn a_restore_starts_only_when_what_it_names_exists_and_fits() {
     match check(&into_http, Some(Some(&postgres)), Some(&http), None, early) {
         Check::Fail { message, .. } => assert!(
             message.contains("http plugin, which cannot restore")
-                && message.contains("plugins that can: postgres"),
+                && message.contains("plugins that can:")
+                && message.contains("postgres"),
             "{message}"
         ),
         other => panic!("{other:?}"),
