@@ -478,3 +478,131 @@ async fn a_target_without_artifacts_a_plugin_that_cannot_restore_disaster_recove
         "a cancelled restore that never started created its database"
     );
 }
+
+/// A redis-server reachable from pods (on the node link's host end), stopped when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    host: String,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REDIS_PASSWORD: &str = "e2e-redis-Pw-3c9";
+
+impl RedisServer {
+    fn start(host: &str) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = stowage_testenv::postgres::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", host, "--save", ""])
+            .args(["--appendonly", "no", "--requirepass", REDIS_PASSWORD])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (tests/install-deps.sh installs it)");
+        let server = RedisServer {
+            child,
+            host: host.to_owned(),
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect((host, port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "--no-auth-warning",
+            ])
+            .env("REDISCLI_AUTH", REDIS_PASSWORD)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn target(&self, env: &Env, name: &str) {
+        env.apply(json!({
+            "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+            "metadata": {"name": name},
+            "spec": {
+                "redis": {"host": self.host, "port": self.port,
+                          "passwordSecretRef": {"name": "redis-e2e", "key": "password"}},
+                "storage": {"claimName": CLAIM}
+            }
+        }));
+    }
+}
+
+#[tokio::test]
+async fn a_native_plugin_backs_up_and_restores_through_the_operator_redis_into_another_server() {
+    let mut env = Env::new("e2e-restore-redis", PG_PASSWORD).await;
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis-e2e"},
+        "stringData": {"password": REDIS_PASSWORD}
+    }));
+    let source = RedisServer::start(env.cluster.pod_host());
+    let copy = RedisServer::start(env.cluster.pod_host());
+    source.cli(&["mset", "order:1", "paid", "order:2", "open"]);
+    source.cli(&["hset", "user:1", "name", "Ada", "plan", "pro"]);
+    source.cli(&["rpush", "queue", "job-1", "job-2"]);
+    source.cli(&["set", "session", "abc", "EX", "3600"]);
+    source.target(&env, "cache");
+    copy.target(&env, "cache-copy");
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    env.backup_now("cache", "t1").await;
+    // After the backup the source moves on; the copy gets the state that was backed up.
+    source.cli(&["set", "order:1", "refunded"]);
+
+    env.create_restore(
+        "r-redis",
+        json!({"source": {"targetRef": {"name": "cache"}}, "destination": {"targetRef": {"name": "cache-copy"}}}),
+    );
+    let restore = env.wait_restore_end("r-redis").await;
+    let status = assert_restored(&restore);
+    assert_eq!(status["plan"]["holdsData"], false, "{status}");
+    assert_eq!(copy.cli(&["get", "order:1"]), "paid");
+    assert_eq!(copy.cli(&["get", "order:2"]), "open");
+    assert_eq!(copy.cli(&["hget", "user:1", "plan"]), "pro");
+    assert_eq!(copy.cli(&["lrange", "queue", "0", "-1"]), "job-1\njob-2");
+    let ttl: i64 = copy.cli(&["ttl", "session"]).parse().unwrap();
+    assert!(ttl > 3000, "the time to live came back: {ttl}");
+    assert_eq!(copy.cli(&["dbsize"]), "5");
+
+    // Again into the now-full copy: refused, nothing changed.
+    copy.cli(&["set", "order:2", "changed on the copy"]);
+    env.create_restore(
+        "r-redis-again",
+        json!({"source": {"targetRef": {"name": "cache"}}, "destination": {"targetRef": {"name": "cache-copy"}}}),
+    );
+    let again = env.wait_restore_end("r-redis-again").await;
+    assert_eq!(cond(&again, "Completed").1, "DestinationNotEmpty");
+    assert_eq!(copy.cli(&["get", "order:2"]), "changed on the copy");
+    let logs = env.container_logs();
+    assert!(
+        !logs.contains(REDIS_PASSWORD),
+        "the password is in a container log"
+    );
+}
