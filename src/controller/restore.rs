@@ -59,8 +59,6 @@ pub mod reasons {
     pub const DRY_RUN: &str = "DryRun";
     /// Not checked yet (or not reached because an earlier step failed).
     pub const NOT_CHECKED: &str = "NotChecked";
-    /// Completed=Unknown: waiting to start.
-    pub const PENDING: &str = "Pending";
     /// Completed=Unknown: the Job runs.
     pub const RUNNING: &str = "Running";
     /// A BackupTarget the restore names does not exist.
