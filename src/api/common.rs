@@ -83,6 +83,32 @@ pub struct JobSettings {
         transform = object_name_rule("spec.job.serviceAccountName", "ServiceAccount", "stowage-runner")
     )]
     pub service_account_name: Option<String>,
+    /// The user and groups the backup, probe and restore pods run as, instead of the
+    /// operator's (65532 by default). Set it when a plugin reads or writes an
+    /// application's files (`sqlite`) that only the application's user may read: use the
+    /// application's `runAsUser`/`runAsGroup`. Root (0) is refused; pods stay non-root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// A non-root user and its groups for a target's pods (`spec.job.runAs`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunAs {
+    /// User id the containers run as; at least 1 (root is refused). Unset: the
+    /// operator's (65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub user: Option<i64>,
+    /// Primary group id of the containers. Unset: the operator's (65532).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub group: Option<i64>,
+    /// More group ids the containers belong to (at most 32), e.g. a group that may read
+    /// the application's files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(range(min = 0, max = 2147483647)))]
+    pub supplemental_groups: Vec<i64>,
 }
 
 /// Periodic connectivity test of a target.

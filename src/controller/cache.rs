@@ -424,9 +424,11 @@ struct Pods {
 
 #[derive(Default)]
 struct Claims {
-    single_node: HashMap<Key, bool>,
-    relist: Option<HashMap<Key, bool>>,
+    single_node: HashMap<Key, ClaimAccess>,
+    relist: Option<HashMap<Key, ClaimAccess>>,
 }
+
+pub use super::placement::ClaimAccess;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -937,16 +939,14 @@ impl Cache {
         };
         match event {
             Event::Apply(pvc) => {
-                claims
-                    .single_node
-                    .insert(k(&pvc), super::is_single_node_claim(&pvc));
+                claims.single_node.insert(k(&pvc), ClaimAccess::of(&pvc));
             }
             Event::Delete(pvc) => {
                 claims.single_node.remove(&k(&pvc));
             }
             Event::Init => claims.relist = Some(HashMap::new()),
             Event::InitApply(pvc) => {
-                let single = super::is_single_node_claim(&pvc);
+                let single = ClaimAccess::of(&pvc);
                 claims
                     .relist
                     .get_or_insert_with(HashMap::new)
@@ -962,11 +962,17 @@ impl Cache {
     /// Whether `claim` can be mounted by one node only; a claim that does not exist (yet)
     /// counts as single-node, the safe side.
     pub fn claim_single_node(&self, namespace: &str, claim: &str) -> bool {
+        self.claim_access(namespace, claim)
+            .is_none_or(|access| access != ClaimAccess::ManyNodes)
+    }
+
+    /// How `claim` can be mounted, as the claim watch last showed it; `None` when the
+    /// claim does not exist (or the watch has not seen it yet).
+    pub fn claim_access(&self, namespace: &str, claim: &str) -> Option<ClaimAccess> {
         lock(&self.claims)
             .single_node
             .get(&key(namespace, claim))
             .copied()
-            .unwrap_or(true)
     }
 
     // ---- Targets and schedules --------------------------------------------------------

@@ -18,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod placement;
 pub mod restore;
 pub mod runs;
 pub mod schedule;
@@ -326,13 +327,24 @@ pub async fn create_job(
     job: &Job,
     purpose: CreateFor,
 ) -> Result<Option<String>, kube::Error> {
-    let created = {
+    let created = async {
+        // A Job on an application's claim may have to follow the pod that uses it.
+        let placed = match placement::app_claim_of(job) {
+            None => None,
+            Some(_) => {
+                let mut placed = job.clone();
+                placement::place(&ctx.client, &ctx.cache, &mut placed).await?;
+                Some(placed)
+            }
+        };
+        let job = placed.as_ref().unwrap_or(job);
         let _pending = ctx.job_creates.pending(purpose);
         let _slot = ctx.job_creates.slots.acquire().await;
         post_job(api, job)
             .await
             .map(|created| created.0.metadata.uid)
-    };
+    }
+    .await;
     let namespace = job.namespace().unwrap_or_default();
     ctx.cache.created(&namespace, &job.name_any(), &created);
     created
@@ -501,18 +513,29 @@ pub fn is_rejection(code: u16) -> bool {
     (400..500).contains(&code) && code != 409 && code != 429
 }
 
+/// Why a Job creation was refused, as `(reason, message)` for the run's status and
+/// events: the application's claim cannot be mounted ([`placement::REASON`], the
+/// message says what to do), or the API server rejected the Job (`JobRejected`).
+pub fn refusal(job: &str, status: &kube::core::Status) -> (&'static str, String) {
+    if status.reason == placement::REASON {
+        (
+            placement::REASON,
+            format!("Job {job} not started: {}", status.message),
+        )
+    } else {
+        (
+            events::reasons::JOB_REJECTED,
+            format!(
+                "the API server rejected Job {job}: {}; fix spec.job of the target",
+                status.message
+            ),
+        )
+    }
+}
+
 /// Whether a claim can be mounted by one node only.
 pub fn is_single_node_claim(pvc: &PersistentVolumeClaim) -> bool {
-    let modes = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.access_modes.as_ref())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    modes.is_empty()
-        || modes
-            .iter()
-            .any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
+    placement::ClaimAccess::of(pvc) != placement::ClaimAccess::ManyNodes
 }
 
 fn init_tracing(format: LogFormat) {

@@ -480,8 +480,10 @@ enum StepOutcome {
     Skipped(runs::SkipReason),
     /// Waits for another run.
     Waiting(WaitReason),
-    /// The API server refused the Job, or it cannot be built: retrying cannot help.
-    Rejected(String),
+    /// The API server refused the Job, it cannot be built, or it cannot be placed
+    /// (the application's claim): retrying cannot help. The condition reason and the
+    /// message, which says what to fix.
+    Rejected(&'static str, String),
     /// A transient failure: the tick tries again.
     Failed,
 }
@@ -533,7 +535,7 @@ async fn apply_tick(
                 .await;
         let refused = results
             .iter()
-            .any(|(_, o)| matches!(o, StepOutcome::Rejected(_)));
+            .any(|(_, o)| matches!(o, StepOutcome::Rejected(..)));
         todo = results
             .iter()
             .filter(|(_, o)| matches!(o, StepOutcome::Waiting(_)))
@@ -584,8 +586,8 @@ async fn apply_tick(
                     format!("{prefix}: waiting: {why}"),
                 ))
             }
-            StepOutcome::Rejected(message) => {
-                record_rejection(ctx, target, &prefix, &message).await;
+            StepOutcome::Rejected(reason, message) => {
+                record_rejection(ctx, target, reason, &prefix, &message).await;
                 None
             }
             StepOutcome::Failed => {
@@ -622,7 +624,10 @@ async fn apply_step(
         Ok(job) => job,
         Err(message) => {
             ctx.cache.release(namespace, &step.start.job);
-            return StepOutcome::Rejected(message.clone());
+            return StepOutcome::Rejected(
+                reasons::JOB_REJECTED,
+                format!("{message}; fix spec.job of the target"),
+            );
         }
     };
     for old in &replace {
@@ -645,10 +650,10 @@ async fn apply_step(
             StepOutcome::Created(job_name, created)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => StepOutcome::Exists,
-        Err(kube::Error::Api(s)) if super::is_rejection(s.code) => StepOutcome::Rejected(format!(
-            "the API server rejected Job {job_name}: {}",
-            s.message
-        )),
+        Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
+            let (reason, message) = super::refusal(&job_name, &s);
+            StepOutcome::Rejected(reason, message)
+        }
         Err(e) => {
             tracing::warn!(target, job = job_name, error = %e, "cannot create the Job; retrying");
             StepOutcome::Failed
@@ -662,7 +667,13 @@ pub const SCHEDULES_FIELD_MANAGER: &str = "stowage-controller-schedules";
 
 /// Tell the target, with an event and its `JobsAccepted` condition, that its Job was
 /// refused. Best effort: a failure to record is logged, never stops the tick.
-async fn record_rejection(ctx: &Context, target: &BackupTarget, prefix: &str, message: &str) {
+async fn record_rejection(
+    ctx: &Context,
+    target: &BackupTarget,
+    reason: &'static str,
+    prefix: &str,
+    message: &str,
+) {
     tracing::warn!(
         target = target.name_any(),
         error = message,
@@ -672,19 +683,12 @@ async fn record_rejection(ctx: &Context, target: &BackupTarget, prefix: &str, me
         &ctx.recorder(),
         &target.object_ref(&()),
         &[PlannedEvent::warning(
-            reasons::JOB_REJECTED,
-            format!("{prefix}: {message}; fix spec.job of the target"),
+            reason,
+            format!("{prefix}: {message}"),
         )],
     )
     .await;
-    set_jobs_accepted(
-        ctx,
-        target,
-        "False",
-        reasons::JOB_REJECTED,
-        format!("{prefix}: {message}"),
-    )
-    .await;
+    set_jobs_accepted(ctx, target, "False", reason, format!("{prefix}: {message}")).await;
 }
 
 async fn record_acceptance(ctx: &Context, target: &BackupTarget) {

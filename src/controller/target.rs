@@ -585,6 +585,7 @@ async fn reconcile_inner(
                     Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
                         // Retrying the same Job cannot help: the run fails, named.
                         tracing::warn!(job = job_name, error = s.message, "on-demand Job rejected");
+                        let (reason, message) = super::refusal(&job_name, &s);
                         rejected_runs.push(status::FinishedRun {
                             job: job_name.clone(),
                             kind: RunKind::Backup,
@@ -593,11 +594,8 @@ async fn reconcile_inner(
                             result: None,
                             start_time: Some(now),
                             finish_time: now,
-                            reason: Some(reasons::JOB_REJECTED.to_owned()),
-                            message: Some(format!(
-                                "the API server rejected Job {job_name}: {}; fix spec.job of the target",
-                                s.message
-                            )),
+                            reason: Some(reason.to_owned()),
+                            message: Some(message),
                         });
                         handled_backup_now = Some(token);
                     }
@@ -644,6 +642,27 @@ async fn reconcile_inner(
                             tracing::info!(job = job_name, token = plan.token, "created probe Job")
                         }
                         Err(kube::Error::Api(s)) if s.code == 409 => {}
+                        Err(kube::Error::Api(s)) if super::is_rejection(s.code) => {
+                            // The probe of this generation ends here, failed and named
+                            // (`Reachable=False`), instead of being retried in a loop.
+                            tracing::warn!(
+                                job = job_name,
+                                error = s.message,
+                                "probe Job not started"
+                            );
+                            let (reason, message) = super::refusal(&job_name, &s);
+                            rejected_runs.push(status::FinishedRun {
+                                job: job_name.clone(),
+                                kind: RunKind::Probe,
+                                schedule: None,
+                                succeeded: false,
+                                result: None,
+                                start_time: Some(now),
+                                finish_time: now,
+                                reason: Some(reason.to_owned()),
+                                message: Some(message),
+                            });
+                        }
                         Err(e) => return Err(e.into()),
                     }
                     handled_probe_now = plan.handles_probe_now;

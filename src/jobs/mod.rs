@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 pub use naming::{MAX_JOB_NAME_LEN, job_name, label_value, run_id};
+pub use pod::APP_VOLUME;
 
 use crate::api::BackupTarget;
 use crate::retention::RetentionPolicy;
@@ -86,6 +87,9 @@ pub mod env {
     pub const COMPRESSION: &str = "STOWAGE_COMPRESSION";
     /// Where the claim is mounted (backups only).
     pub const ARTIFACT_ROOT: &str = "STOWAGE_ARTIFACT_ROOT";
+    /// Where the application's claim is mounted (plugins with an
+    /// [`AppClaim`](stowage_plugin_sdk::AppClaim) only).
+    pub const CLAIM_ROOT: &str = "STOWAGE_CLAIM_ROOT";
     /// The schedule's retention as JSON (scheduled runs with a retention only).
     pub const RETENTION: &str = "STOWAGE_RETENTION";
     /// The schedule's IANA time zone (scheduled runs with a time zone only).

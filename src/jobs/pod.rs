@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use stowage_plugin_sdk::{ErrorKind, Execution, secret_bindings};
+use stowage_plugin_sdk::{APP_CLAIM_ROOT, ErrorKind, Execution, secret_bindings};
 
 use super::{
     BuildError, INJECTED_RUNNER_PATH, INSTALL_RUNNER_CONTAINER, JobDefaults, RUN_CONTAINER,
@@ -24,6 +24,8 @@ const TMP_VOLUME: &str = "tmp";
 const ARTIFACTS_VOLUME: &str = "artifacts";
 const RUNNER_VOLUME: &str = "stowage-bin";
 const RUNNER_DIR: &str = "/stowage";
+/// The application's claim of a plugin that works on its files ([`AppClaim`](stowage_plugin_sdk::AppClaim)).
+pub const APP_VOLUME: &str = "app-data";
 
 /// Error kinds a retry cannot fix: the Job fails at once instead of using its backoff.
 const NON_RETRYABLE: [ErrorKind; 4] = [
@@ -83,6 +85,21 @@ impl PodInputs<'_> {
                 ..Volume::default()
             });
             mounts.push(mount(ARTIFACTS_VOLUME, &self.defaults.artifact_root, false));
+        }
+        if let Some(app) = plugin.app_claim() {
+            // Read-only at the volume, not only the mount: the kubelet then leaves the
+            // ownership of the application's files alone (no fsGroup change). Only a
+            // restore writes there.
+            let read_only = !self.writes_app_claim();
+            volumes.push(Volume {
+                name: APP_VOLUME.to_owned(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: app.claim_name,
+                    read_only: Some(read_only),
+                }),
+                ..Volume::default()
+            });
+            mounts.push(mount(APP_VOLUME, APP_CLAIM_ROOT, read_only));
         }
         let subcommand = self.request.kind.as_str().to_owned();
         let resources = self
@@ -197,6 +214,9 @@ impl PodInputs<'_> {
             // Tools look for their dotfiles in $HOME; the root filesystem is read-only.
             plain("HOME", "/tmp"),
         ];
+        if spec.plugin.app_claim().is_some() {
+            vars.push(plain(env::CLAIM_ROOT, APP_CLAIM_ROOT));
+        }
         if self.request.kind.writes() {
             vars.push(plain(env::ARTIFACT_ROOT, &self.defaults.artifact_root));
         }
@@ -265,15 +285,35 @@ impl PodInputs<'_> {
         Ok(vars)
     }
 
+    /// Whether the run writes the application's claim (a restore of a plugin with an
+    /// [`AppClaim`](stowage_plugin_sdk::AppClaim)).
+    fn writes_app_claim(&self) -> bool {
+        self.request.kind == RunKind::Restore && self.target.spec.plugin.app_claim().is_some()
+    }
+
     fn pod_security_context(&self) -> PodSecurityContext {
+        let run_as = self.settings.run_as.clone().unwrap_or_default();
+        let mut supplemental_groups = run_as.supplemental_groups;
+        // A pod that writes an application's claim has no fsGroup: the kubelet would
+        // change the group of every file of the application. It keeps the fsGroup as a
+        // supplemental group, to write the artifacts claim whose group it already is.
+        let fs_group = if self.writes_app_claim() {
+            supplemental_groups.push(self.defaults.fs_group);
+            None
+        } else {
+            Some(self.defaults.fs_group)
+        };
+        supplemental_groups.sort_unstable();
+        supplemental_groups.dedup();
         PodSecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(self.defaults.run_as_user),
-            run_as_group: Some(self.defaults.run_as_group),
-            fs_group: Some(self.defaults.fs_group),
+            run_as_user: Some(run_as.user.unwrap_or(self.defaults.run_as_user)),
+            run_as_group: Some(run_as.group.unwrap_or(self.defaults.run_as_group)),
+            supplemental_groups: (!supplemental_groups.is_empty()).then_some(supplemental_groups),
             // Only chown the claim when its root does not match yet: a recursive chown
             // of a volume full of artifacts on every run would be slow.
-            fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+            fs_group_change_policy: fs_group.map(|_| "OnRootMismatch".to_owned()),
+            fs_group,
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".to_owned(),
                 localhost_profile: None,

@@ -586,3 +586,135 @@ fn plugins_that_do_not_use_the_api_keep_the_default_service_account() {
         assert_eq!(pod["automountServiceAccountToken"], json!(false));
     }
 }
+
+/// A sqlite target: a plugin that works on an application's claim.
+fn sqlite(run_as: Option<Value>) -> BackupTarget {
+    let mut spec = json!({
+        "sqlite": {"claimName": "vaultwarden-data", "path": "db.sqlite3"},
+        "storage": {"claimName": "backups"},
+    });
+    if let Some(run_as) = run_as {
+        spec["job"] = json!({"runAs": run_as});
+    }
+    target("vaultwarden", spec)
+}
+
+fn restore_request() -> RunRequest {
+    RunRequest::restore(RestoreRun {
+        name: "undo".into(),
+        uid: "0b7f2b3c-1111-4d55-9a43-0c1f6f3b1e2a".into(),
+        owner: OwnerReference {
+            api_version: "stowage.dev/v1alpha1".into(),
+            kind: "BackupRestore".into(),
+            name: "undo".into(),
+            uid: "0b7f2b3c-1111-4d55-9a43-0c1f6f3b1e2a".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        },
+        claim: "backups".into(),
+        source_target: Some("vaultwarden".into()),
+        path: None,
+        as_of: None,
+        previous: None,
+        schedule: None,
+        into: Some("db-restored.sqlite3".into()),
+        replace: false,
+        dry_run: false,
+        deadline_seconds: None,
+    })
+}
+
+#[test]
+fn an_application_claim_is_mounted_read_only_except_by_restores_which_change_no_ownership() {
+    // (request, app claim read-only, fsGroup, supplemental groups)
+    let cases = [
+        ("backup", nightly(), true, json!(65532), Value::Null),
+        (
+            "probe",
+            RunRequest::probe("gen-1"),
+            true,
+            json!(65532),
+            Value::Null,
+        ),
+        (
+            "restore",
+            restore_request(),
+            false,
+            Value::Null,
+            json!([65532]),
+        ),
+    ];
+    for (name, request, read_only, fs_group, supplemental) in cases {
+        let job = build(&sqlite(None), &request);
+        let pod = &job["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == APP_VOLUME)
+            .unwrap_or_else(|| panic!("{name}: no {APP_VOLUME} volume: {pod}"));
+        assert_eq!(
+            volume["persistentVolumeClaim"]["claimName"], "vaultwarden-data",
+            "{name}"
+        );
+        // Read-only at the volume: the kubelet then applies no fsGroup to the app's files.
+        assert_eq!(
+            volume["persistentVolumeClaim"]["readOnly"],
+            json!(read_only),
+            "{name}"
+        );
+        let container = &pod["containers"][0];
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == APP_VOLUME)
+            .unwrap();
+        assert_eq!(
+            mount["mountPath"],
+            stowage_plugin_sdk::APP_CLAIM_ROOT,
+            "{name}"
+        );
+        assert_eq!(
+            mount["readOnly"].as_bool().unwrap_or(false),
+            read_only,
+            "{name}"
+        );
+        assert_eq!(plain_env(container)[env::CLAIM_ROOT], "/data", "{name}");
+        let security = &pod["securityContext"];
+        assert_eq!(security["fsGroup"], fs_group, "{name}: {security}");
+        assert_eq!(
+            security["supplementalGroups"], supplemental,
+            "{name}: {security}"
+        );
+        assert_eq!(security["runAsNonRoot"], true, "{name}");
+        if fs_group.is_null() {
+            assert!(
+                security["fsGroupChangePolicy"].is_null(),
+                "{name}: {security}"
+            );
+        }
+    }
+    // Other plugins mount no application claim and keep no CLAIM_ROOT.
+    let job = build(&postgres("db"), &nightly());
+    let pod = &job["spec"]["template"]["spec"];
+    assert!(!pod.to_string().contains(APP_VOLUME), "{pod}");
+    assert!(!plain_env(&pod["containers"][0]).contains_key(env::CLAIM_ROOT));
+}
+
+#[test]
+fn run_as_sets_the_user_and_groups_of_every_pod() {
+    let run_as = json!({"user": 1000, "group": 1001, "supplementalGroups": [44, 1000]});
+    for request in [nightly(), RunRequest::probe("gen-1"), restore_request()] {
+        let job = build(&sqlite(Some(run_as.clone())), &request);
+        let security = &job["spec"]["template"]["spec"]["securityContext"];
+        assert_eq!(security["runAsUser"], 1000, "{security}");
+        assert_eq!(security["runAsGroup"], 1001, "{security}");
+        let groups = security["supplementalGroups"].as_array().unwrap();
+        assert!(
+            groups.contains(&json!(44)) && groups.contains(&json!(1000)),
+            "{security}"
+        );
+        assert_eq!(security["runAsNonRoot"], true);
+    }
+}

@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Root of the artifact store (the mounted PVC).
     #[arg(long, env = "STOWAGE_ARTIFACT_ROOT", default_value = "/backups")]
     pub root: PathBuf,
+    /// Where the application's claim is mounted, for plugins that work on files of a
+    /// claim (`sqlite`, `files`); unset for the others.
+    #[arg(long, env = "STOWAGE_CLAIM_ROOT")]
+    pub claim_root: Option<PathBuf>,
     /// The schedule's retention as JSON (e.g. `{"keepLast":3,"keepDaily":7}`).
     #[arg(long, env = "STOWAGE_RETENTION")]
     pub retention: Option<String>,
@@ -246,6 +250,7 @@ impl RunArgs {
             scheduled_time,
             compression: parse_compression(&self.compression).map_err(invalid)?,
             root: self.root.clone(),
+            claim_root: self.claim_root.clone(),
             retention,
             time_zone,
             prune_dry_run: self.prune_dry_run,

@@ -42,6 +42,9 @@ pub struct RunSpec {
     pub compression: Compression,
     /// Root of the artifact store.
     pub root: PathBuf,
+    /// Where the application's claim is mounted (plugins with an
+    /// [`AppClaim`](stowage_plugin_sdk::AppClaim)); `None` for the others.
+    pub claim_root: Option<PathBuf>,
     /// The schedule's retention, applied after a successful backup.
     pub retention: Option<RetentionPolicy>,
     /// Time zone retention counts periods in.
@@ -124,6 +127,7 @@ impl RunSpec {
             run_id: self.run_id.clone(),
             scheduled_time: self.scheduled_time,
             secrets,
+            claim_root: self.claim_root.clone(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The context of one run, handed to every plugin operation.
 
+use std::path::PathBuf;
+
 use jiff::Timestamp;
 
 use crate::{PluginError, SecretKeyRef, SecretValue, Secrets};
@@ -19,6 +21,10 @@ pub struct RunContext {
     pub scheduled_time: Option<Timestamp>,
     /// Secret values provided to the run, keyed by reference.
     pub secrets: Secrets,
+    /// Where the application's claim is mounted, for plugins that read or write files on
+    /// it ([`Plugin::app_claim`](crate::Plugin::app_claim)): [`APP_CLAIM_ROOT`](crate::APP_CLAIM_ROOT)
+    /// inside a Job, a temporary directory in tests. `None` for other plugins.
+    pub claim_root: Option<PathBuf>,
 }
 
 impl RunContext {
@@ -31,7 +37,20 @@ impl RunContext {
             run_id: "manual".into(),
             scheduled_time: None,
             secrets: Secrets::default(),
+            claim_root: None,
         }
+    }
+
+    /// The directory the application's claim is mounted at; an `InvalidConfig`-free
+    /// [`PluginError::Internal`] when the run has none (a plugin whose
+    /// [`Plugin::app_claim`](crate::Plugin::app_claim) returned `None`).
+    pub fn claim_root(&self) -> Result<&std::path::Path, PluginError> {
+        self.claim_root.as_deref().ok_or_else(|| {
+            PluginError::Internal(
+                "the application's claim is not mounted in this run (STOWAGE_CLAIM_ROOT is unset)"
+                    .to_owned(),
+            )
+        })
     }
 
     /// The value of a secret the config references.

@@ -106,6 +106,24 @@ pub struct PluginInfo {
     pub needs_kubernetes_api: bool,
 }
 
+/// Where a Job mounts the application's claim of a plugin that reads or writes files on
+/// it ([`Plugin::app_claim`]); [`RunContext::claim_root`] in a run.
+pub const APP_CLAIM_ROOT: &str = "/data";
+
+/// An application's PersistentVolumeClaim that a plugin works on (a SQLite file, a
+/// directory tree), mounted at [`APP_CLAIM_ROOT`] in the plugin's Jobs.
+///
+/// Backups and probes mount it read-only, so the kubelet never changes the ownership of
+/// the application's files for the Job's `fsGroup`; restores mount it read-write and run
+/// without an `fsGroup` for the same reason. When the claim can be mounted by one node
+/// only (`ReadWriteOnce`), the operator places the Job on the node of the pod that uses
+/// it; a `ReadWriteOncePod` claim in use cannot be mounted, and the run says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppClaim {
+    /// The claim's name, in the target's namespace.
+    pub claim_name: String,
+}
+
 /// The outcome of a successful probe.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProbeReport {
@@ -187,6 +205,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// config (a dump format, a download) override it.
     fn artifact_extension(_config: &Self::Config) -> String {
         Self::info().artifact_extension.to_owned()
+    }
+
+    /// The application's claim this config works on, if the plugin reads or writes files
+    /// on a claim (see [`AppClaim`]). The default: none.
+    fn app_claim(_config: &Self::Config) -> Option<AppClaim> {
+        None
     }
 
     /// Semantic checks the schema cannot express. Field paths are relative to the config.

@@ -111,6 +111,11 @@ macro_rules! plugin_registry {
                 match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::artifact_extension(c),)+ }
             }
 
+            /// The application's claim the selected plugin and config work on, if any.
+            pub fn app_claim(&self) -> ::std::option::Option<$crate::AppClaim> {
+                match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::app_claim(c),)+ }
+            }
+
             /// The plugin's semantic validation; field paths are relative to its config.
             pub fn validate(&self) -> ::std::result::Result<(), $crate::ValidationErrors> {
                 match self { $(Self::$variant(c) => <$plugin as $crate::Plugin>::validate(c),)+ }
