@@ -16,6 +16,9 @@ stowage_plugin_sdk::plugin_registry! {
         "redis" => Redis(stowage_plugin_redis::RedisPlugin),
         /// Dump a PostgreSQL database (pg_dump) or every database (pg_dumpall).
         "postgres" => Postgres(stowage_plugin_postgres::PostgresPlugin),
+        /// Copy a SQLite database file on an application's claim while the application
+        /// runs (SQLite's online backup API), and write it back the same way.
+        "sqlite" => Sqlite(stowage_plugin_sqlite::SqlitePlugin),
     }
 }
 

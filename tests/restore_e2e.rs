@@ -606,3 +606,246 @@ async fn a_native_plugin_backs_up_and_restores_through_the_operator_redis_into_a
         "the password is in a container log"
     );
 }
+
+/// The user of the application that owns the SQLite database in the claim plugin test.
+const APP_UID: u32 = 1000;
+
+/// Rows of the `notes` table of a SQLite file.
+fn sqlite_rows(path: &std::path::Path) -> Vec<(i64, String)> {
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut stmt = db
+        .prepare("SELECT id, body FROM notes ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claim_plugin_follows_the_application_pod_backs_up_a_live_sqlite_file_and_restores_it_beside()
+ {
+    let mut env = Env::new("e2e-sqlite", PG_PASSWORD).await;
+    if !env.cluster.real_node() {
+        eprintln!("skipped: needs the real node (read-only claim mounts, runAs)");
+        return;
+    }
+    // The application's claim: a WAL-mode database owned by the application's user,
+    // readable by nobody else, kept open by a writer (the host side of the local volume).
+    let app_dir = env
+        .cluster
+        .create_claim(env.name(), "app-data", "ReadWriteOnce")
+        .expect("the application's claim");
+    let db_path = app_dir.join("app.db");
+    let writer = rusqlite::Connection::open(&db_path).unwrap();
+    writer
+        .query_row("PRAGMA journal_mode=wal", [], |_| Ok(()))
+        .unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+        )
+        .unwrap();
+    for i in 1..=300 {
+        writer
+            .execute(
+                "INSERT INTO notes (body) VALUES (?1)",
+                [format!("note {i}")],
+            )
+            .unwrap();
+    }
+    let chown = |path: &std::path::Path, mode: u32| {
+        std::os::unix::fs::chown(path, Some(APP_UID), Some(APP_UID)).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    };
+    chown(&app_dir, 0o700);
+    for name in ["app.db", "app.db-wal", "app.db-shm"] {
+        chown(&app_dir.join(name), 0o600);
+    }
+    let backed_up = sqlite_rows(&db_path);
+    assert_eq!(backed_up.len(), 300);
+    assert!(
+        std::fs::metadata(app_dir.join("app.db-wal")).unwrap().len() > 0,
+        "the rows are still in the WAL, not yet in the main file"
+    );
+
+    // Without the application's user, the file cannot be read: a clear failure.
+    env.apply(json!({
+        "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+        "metadata": {"name": "notes"},
+        "spec": {
+            "sqlite": {"claimName": "app-data", "path": "app.db"},
+            "storage": {"claimName": CLAIM},
+            "job": {"backoffLimit": 0},
+        }
+    }));
+    // A target whose claim does not exist: its probe is refused before any pod.
+    env.apply(json!({
+        "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+        "metadata": {"name": "no-claim"},
+        "spec": {
+            "sqlite": {"claimName": "no-such-claim", "path": "app.db"},
+            "storage": {"claimName": CLAIM},
+        }
+    }));
+    env.set_time(&at("06-11T10:00:00Z"));
+    env.start_operator();
+    let refused = env
+        .wait_target(
+            "the probe of no-claim is refused",
+            "no-claim",
+            |t| match condition(t, "Reachable").map(|c| c["reason"].clone()) {
+                Some(reason) if reason == "ClaimUnavailable" => Ok(()),
+                other => Err(format!("Reachable reason {other:?}")),
+            },
+        )
+        .await;
+    let text = message(&refused, "Reachable");
+    assert!(
+        text.contains("no-such-claim") && text.contains("spec.sqlite.claimName"),
+        "{text}"
+    );
+    assert!(env.jobs("stowage.dev/target=no-claim").await.is_empty());
+
+    let unreadable = env
+        .wait_target("the probe of notes fails", "notes", |t| {
+            match condition(t, "Reachable").map(|c| c["status"].clone()) {
+                Some(status) if status == "False" => Ok(()),
+                other => Err(format!("Reachable {other:?}")),
+            }
+        })
+        .await;
+    assert_eq!(
+        cond(&unreadable, "Reachable").1,
+        "Unauthorized",
+        "{}",
+        unreadable["status"]
+    );
+    assert!(
+        message(&unreadable, "Reachable").contains("spec.job.runAs"),
+        "{}",
+        unreadable["status"]
+    );
+
+    // The probe mounted the claim read-only at the volume: the kubelet applied no
+    // fsGroup to the application's files (it would have made them group-readable, and
+    // the probe would have read them).
+    let owner = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        (
+            std::os::unix::fs::MetadataExt::gid(&meta),
+            std::os::unix::fs::MetadataExt::mode(&meta) & 0o7777,
+        )
+    };
+    assert_eq!(owner(&app_dir), (APP_UID, 0o700));
+    assert_eq!(owner(&db_path), (APP_UID, 0o600));
+
+    // The application's pod, which has the claim attached on its node.
+    let image = env.standin_tools_image();
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"},
+        "spec": {
+            "securityContext": {"runAsUser": APP_UID, "runAsGroup": APP_UID, "runAsNonRoot": true},
+            "containers": [{"name": "app", "image": image, "command": ["sleep", "3600"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "app-data"}}]
+        }
+    }));
+    let node = stowage_testenv::eventually(
+        "the application's pod runs",
+        Duration::from_secs(120),
+        || async {
+            let out = env.kubectl(&[
+                "get",
+                "pod",
+                "app",
+                "-o",
+                "jsonpath={.status.phase} {.spec.nodeName}",
+            ]);
+            match out.split_once(' ') {
+                Some(("Running", node)) if !node.is_empty() => Ok(node.to_owned()),
+                _ => Err(out),
+            }
+        },
+    )
+    .await
+    .expect("the application's pod runs");
+
+    // As the application's user: the backup follows the application's pod.
+    env.kubectl(&[
+        "patch",
+        "backuptarget",
+        "notes",
+        "--type=merge",
+        "-p",
+        &json!({"spec": {"job": {"runAs": {"user": APP_UID, "group": APP_UID}}}}).to_string(),
+    ]);
+    let target = env.backup_now("notes", "t1").await;
+    let job = target["status"]["lastBackup"]["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pods = env.pods_of(&job).await;
+    let pod = serde_json::to_value(&pods[0]).unwrap();
+    assert_eq!(
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchFields"][0]["values"],
+        json!([node]),
+        "{}",
+        pod["spec"]
+    );
+    assert_eq!(pod["spec"]["nodeName"], json!(node));
+    assert_eq!(owner(&db_path), (APP_UID, 0o600));
+
+    // The artifact is the database with every committed row (the WAL's included).
+    let (artifact, sidecar) = artifacts(&env, "notes").pop().expect("an artifact");
+    assert_eq!(sidecar["facts"]["journalMode"], "wal", "{sidecar}");
+    let root = env.cluster.claim_dir(env.name(), CLAIM);
+    let bytes = std::fs::read(root.join(&artifact)).unwrap();
+    let plain = zstd::decode_all(&bytes[..]).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("copy.db");
+    std::fs::write(&copy, plain).unwrap();
+    assert_eq!(sqlite_rows(&copy), backed_up);
+
+    // The application moves on; the restore writes the backed-up state beside it.
+    writer
+        .execute("DELETE FROM notes WHERE id > 10", [])
+        .unwrap();
+    env.create_restore(
+        "r-notes",
+        json!({"source": {"targetRef": {"name": "notes"}}, "destination": {"into": "restored/app.db"}}),
+    );
+    let restore = env.wait_restore_end("r-notes").await;
+    assert_restored(&restore);
+    assert_eq!(sqlite_rows(&app_dir.join("restored/app.db")), backed_up);
+    assert_eq!(
+        sqlite_rows(&db_path).len(),
+        10,
+        "the live database is untouched"
+    );
+    let meta = std::fs::metadata(app_dir.join("restored/app.db")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        APP_UID,
+        "written as the application's user"
+    );
+
+    // Into the live file without Replace: refused, nothing changed.
+    env.create_restore(
+        "r-notes-live",
+        json!({"source": {"targetRef": {"name": "notes"}}}),
+    );
+    let again = env.wait_restore_end("r-notes-live").await;
+    assert_eq!(
+        cond(&again, "Completed").1,
+        "DestinationNotEmpty",
+        "{}",
+        again["status"]
+    );
+    assert_eq!(sqlite_rows(&db_path).len(), 10);
+    drop(writer);
+}
