@@ -16,6 +16,10 @@ stowage_plugin_sdk::plugin_registry! {
         "redis" => Redis(stowage_plugin_redis::RedisPlugin),
         /// Dump a PostgreSQL database (pg_dump) or every database (pg_dumpall).
         "postgres" => Postgres(stowage_plugin_postgres::PostgresPlugin),
+        /// Dump MariaDB or MySQL databases (one, several or all) with mariadb-dump or
+        /// mysqldump in one consistent snapshot, with routines, triggers and events;
+        /// restored with the client, a single database also under another name.
+        "mysql" => Mysql(stowage_plugin_mysql::MysqlPlugin),
         /// Copy a SQLite database file on an application's claim while the application
         /// runs (SQLite's online backup API), and write it back the same way.
         "sqlite" => Sqlite(stowage_plugin_sqlite::SqlitePlugin),

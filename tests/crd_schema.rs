@@ -272,6 +272,44 @@ mod cel {
     }
 
     #[test]
+    fn mysql_needs_exactly_one_of_database_databases_and_all_databases() {
+        let mysql = |selection: Value| {
+            let mut config = json!({"host": "db", "username": "u"});
+            config
+                .as_object_mut()
+                .unwrap()
+                .extend(selection.as_object().unwrap().clone());
+            json!({"apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+                   "metadata": {"name": "db"},
+                   "spec": {"mysql": config, "storage": {"claimName": "backups"}}})
+        };
+        // (selection, accepted)
+        let cases = [
+            (json!({"database": "shop"}), true),
+            (json!({"databases": ["a", "b"]}), true),
+            (json!({"allDatabases": true}), true),
+            (json!({}), false),
+            (json!({"databases": []}), false),
+            (json!({"allDatabases": false}), false),
+            (json!({"database": "a", "databases": ["b"]}), false),
+            (json!({"database": "a", "allDatabases": true}), false),
+            (json!({"databases": ["a"], "allDatabases": true}), false),
+        ];
+        for (selection, accepted) in cases {
+            match check("BackupTarget", mysql(selection.clone())) {
+                Ok(()) => assert!(accepted, "{selection} was accepted"),
+                Err(err) => {
+                    assert!(!accepted, "{selection}: {err}");
+                    assert!(
+                        err.contains("set exactly one of spec.mysql.database"),
+                        "{selection}: {err}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pg_dumpall_only_writes_plain_sql() {
         let pg = json!({"host": "db", "username": "u", "allDatabases": true, "format": "custom"});
         let err = check("BackupTarget", target(pg, json!({}))).unwrap_err();

@@ -23,6 +23,8 @@ packages=(
   busybox-static  # the shell of the tests' stand-in tools image (deploy/local/images.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
   redis-server    # real Redis servers the redis plugin's tests start on loopback (and redis-cli)
+  mariadb-server  # real MariaDB servers the mysql plugin's tests start on loopback (mariadbd, mariadb-install-db)
+  mariadb-client  # mariadb-dump and mariadb: the mysql plugin's tools, and the mariadb-client image (deploy/local/images.sh)
   protobuf-compiler  # protoc: etcd-client generates its gRPC code when stowage builds
 )
 

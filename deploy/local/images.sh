@@ -10,6 +10,8 @@
 #                     debug build under $CARGO_TARGET_DIR
 #   postgres-client   Debian's PostgreSQL client tools (pg_dump, pg_restore, psql) and the
 #                     libraries they load, on an empty base; tagged with their major version
+#   mariadb-client    Debian's MariaDB client tools (mariadb-dump, mariadb) and the
+#                     libraries they load, on an empty base; tagged with their version
 #   standin-tools=DIR a static busybox (sh, cat, ...) with the executables of DIR in
 #                     /usr/local/sbin: tests' stand-ins of a service's tools
 # Archives are cached by content under ${STOWAGE_CACHE:-~/.cache/stowage}/images: an image
@@ -153,6 +155,58 @@ build_postgres_client() {
   printf '%s %s\n' "$ref" "$archive"
 }
 
+# The host's MariaDB client tools (Debian's mariadb-client) with the shared libraries they
+# load, as found by ldd: the mariadb-dump and mariadb the mysql plugin's Job runs, matching
+# the tests' MariaDB servers. Run as 65532 on an empty base, like postgres-client.
+build_mariadb_client() {
+  local tools=(mariadb-dump mariadb) t files=()
+  for t in "${tools[@]}"; do
+    local path
+    path="$(command -v "$t" 2>/dev/null || true)"
+    [[ -n "$path" ]] || die "$t is missing: apt-get install mariadb-client"
+    files+=("$(readlink -f "$path")")
+  done
+  local version
+  version="$(dpkg-query -W -f '${Version}' mariadb-client 2>/dev/null | sed 's/^[0-9]*://; s/[-+~].*//')"
+  [[ -n "$version" ]] || version="unknown"
+  local libs
+  libs="$(ldd "${files[@]}" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u)"
+  local sum
+  sum="$( (echo "$SCRIPT_SUM"
+    dpkg-query -W -f '${Version}\n' mariadb-client 2>/dev/null || true
+    for f in "${files[@]}" $libs; do sha256sum "$(readlink -f "$f")"; done) | sha256sum | cut -c1-12)"
+  local ref="localhost/stowage-mariadb-client:$version-$sum" archive="$IMAGES/mariadb-client-$version-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    log "building $ref (${#files[@]} tools, $(wc -w <<<"$libs") libraries)"
+    local tmp root i
+    tmp="$(mktemp -d)"
+    root="$tmp/root"
+    mkdir -p "$root/usr/local/bin" "$root/etc" "$root/tmp"
+    chmod 1777 "$root/tmp"
+    # Under their own names (Debian installs them as mariadb-dump and mariadb).
+    for i in "${!tools[@]}"; do cp "${files[$i]}" "$root/usr/local/bin/${tools[$i]}"; done
+    local lib
+    for lib in $libs; do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    # The client's authentication plugins (caching_sha2_password for MySQL 8 servers, ...)
+    # are loaded at run time, not linked: take them along when the host has them.
+    local plugins
+    for plugins in /usr/lib/x86_64-linux-gnu/libmariadb3/plugin /usr/lib/mysql/plugin; do
+      if [[ -d "$plugins" ]]; then
+        mkdir -p "$root$plugins"
+        cp -L "$plugins"/*.so "$root$plugins/" 2>/dev/null || true
+      fi
+    done
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    pack "$ref" "$archive" "$root" 65532:65532 '["/usr/local/bin/mariadb-dump"]'
+    rm -rf "$tmp"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
 # Busybox (Debian's static build) and the stand-ins a test wrote into DIR.
 build_standin_tools() {
   local dir="$1"
@@ -195,8 +249,9 @@ build_one() { # build_one IMAGE -> "REF ARCHIVE"
     stowage) build_stowage ;;
     stowage=*) build_stowage "${1#stowage=}" ;;
     postgres-client) build_postgres_client ;;
+    mariadb-client) build_mariadb_client ;;
     standin-tools=*) build_standin_tools "${1#standin-tools=}" ;;
-    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client, standin-tools=DIR)" ;;
+    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client, mariadb-client, standin-tools=DIR)" ;;
   esac
 }
 
@@ -228,5 +283,5 @@ case "$cmd" in
       printf '%s\n' "$ref"
     done
     ;;
-  *) die "usage: $0 build|import ... (try: sed -n 2,16p $0)" ;;
+  *) die "usage: $0 build|import ... (try: sed -n 2,18p $0)" ;;
 esac

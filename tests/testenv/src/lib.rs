@@ -249,6 +249,18 @@ impl TestCluster {
         }
     }
 
+    /// A MariaDB client image (`mariadb-dump`, `mariadb`) matching the tests' MariaDB
+    /// servers (the host's Debian packages); `None` with the node agent, which runs the
+    /// host's tools whatever the image.
+    pub fn mariadb_image(&self) -> Result<Option<String>, TestEnvError> {
+        match self.node {
+            NodeKind::Kubelet { .. } => {
+                node::import_image(&self.state_dir, "mariadb-client").map(Some)
+            }
+            NodeKind::Agent { .. } => Ok(None),
+        }
+    }
+
     /// An image whose containers find the files of [`TestCluster::standin_tools_dir`]
     /// first on their `PATH` (with a busybox shell on a real node). On a real node the
     /// image is built from the directory's current files: write them first.
