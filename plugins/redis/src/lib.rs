@@ -349,7 +349,8 @@ impl<'a> Session<'a> {
             .await
             .map_err(|_| {
                 PluginError::Timeout(format!(
-                    "Redis at {} did not answer within {}s",
+                    "Redis at {} did not answer within {}s (spec.redis.connectTimeoutSeconds); \
+                     check spec.redis.host and port, or raise the timeout for a slow network",
                     config.address(),
                     config.connect_timeout_seconds
                 ))
@@ -438,7 +439,10 @@ fn classify(
         ));
     }
     if error.is_timeout() {
-        return PluginError::Timeout(format!("Redis at {address} did not answer in time: {said}"));
+        return PluginError::Timeout(format!(
+            "Redis at {address} did not answer in time: {said}; check spec.redis.host and port, \
+             or raise spec.redis.connectTimeoutSeconds"
+        ));
     }
     if error.is_connection_refusal() || error.is_io_error() {
         return PluginError::Unreachable(format!(

@@ -105,6 +105,11 @@ impl Secrets {
         secrets
     }
 
+    /// Every value held (for checks that no output contains one).
+    pub fn values(&self) -> impl Iterator<Item = &SecretValue> {
+        self.0.values()
+    }
+
     /// A redactor for every value held.
     pub fn redactor(&self) -> Redactor {
         Redactor::new(self.0.values().map(|v| v.expose().to_owned()))

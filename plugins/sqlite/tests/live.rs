@@ -398,3 +398,69 @@ async fn mistakes_end_in_the_documented_error_naming_the_field() {
         "{err}"
     );
 }
+
+/// The conformance kit's service-backed checks on real database files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_kit_passes() {
+    use stowage_plugin_sdk::conformance::{FailureCase, check_failures, check_round_trip};
+    let claim = tempfile::tempdir().unwrap();
+    create_app_db(&claim.path().join("app.db"), "wal");
+    std::fs::write(claim.path().join("notes.txt"), "x".repeat(5000)).unwrap();
+    let case = |name, path: &str, kind, mentions| FailureCase::<SqlitePlugin> {
+        name,
+        config: config(path),
+        ctx: ctx(claim.path()),
+        kind,
+        mentions,
+    };
+    let cases = [
+        case(
+            "missing file",
+            "missing.db",
+            ErrorKind::NotFound,
+            "spec.sqlite.path",
+        ),
+        case(
+            "not a database",
+            "notes.txt",
+            ErrorKind::InvalidConfig,
+            "path",
+        ),
+        case(
+            "outside the claim",
+            "../app.db",
+            ErrorKind::InvalidConfig,
+            "path",
+        ),
+    ];
+    check_failures(&cases)
+        .await
+        .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+
+    let request = RestoreRequest {
+        into: Some("copies/app.db".into()),
+        ..RestoreRequest::default()
+    };
+    let ctx = ctx(claim.path());
+    check_round_trip::<SqlitePlugin, _, _>(
+        &config("app.db"),
+        &config("app.db"),
+        &ctx,
+        &request,
+        || async {
+            let (want, got) = (
+                contents(&claim.path().join("app.db")),
+                contents(&claim.path().join("copies/app.db")),
+            );
+            (want == got).then_some(()).ok_or_else(|| {
+                format!(
+                    "{} orders backed up, {} restored",
+                    want.0.len(),
+                    got.0.len()
+                )
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+}
