@@ -36,10 +36,33 @@ pub struct RedisConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(range(max = 9999)))]
     pub databases: Vec<u32>,
+    /// Connect with TLS (Redis's `tls-port`), verifying the server's certificate against
+    /// `caSecretRef` (unset: the runner image's trusted roots), with a client certificate
+    /// when the server requires one (`tls-auth-clients`). Unset: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
     /// Time allowed to connect and authenticate in seconds (default 10).
     #[serde(default = "default_connect_timeout_seconds")]
     #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_seconds: u32,
+}
+
+/// TLS material for a Redis server's `tls-port`, each a PEM value in a Secret of the
+/// target's namespace (e.g. the `ca.crt`, `tls.crt` and `tls.key` keys of a cert-manager
+/// Secret). `host` must be a name (or IP address) the server's certificate is valid for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisTls {
+    /// The CA certificate(s) the server's certificate chains to. Unset: the runner
+    /// image's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate, for servers that require one; set with `keySecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretKeyRef>,
+    /// The client certificate's private key; set with `certSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_port() -> u16 {
@@ -86,6 +109,14 @@ impl RedisConfig {
                     format!("database {db} is listed twice"),
                 );
             }
+        }
+        if let Some(tls) = &self.tls
+            && tls.cert_secret_ref.is_some() != tls.key_secret_ref.is_some()
+        {
+            errors.push(
+                "tls",
+                "a client certificate needs both certSecretRef and keySecretRef",
+            );
         }
         if self.host.contains('/') || self.host.contains(' ') {
             errors.push(

@@ -17,7 +17,7 @@
 
 mod config;
 
-pub use config::{DEFAULT_PORT, RedisConfig};
+pub use config::{DEFAULT_PORT, RedisConfig, RedisTls};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -334,8 +334,17 @@ impl<'a> Session<'a> {
             None => None,
         };
         let redactor = ctx.secrets.redactor();
+        let addr = match config.tls {
+            None => ConnectionAddr::Tcp(config.host.clone(), config.port),
+            Some(_) => ConnectionAddr::TcpTls {
+                host: config.host.clone(),
+                port: config.port,
+                insecure: false,
+                tls_params: None,
+            },
+        };
         let info = ConnectionInfo {
-            addr: ConnectionAddr::Tcp(config.host.clone(), config.port),
+            addr,
             redis: RedisConnectionInfo {
                 db: 0,
                 username: config.username.clone(),
@@ -343,7 +352,33 @@ impl<'a> Session<'a> {
                 protocol: ProtocolVersion::RESP2,
             },
         };
-        let client = redis::Client::open(info).map_err(|e| classify(&e, config, &redactor))?;
+        let client = match &config.tls {
+            None => redis::Client::open(info),
+            Some(tls) => {
+                // rustls needs a process-wide crypto provider: ring, kube's and the http
+                // plugin's too.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let pem = |reference: &Option<stowage_plugin_sdk::SecretKeyRef>| {
+                    reference
+                        .as_ref()
+                        .map(|r| ctx.secret(r).map(|v| v.expose().as_bytes().to_vec()))
+                        .transpose()
+                };
+                let client_tls = match (pem(&tls.cert_secret_ref)?, pem(&tls.key_secret_ref)?) {
+                    (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+                        client_cert,
+                        client_key,
+                    }),
+                    _ => None,
+                };
+                let certificates = redis::TlsCertificates {
+                    client_tls,
+                    root_cert: pem(&tls.ca_secret_ref)?,
+                };
+                redis::Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| classify(&e, config, &redactor))?;
         let timeout = Duration::from_secs(u64::from(config.connect_timeout_seconds));
         let connection = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
             .await
@@ -436,6 +471,22 @@ fn classify(
         return PluginError::Unauthorized(format!(
             "the Redis user may not run a command the backup needs ({said}); grant it \
              +@read +@keyspace +dump +restore and the databases' keys (~*)"
+        ));
+    }
+    let tls_words = [
+        "certificate",
+        "tls",
+        "handshake",
+        "pem",
+        "unknownissuer",
+        "notvalidforname",
+    ];
+    if config.tls.is_some() && tls_words.iter().any(|w| lower.contains(w)) {
+        return PluginError::Unreachable(format!(
+            "the TLS connection to Redis at {address} failed ({said}); check spec.redis.tls \
+             (caSecretRef must hold the CA of the server's certificate, which must be valid \
+             for spec.redis.host; certSecretRef and keySecretRef a client certificate when \
+             the server requires one) and that port is the server's tls-port"
         ));
     }
     if error.is_timeout() {
