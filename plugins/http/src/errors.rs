@@ -29,8 +29,8 @@ pub enum Operation {
 impl Operation {
     fn url_field(self) -> &'static str {
         match self {
-            Operation::Probe => "url and probe.path",
-            Operation::Download => "url",
+            Operation::Probe => "spec.http.url and spec.http.probe.path",
+            Operation::Download => "spec.http.url",
         }
     }
 }
@@ -53,17 +53,19 @@ pub fn status_error(
     match code {
         401 | 403 => PluginError::Unauthorized(format!(
             "{head}: the server rejected the request's credentials; check the Secret \
-             referenced by auth (auth.bearer.tokenSecretRef or auth.basic.passwordSecretRef) \
-             or headers[].valueSecretRef, and that this account may read the URL"
+             referenced by spec.http.auth (auth.bearer.tokenSecretRef or \
+             auth.basic.passwordSecretRef) or spec.http.headers[].valueSecretRef, and that this account may read the URL"
         )),
         404 | 410 => PluginError::NotFound(format!("{head}: nothing there; check {field}")),
         _ => {
             let message = match code {
                 405 if op == Operation::Probe && probe_method_is_head => {
-                    format!("{head}: the server does not answer HEAD; set probe.method: GET")
+                    format!(
+                        "{head}: the server does not answer HEAD; set spec.http.probe.method: GET"
+                    )
                 }
                 200..=299 => format!(
-                    "{head}, but expectedStatus is {}; check url, or change expectedStatus",
+                    "{head}, but expectedStatus is {}; check spec.http.url, or change spec.http.expectedStatus",
                     expected.unwrap_or(200)
                 ),
                 300..=399 => format!(
@@ -156,7 +158,7 @@ pub fn transport_error(
             status: None,
             message: format!(
                 "{shown} answered with a {redirect}; stowage does not send credentials to \
-                 another origin: set url to the final location"
+                 another origin: set spec.http.url to the final location"
             ),
         };
     }
@@ -164,8 +166,8 @@ pub fn transport_error(
         return if e.is_connect() {
             PluginError::Timeout(format!(
                 "connecting to {authority} for {shown} took longer than \
-                 connectTimeoutSeconds ({connect_timeout_seconds} s); check that the host is \
-                 up and reachable from the cluster, or raise connectTimeoutSeconds"
+                 spec.http.connectTimeoutSeconds ({connect_timeout_seconds} s); check that the host is \
+                 up and reachable from the cluster, or raise spec.http.connectTimeoutSeconds"
             ))
         } else {
             timeout_error(&shown, op, timeout_seconds)
@@ -175,13 +177,13 @@ pub fn transport_error(
         return PluginError::Unreachable(format!(
             "TLS handshake with {authority} failed: {tls}; check that the server speaks HTTPS \
              on that port (otherwise use http://); if its certificate comes from a private \
-             CA, put the CA's PEM bundle in a Secret and reference it with tls.caSecretRef \
-             (tls.insecureSkipVerify: true skips verification, for testing only)"
+             CA, put the CA's PEM bundle in a Secret and reference it with spec.http.tls.caSecretRef \
+             (spec.http.tls.insecureSkipVerify: true skips verification, for testing only)"
         ));
     }
     if e.is_connect() {
         return PluginError::Unreachable(format!(
-            "cannot connect to {authority} for {shown}: {}; check the host and port in url, \
+            "cannot connect to {authority} for {shown}: {}; check the host and port in spec.http.url, \
              that the server is running, and that network policies let the backup Job reach it",
             root_cause(e)
         ));
@@ -194,7 +196,7 @@ pub fn transport_error(
         ));
     }
     PluginError::Unreachable(format!(
-        "request to {shown} failed: {}; check url and that the server speaks HTTP on that port",
+        "request to {shown} failed: {}; check spec.http.url and that the server speaks HTTP on that port",
         root_cause(e)
     ))
 }
@@ -203,12 +205,12 @@ pub fn transport_error(
 pub fn timeout_error(shown: &str, op: Operation, timeout_seconds: u32) -> PluginError {
     match op {
         Operation::Probe => PluginError::Timeout(format!(
-            "no response from {shown} within {timeout_seconds} s; check that the server is \
-             healthy and reachable from the cluster"
+            "no response from {shown} within spec.http.timeoutSeconds ({timeout_seconds} s); \
+             check that the server is healthy and reachable from the cluster"
         )),
         Operation::Download => PluginError::Timeout(format!(
-            "the download of {shown} did not finish within timeoutSeconds \
-             ({timeout_seconds} s); raise timeoutSeconds for large or slow exports, or check \
+            "the download of {shown} did not finish within \
+             spec.http.timeoutSeconds ({timeout_seconds} s); raise it for large or slow exports, or check \
              the server"
         )),
     }
@@ -243,7 +245,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("check the Secret referenced by auth"),
+            text.contains("check the Secret referenced by spec.http.auth"),
             "{text}"
         );
         let e = status_error(StatusCode::FORBIDDEN, url, Operation::Download, None, true);

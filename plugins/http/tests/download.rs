@@ -199,7 +199,7 @@ async fn bearer_token_is_sent_and_a_wrong_one_is_unauthorized() {
     assert!(text.contains("401"), "{text}");
     assert!(text.contains(&server.url("/export")), "{text}");
     assert!(
-        text.contains("check the Secret referenced by auth"),
+        text.contains("check the Secret referenced by spec.http.auth"),
         "{text}"
     );
     assert!(out.is_empty(), "nothing is written for an error status");
@@ -551,4 +551,78 @@ async fn probe_sends_head_to_the_health_path_with_credentials() {
     assert!(error.to_string().contains("probe.method: GET"), "{error}");
     let last = server.received().pop().unwrap();
     assert_eq!(last.target, format!("/api/export?k={QUERY_SECRET}"));
+}
+
+/// The conformance kit's service-backed checks against a real HTTP server whose error
+/// pages echo the request's credentials back (as careless applications do): each failure
+/// typed, naming the field to fix, without any secret; and memory flat is checked in
+/// `tests/memory.rs`.
+#[tokio::test]
+async fn the_conformance_kit_passes_against_a_server_that_echoes_credentials() {
+    use stowage_plugin_sdk::conformance::{BlackHole, FailureCase, check_failures};
+    let server = TestServer::start(|request| {
+        let auth = request
+            .header("authorization")
+            .unwrap_or_default()
+            .to_owned();
+        let echo = |status, what: &str| Reply::status(status, &format!("{what}: you sent {auth}"));
+        match request.path() {
+            "/missing" => echo(404, "no such export"),
+            _ if auth != format!("Bearer {TOKEN}") => echo(401, "bad token"),
+            _ => Reply::status(200, "ok"),
+        }
+    })
+    .await;
+    let silent = BlackHole::start();
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let config = |url: String| {
+        let mut config = HttpConfig::for_url(url);
+        config.auth = bearer();
+        config.timeout_seconds = 1;
+        config.connect_timeout_seconds = 1;
+        config
+    };
+    let case = |name, config, token: &str, kind, mentions| FailureCase::<HttpPlugin> {
+        name,
+        config,
+        ctx: ctx(token),
+        kind,
+        mentions,
+    };
+    let cases = [
+        case(
+            "refused port",
+            config(format!("http://{refused}/export")),
+            TOKEN,
+            ErrorKind::Unreachable,
+            "spec.http.url",
+        ),
+        case(
+            "wrong token, echoed",
+            config(server.url("/export")),
+            WRONG_TOKEN,
+            ErrorKind::Unauthorized,
+            "spec.http.auth",
+        ),
+        case(
+            "missing path, token echoed",
+            config(server.url("/missing")),
+            TOKEN,
+            ErrorKind::NotFound,
+            "spec.http.url",
+        ),
+        case(
+            "server that never answers",
+            config(format!("http://127.0.0.1:{}/export", silent.port())),
+            TOKEN,
+            ErrorKind::Timeout,
+            "spec.http.timeoutSeconds",
+        ),
+    ];
+    check_failures(&cases)
+        .await
+        .unwrap_or_else(|p| panic!("{}", p.join("\n")));
 }
