@@ -82,10 +82,12 @@ pub fn classify(
                     ))
                 }
                 tonic::Code::Unavailable => PluginError::Unreachable(format!(
-                    "etcd at {endpoint} is not available: {message}"
+                    "etcd at {endpoint} is not available: {message}; check the member behind \
+                     spec.etcd.endpoints (list every member so another can answer)"
                 )),
                 tonic::Code::DeadlineExceeded => PluginError::Timeout(format!(
-                    "etcd at {endpoint} did not answer in time: {message}"
+                    "etcd at {endpoint} did not answer in time: {message}; check the member, or \
+                     raise spec.etcd.connectTimeoutSeconds"
                 )),
                 _ => PluginError::Remote {
                     status: None,
@@ -96,7 +98,8 @@ pub fn classify(
         _ if tls_problem => tls_error(),
         _ if lower.contains("timed out") || lower.contains("timeout") => {
             PluginError::Timeout(format!(
-                "etcd at {endpoint} did not answer within {}s: {said}",
+                "etcd at {endpoint} did not answer within {}s: {said}; check spec.etcd.endpoints \
+                 and that the member is healthy, or raise spec.etcd.connectTimeoutSeconds",
                 config.connect_timeout_seconds
             ))
         }

@@ -197,12 +197,30 @@ async fn connect(
     for endpoint in &config.endpoints {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
         // A client per member: the snapshot must come from one member, whole.
-        match Client::connect([endpoint.as_str()], Some(options.clone())).await {
-            Ok(mut client) => match client.status().await {
-                Ok(_) => return Ok((client, endpoint)),
-                Err(e) => last = Some(classify(&e, &endpoint, config, ctx)),
-            },
-            Err(e) => last = Some(classify(&e, &endpoint, config, ctx)),
+        // Connecting, authenticating and the first answer, within connectTimeoutSeconds:
+        // a member that accepts the connection and never answers must not hang the run.
+        let limit = Duration::from_secs(u64::from(config.connect_timeout_seconds));
+        let attempt = async {
+            let mut client = Client::connect([endpoint.as_str()], Some(options.clone()))
+                .await
+                .map_err(|e| classify(&e, &endpoint, config, ctx))?;
+            client
+                .status()
+                .await
+                .map_err(|e| classify(&e, &endpoint, config, ctx))?;
+            Ok::<_, PluginError>(client)
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(client)) => return Ok((client, endpoint)),
+            Ok(Err(error)) => last = Some(error),
+            Err(_) => {
+                last = Some(PluginError::Timeout(format!(
+                    "etcd at {endpoint} accepted the connection but did not answer within {}s \
+                     (spec.etcd.connectTimeoutSeconds); check spec.etcd.endpoints and that the \
+                     member is healthy, or raise the timeout",
+                    config.connect_timeout_seconds
+                )))
+            }
         }
         if let Some(error) = &last {
             tracing::warn!(endpoint = %endpoint, error = %error, "etcd member not usable; trying the next");

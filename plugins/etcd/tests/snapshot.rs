@@ -389,3 +389,57 @@ async fn tls_with_client_certificates_and_authentication_and_each_failure_typed(
         assert_eq!(backup_err.kind(), kind, "{name} (backup): {backup_err}");
     }
 }
+
+/// The conformance kit's failure checks against a real etcd with authentication: each
+/// documented failure typed, naming the field to fix, without the (canary) password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_kit_failure_checks_pass_against_a_real_member() {
+    use stowage_plugin_sdk::ErrorKind;
+    use stowage_plugin_sdk::conformance::{BlackHole, FailureCase, check_failures};
+    let member = Member::start(None, None);
+    let mut admin = member.client(None, None).await;
+    admin.user_add("root", PASSWORD, None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    let pw = refs()[3].clone();
+    let silent = BlackHole::start();
+    let at = |url: String| {
+        config(serde_json::json!({
+            "endpoints": [url], "username": "root", "passwordSecretRef": pw,
+            "connectTimeoutSeconds": 2,
+        }))
+    };
+    let case = |name, config, password: &str, kind, mentions| FailureCase::<EtcdPlugin> {
+        name,
+        config,
+        ctx: ctx(None, password),
+        kind,
+        mentions,
+    };
+    let cases = [
+        case(
+            "refused port",
+            at(format!("http://127.0.0.1:{}", free_port())),
+            PASSWORD,
+            ErrorKind::Unreachable,
+            "spec.etcd.endpoints",
+        ),
+        case(
+            "wrong password",
+            at(member.url.clone()),
+            "Canary-wrong-Pw-3c1",
+            ErrorKind::Unauthorized,
+            "spec.etcd.passwordSecretRef",
+        ),
+        case(
+            "member that never answers",
+            at(format!("http://127.0.0.1:{}", silent.port())),
+            PASSWORD,
+            ErrorKind::Timeout,
+            "spec.etcd.connectTimeoutSeconds",
+        ),
+    ];
+    check_failures(&cases)
+        .await
+        .unwrap_or_else(|p| panic!("{}", p.join("\n")));
+}
