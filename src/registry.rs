@@ -23,6 +23,9 @@ stowage_plugin_sdk::plugin_registry! {
         /// Copy a SQLite database file on an application's claim while the application
         /// runs (SQLite's online backup API), and write it back the same way.
         "sqlite" => Sqlite(stowage_plugin_sqlite::SqlitePlugin),
+        /// Archive a directory tree on an application's claim as a tar stream (include and
+        /// exclude globs, links kept as links), restored into the same or another directory.
+        "files" => Files(stowage_plugin_files::FilesPlugin),
     }
 }
 

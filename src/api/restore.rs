@@ -193,7 +193,9 @@ pub struct RestoreDestination {
     pub target_ref: Option<TargetRef>,
     /// For database plugins, the database to restore into instead of the one the
     /// destination's config names, e.g. a new database next to the live one
-    /// (`shop_restored`). It is created when it does not exist.
+    /// (`shop_restored`). It is created when it does not exist. For plugins that work on
+    /// an application's claim (`sqlite`, `files`), a path relative to the claim's root
+    /// instead of the config's `path`, e.g. `restored/db.sqlite3` or `uploads-restored`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub into: Option<String>,
