@@ -693,6 +693,11 @@ async fn a_claim_plugin_follows_the_application_pod_backs_up_a_live_sqlite_file_
     }));
     env.set_time(&at("06-11T10:00:00Z"));
     env.start_operator();
+    // Another target of the namespace backs up first, as the operator's default user: the
+    // namespace's directory on the artifacts claim is then that user's, and the sqlite
+    // pods, running as the application's user, must still be able to write beside it.
+    env.create_target("app-db", json!({}));
+    env.backup_now("app-db", "first").await;
     let refused = env
         .wait_target(
             "the probe of no-claim is refused",

@@ -102,8 +102,7 @@ impl ArtifactStore {
             let parent = final_path.parent().ok_or_else(|| {
                 StoreError::io("create", &final_path, io::ErrorKind::InvalidInput.into())
             })?;
-            std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::io("create directory", parent, e))?;
+            fsio::create_shared_dirs(&self.root, parent)?;
             if other_partial_exists(parent, &final_path, &partial_path)? {
                 continue;
             }
