@@ -852,5 +852,16 @@ async fn a_claim_plugin_follows_the_application_pod_backs_up_a_live_sqlite_file_
         again["status"]
     );
     assert_eq!(sqlite_rows(&db_path).len(), 10);
+
+    // The application stops: no connection, no -shm file, and the claim is mounted
+    // read-only, so SQLite cannot create one. The file alone is the database then.
     drop(writer);
+    assert!(!app_dir.join("app.db-shm").exists());
+    env.backup_now("notes", "t2").await;
+    let (artifact, _) = artifacts(&env, "notes").pop().expect("a second artifact");
+    let plain = zstd::decode_all(&std::fs::read(root.join(&artifact)).unwrap()[..]).unwrap();
+    let copy = scratch.path().join("stopped.db");
+    std::fs::write(&copy, plain).unwrap();
+    assert_eq!(sqlite_rows(&copy), sqlite_rows(&db_path));
+    assert_eq!(sqlite_rows(&copy).len(), 10);
 }

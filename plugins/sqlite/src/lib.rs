@@ -92,7 +92,7 @@ impl Plugin for SqlitePlugin {
     async fn probe(config: &SqliteConfig, ctx: &RunContext) -> Result<ProbeReport, PluginError> {
         let file = Location::of(config, ctx, None)?;
         let facts = blocking(move || {
-            let db = file.open_source()?;
+            let (db, _) = file.open_source()?;
             let facts = describe(&db, &file)?;
             Ok(facts)
         })
@@ -124,15 +124,34 @@ impl Plugin for SqlitePlugin {
             "copying the database with the online backup API"
         );
         let facts = blocking(move || {
-            let source = file.open_source()?;
-            let journal_mode = pragma_text(&source, "journal_mode", &file)?;
-            let mut copy_db = Connection::open(&copy).map_err(|e| scratch_error(&copy, e))?;
-            copy_all(&source, &mut copy_db, &file)?;
-            drop(source);
-            quick_check(&copy_db, "the copy")?;
-            let mut facts = describe(&copy_db, &file)?;
-            facts.insert(FACT_JOURNAL_MODE.to_owned(), journal_mode);
-            Ok(facts)
+            const ATTEMPTS: u32 = 3;
+            for attempt in 1..=ATTEMPTS {
+                let (source, immutable) = file.open_source()?;
+                let journal_mode = pragma_text(&source, "journal_mode", &file)?;
+                remove_database_files(&copy);
+                let mut copy_db =
+                    Connection::open(&copy).map_err(|e| scratch_error(&copy, e))?;
+                copy_all(&source, &mut copy_db, &file)?;
+                drop(source);
+                // A file copied as immutable must not have changed meanwhile.
+                if let Some(before) = immutable
+                    && FileState::of(&file.path) != Some(before)
+                {
+                    tracing::warn!(attempt, path = %file.shown, "the database changed while it was copied as immutable; copying again");
+                    if attempt == ATTEMPTS {
+                        return Err(PluginError::Timeout(format!(
+                            "{} on claim {:?} kept changing while it was copied ({ATTEMPTS} attempts) and the claim is mounted read-only without the application's -shm file; retry, or back up while the application runs",
+                            file.shown, file.claim
+                        )));
+                    }
+                    continue;
+                }
+                quick_check(&copy_db, "the copy")?;
+                let mut facts = describe(&copy_db, &file)?;
+                facts.insert(FACT_JOURNAL_MODE.to_owned(), journal_mode);
+                return Ok(facts);
+            }
+            unreachable!("the last attempt returns")
         })
         .await?;
         let mut input = tokio::fs::File::open(&scratch.path).await?;
@@ -266,7 +285,13 @@ impl Location {
     }
 
     /// Open the database read-only, as it is, without creating anything.
-    fn open_source(&self) -> Result<Connection, PluginError> {
+    ///
+    /// A WAL-mode database that no connection has open has no `-shm` file, and on a
+    /// read-only mount SQLite cannot create one: the normal open fails. Then, when no
+    /// `-wal` file holds commits either, the file alone is the whole database, and it is
+    /// opened as immutable; the returned [`FileState`] lets the caller check that nothing
+    /// started writing it during the copy.
+    fn open_source(&self) -> Result<(Connection, Option<FileState>), PluginError> {
         match std::fs::metadata(&self.path) {
             Ok(meta) if meta.is_dir() => {
                 return Err(PluginError::InvalidConfig(ValidationErrors::single(
@@ -280,17 +305,35 @@ impl Location {
             Ok(_) => {}
             Err(e) => return Err(self.io_error(e)),
         }
-        let db = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| self.sqlite_error(e))?;
-        db.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| self.sqlite_error(e))?;
-        // Reading the header is where a file that is not a database shows.
-        db.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0))
-            .map_err(|e| self.sqlite_error(e))?;
-        Ok(db)
+        let open = |target: &str, flags: OpenFlags| -> Result<Connection, rusqlite::Error> {
+            let db = Connection::open_with_flags(target, flags)?;
+            db.busy_timeout(BUSY_TIMEOUT)?;
+            // Reading the header is where a file that is not a database shows, and where
+            // a missing -shm shows.
+            db.query_row("PRAGMA schema_version", [], |row| row.get::<_, i64>(0))?;
+            Ok(db)
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let path = self.path.to_string_lossy().into_owned();
+        match open(&path, flags) {
+            Ok(db) => Ok((db, None)),
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
+                let before = FileState::of(&self.path);
+                let readable = std::fs::File::open(&self.path).is_ok();
+                if !readable || before.as_ref().is_none_or(|s| s.wal_bytes > 0) {
+                    return Err(self.sqlite_error(e));
+                }
+                let uri = format!("file:{}?immutable=1", uri_path(&path));
+                let db = open(&uri, flags | OpenFlags::SQLITE_OPEN_URI)
+                    .map_err(|e| self.sqlite_error(e))?;
+                tracing::info!(
+                    path = %self.shown,
+                    "no connection has the database open (no -shm file) and the claim is read-only: copying the file as immutable, then checking that it did not change"
+                );
+                Ok((db, before))
+            }
+            Err(e) => Err(self.sqlite_error(e)),
+        }
     }
 
     fn io_error(&self, e: std::io::Error) -> PluginError {
@@ -335,6 +378,42 @@ impl Location {
             _ => PluginError::ToolFailed(format!("SQLite failed on {what}: {e}")),
         }
     }
+}
+
+/// What tells whether a database file changed: its size and modification time, and the
+/// size of its `-wal` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    wal_bytes: u64,
+}
+
+impl FileState {
+    fn of(path: &Path) -> Option<FileState> {
+        let meta = std::fs::metadata(path).ok()?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Some(FileState {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            wal_bytes: std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len()),
+        })
+    }
+}
+
+/// `path` for a `file:` URI: the characters that URIs give a meaning escaped.
+fn uri_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A scratch file in the pod's temporary directory (an emptyDir), removed when dropped.
@@ -470,4 +549,21 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| PluginError::Internal(format!("the SQLite task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_path;
+
+    #[test]
+    fn uri_paths_escape_what_uris_give_a_meaning() {
+        for (path, want) in [
+            ("/data/db.sqlite3", "/data/db.sqlite3"),
+            ("/data/a b/x.db", "/data/a b/x.db"),
+            ("/data/what?.db", "/data/what%3f.db"),
+            ("/data/#1/100%.db", "/data/%231/100%25.db"),
+        ] {
+            assert_eq!(uri_path(path), want, "{path}");
+        }
+    }
 }
