@@ -26,6 +26,9 @@ pub fn shared_dir_mode(mode: u32) -> Option<u32> {
 /// that lacks them is left alone: creating inside it then fails with the path named.
 pub fn create_shared_dirs(root: &Path, dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // The root is the claim's mount (or a directory given on the command line): create
+    // it when missing, and leave its mode to whoever owns it.
+    std::fs::create_dir_all(root).map_err(|e| StoreError::io("create directory", root, e))?;
     let relative = dir.strip_prefix(root).unwrap_or(dir);
     let mut current = root.to_path_buf();
     let me = effective_uid();
@@ -154,7 +157,10 @@ mod shared_dir_tests {
                 .mode();
             assert_eq!(mode & 0o7777, 0o2775, "{d}: {mode:o}");
         }
-        // The root itself is the claim's: left as it is.
+        // The root itself is the claim's: left as it is; a missing one is created.
+        let missing = root.path().join("not-yet/store");
+        create_shared_dirs(&missing, &missing.join("shop")).unwrap();
+        assert!(missing.join("shop").is_dir());
         let mode = std::fs::metadata(root.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o2000, 0, "{mode:o}");
     }
