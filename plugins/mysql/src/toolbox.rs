@@ -4,6 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use stowage_plugin_sdk::PluginError;
+use stowage_plugin_sdk::tool::SearchPath;
 
 /// The dump tools, in order of preference: MariaDB's own name first (MariaDB 11 images no
 /// longer ship the `mysqldump` name), then MySQL's.
@@ -16,7 +17,7 @@ pub const CLIENTS: [&str; 2] = ["mariadb", "mysql"];
 /// `PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toolbox {
-    search_path: OsString,
+    search_path: SearchPath,
 }
 
 impl Toolbox {
@@ -26,36 +27,26 @@ impl Toolbox {
     /// The tools on [`Toolbox::SEARCH_PATH_ENV`] if set, else on the runner's `PATH`, else
     /// in the usual system directories.
     pub fn from_env() -> Toolbox {
-        let search_path = std::env::var_os(Self::SEARCH_PATH_ENV)
-            .filter(|p| !p.is_empty())
-            .or_else(|| std::env::var_os("PATH").filter(|p| !p.is_empty()))
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        Toolbox { search_path }
+        Toolbox {
+            search_path: SearchPath::from_env(Self::SEARCH_PATH_ENV),
+        }
     }
 
     /// The tools on the given `PATH`-style list of directories.
     pub fn with_search_path(search_path: impl Into<OsString>) -> Toolbox {
         Toolbox {
-            search_path: search_path.into(),
+            search_path: SearchPath::new(search_path),
         }
     }
 
     /// The directories searched, `PATH`-style.
     pub fn search_path(&self) -> &OsStr {
-        &self.search_path
+        self.search_path.as_os_str()
     }
 
     /// The executable `program` on the search path, if any.
     pub fn find(&self, program: &str) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        std::env::split_paths(&self.search_path)
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(|dir| dir.join(program))
-            .find(|candidate| {
-                std::fs::metadata(candidate)
-                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                    .unwrap_or(false)
-            })
+        self.search_path.find(program)
     }
 
     /// The first of `programs` on the search path, else an error naming the image fix.
@@ -70,7 +61,7 @@ impl Toolbox {
                      MySQL 8.4",
                     programs[0],
                     programs[1],
-                    self.search_path.to_string_lossy(),
+                    self.search_path().to_string_lossy(),
                     crate::DEFAULT_IMAGE
                 ))
             })

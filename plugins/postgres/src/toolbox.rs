@@ -4,13 +4,14 @@ use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 use stowage_plugin_sdk::PluginError;
+use stowage_plugin_sdk::tool::SearchPath;
 
 /// Where the plugin finds the PostgreSQL client tools (`psql`, `pg_dump`, `pg_dumpall`,
 /// `pg_restore`): a `PATH`-style list of directories, also given to each tool as its
 /// `PATH`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toolbox {
-    search_path: OsString,
+    search_path: SearchPath,
 }
 
 impl Toolbox {
@@ -21,36 +22,26 @@ impl Toolbox {
     /// The tools on [`Toolbox::SEARCH_PATH_ENV`] if set, else on the runner's `PATH`, else
     /// in the usual system directories.
     pub fn from_env() -> Toolbox {
-        let search_path = std::env::var_os(Self::SEARCH_PATH_ENV)
-            .filter(|p| !p.is_empty())
-            .or_else(|| std::env::var_os("PATH").filter(|p| !p.is_empty()))
-            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        Toolbox { search_path }
+        Toolbox {
+            search_path: SearchPath::from_env(Self::SEARCH_PATH_ENV),
+        }
     }
 
     /// The tools on the given `PATH`-style list of directories.
     pub fn with_search_path(search_path: impl Into<OsString>) -> Toolbox {
         Toolbox {
-            search_path: search_path.into(),
+            search_path: SearchPath::new(search_path),
         }
     }
 
     /// The directories searched, `PATH`-style.
     pub fn search_path(&self) -> &OsStr {
-        &self.search_path
+        self.search_path.as_os_str()
     }
 
     /// The executable `program` on the search path, if any.
     pub fn find(&self, program: &str) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        std::env::split_paths(&self.search_path)
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .map(|dir| dir.join(program))
-            .find(|candidate| {
-                std::fs::metadata(candidate)
-                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                    .unwrap_or(false)
-            })
+        self.search_path.find(program)
     }
 
     /// `Ok` when `program` is on the search path, else an error naming the image fix.
@@ -60,7 +51,7 @@ impl Toolbox {
             None => Err(PluginError::Unsupported(format!(
                 "{program} not found in the image (searched {}); set spec.postgres.image to a \
                  PostgreSQL image such as {} whose major version is at least the server's",
-                self.search_path.to_string_lossy(),
+                self.search_path().to_string_lossy(),
                 crate::DEFAULT_IMAGE
             ))),
         }

@@ -35,6 +35,47 @@ pub const STDOUT_PIPE_CAPACITY: usize = 1024 * 1024;
 /// Bytes read from a tool's stdout at once in [`ToolCommand::run_to_sink`].
 const STDOUT_READ_SIZE: usize = 256 * 1024;
 
+/// Where a tool plugin finds its service's tools (`pg_dump`, `mariadb-dump`, ...): a
+/// `PATH`-style list of directories, also given to each tool as its `PATH`. Each tool
+/// plugin wraps one in its own `Toolbox` with its override variable and its error advice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchPath(OsString);
+
+impl SearchPath {
+    /// The directories in `override_var` if set (e.g. `STOWAGE_POSTGRES_TOOLS_PATH`),
+    /// else the runner's `PATH`, else the usual system directories.
+    pub fn from_env(override_var: &str) -> SearchPath {
+        let path = std::env::var_os(override_var)
+            .filter(|p| !p.is_empty())
+            .or_else(|| std::env::var_os("PATH").filter(|p| !p.is_empty()))
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        SearchPath(path)
+    }
+
+    /// The given `PATH`-style list of directories.
+    pub fn new(path: impl Into<OsString>) -> SearchPath {
+        SearchPath(path.into())
+    }
+
+    /// The directories, `PATH`-style.
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        &self.0
+    }
+
+    /// The executable `program` in one of the directories, if any.
+    pub fn find(&self, program: &str) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        std::env::split_paths(&self.0)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.join(program))
+            .find(|candidate| {
+                std::fs::metadata(candidate)
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                    .unwrap_or(false)
+            })
+    }
+}
+
 /// How a tool ended when it failed; handed to the plugin's classifier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolFailure {
