@@ -331,9 +331,9 @@ pub async fn create_job(
         // A Job on an application's claim may have to follow the pod that uses it.
         let placed = match placement::app_claim_of(job) {
             None => None,
-            Some(_) => {
+            Some(claim) => {
                 let mut placed = job.clone();
-                placement::place(&ctx.client, &ctx.cache, &mut placed).await?;
+                placement::place(&ctx.client, &ctx.cache, &mut placed, &claim).await?;
                 Some(placed)
             }
         };

@@ -212,15 +212,17 @@ pub fn app_claim_of(job: &Job) -> Option<String> {
         .map(|c| c.claim_name.clone())
 }
 
-/// Place `job` before it is created: nothing for a Job without an application's claim;
-/// otherwise read the pods of the namespace (from the API server's cache,
+/// Place `job`, which mounts the application's `claim` ([`app_claim_of`]), before it is
+/// created: read the pods of the namespace (from the API server's cache,
 /// `resourceVersion=0`), [`decide`], and pin the Job to its node. A Job that cannot run
 /// is refused as the API server would refuse it (422, reason [`REASON`]), so every
 /// caller records the run as failed with the message.
-pub async fn place(client: &Client, cache: &Cache, job: &mut Job) -> Result<(), kube::Error> {
-    let Some(claim) = app_claim_of(job) else {
-        return Ok(());
-    };
+pub async fn place(
+    client: &Client,
+    cache: &Cache,
+    job: &mut Job,
+    claim: &str,
+) -> Result<(), kube::Error> {
     let namespace = job.namespace().unwrap_or_default();
     let plugin = job
         .labels()
@@ -228,16 +230,16 @@ pub async fn place(client: &Client, cache: &Cache, job: &mut Job) -> Result<(), 
         .cloned()
         .unwrap_or_default();
     let field = format!("spec.{plugin}.claimName");
-    let access = cache.claim_access(&namespace, &claim);
+    let access = cache.claim_access(&namespace, claim);
     let users = match access {
         None | Some(ClaimAccess::ManyNodes) => Vec::new(),
         Some(_) => {
             let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             let list = pods.list(&ListParams::default().match_any()).await?;
-            claim_users(&list.items, &claim)
+            claim_users(&list.items, claim)
         }
     };
-    match decide(&namespace, &claim, &field, access, &users) {
+    match decide(&namespace, claim, &field, access, &users) {
         Ok(Placement::Anywhere) => Ok(()),
         Ok(Placement::OnNode { node, pod }) => {
             tracing::info!(
