@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{BackupRestore, BackupSchedule, BackupTarget};
+use crate::api::{BackupPlugin, BackupRestore, BackupSchedule, BackupTarget};
 
 /// Every CRD stowage defines, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -12,6 +12,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         BackupTarget::crd(),
         BackupSchedule::crd(),
         BackupRestore::crd(),
+        BackupPlugin::crd(),
     ]
 }
 

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod copy_self;
 pub mod crd;
 pub mod fault;
+pub mod installed;
 pub mod jobs;
 pub mod registry;
 pub mod retention;

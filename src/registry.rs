@@ -26,6 +26,21 @@ stowage_plugin_sdk::plugin_registry! {
         /// Archive a directory tree on an application's claim as a tar stream (include and
         /// exclude globs, links kept as links), restored into the same or another directory.
         "files" => Files(stowage_plugin_files::FilesPlugin),
+        /// A plugin installed on its own as a cluster-scoped BackupPlugin (an image whose
+        /// command speaks the stowage plugin protocol): its name, and its configuration,
+        /// checked against the JSON schema the BackupPlugin declares.
+        "external" => External(stowage_plugin_external::ExternalPlugin),
+    }
+}
+
+impl PluginConfig {
+    /// The installed plugin an external target runs, once the operator has resolved it
+    /// for a Job ([`stowage_plugin_external::ExternalConfig::resolved`]).
+    pub fn resolved_external(&self) -> Option<&stowage_plugin_external::ResolvedPlugin> {
+        match self {
+            PluginConfig::External(config) => config.resolved.as_ref(),
+            _ => None,
+        }
     }
 }
 

@@ -4,11 +4,16 @@
 //! are written for users, not for Rust readers.
 
 mod common;
+mod plugin;
 mod restore;
 mod schedule;
 mod target;
 
 pub use common::{Compression, JobSettings, ProbeSettings, StorageSpec, condition_list_schema};
+pub use plugin::{
+    ACCEPTED, ArtifactFormat, BackupPlugin, BackupPluginSpec, BackupPluginStatus,
+    PluginCapabilities, PluginEnvVar, PluginNeeds,
+};
 pub use restore::{
     BackupRestore, BackupRestoreSpec, BackupRestoreStatus, Latest, RestoreDestination, RestoreMode,
     RestorePhase, RestorePlan, RestoreSource, RestoredArtifact, TargetRef, restore_conditions,

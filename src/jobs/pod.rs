@@ -62,7 +62,15 @@ impl PodInputs<'_> {
                 source,
             })?;
         let info = plugin.info();
-        let job_image = self.settings.image.clone().filter(|i| !i.trim().is_empty());
+        let external = plugin.resolved_external();
+        // An external plugin's image is the one its BackupPlugin names (chosen by a
+        // cluster admin), not one a target may override.
+        let job_image = match external {
+            Some(resolved) => Some(resolved.image.clone()),
+            None => self.settings.image.clone().filter(|i| !i.trim().is_empty()),
+        };
+        let needs_kubernetes_api =
+            external.map_or(info.needs_kubernetes_api, |r| r.needs_kubernetes_api);
 
         let mut volumes = vec![empty_dir(TMP_VOLUME)];
         let mut mounts = vec![mount(TMP_VOLUME, "/tmp", false)];
@@ -173,12 +181,12 @@ impl PodInputs<'_> {
             }),
             spec: Some(PodSpec {
                 restart_policy: Some("Never".to_owned()),
-                automount_service_account_token: Some(info.needs_kubernetes_api),
+                automount_service_account_token: Some(needs_kubernetes_api),
                 // The operator's runner ServiceAccount only matters to plugins that call
                 // the API; others keep the namespace's `default` account, so a namespace
                 // without `stowage-runner` still runs them.
                 service_account_name: self.settings.service_account_name.clone().or_else(|| {
-                    info.needs_kubernetes_api
+                    needs_kubernetes_api
                         .then(|| self.defaults.service_account_name.clone())
                         .flatten()
                 }),

@@ -19,7 +19,7 @@ use clap::Subcommand;
 use jiff::Timestamp;
 use stowage_plugin_sdk::{ErrorKind, Redactor, Secrets, secret_bindings};
 
-pub use plugin::{RunnablePlugin, Single};
+pub use plugin::{Identity, RunnablePlugin, Single};
 pub use progress::{ProgressReporter, ProgressSample, spawn_progress};
 pub use result::{
     Outcome, RestoreProgress, RestoreStage, RunKind, RunResult, TERMINATION_MESSAGE_LIMIT,

@@ -3,17 +3,49 @@
 
 use std::future::Future;
 
+use stowage_plugin_external::ExternalConfig;
 use stowage_plugin_sdk::{
-    ArtifactSink, ArtifactSource, BackupReport, DestinationReport, Plugin, PluginError, PluginInfo,
-    ProbeReport, RestoreReport, RestoreRequest, RunContext, ValidationErrors,
+    ArtifactSink, ArtifactSource, BackupReport, Capabilities, DestinationReport, Plugin,
+    PluginError, PluginInfo, ProbeReport, RestoreReport, RestoreRequest, RunContext,
+    ValidationErrors,
 };
 
 use crate::registry::PluginConfig;
+
+/// Who made an artifact, as results and sidecars record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The plugin's key (`postgres`), or an external plugin's BackupPlugin name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// MIME type of an uncompressed artifact.
+    pub content_type: String,
+    /// What it can do.
+    pub capabilities: Capabilities,
+}
+
+impl From<PluginInfo> for Identity {
+    fn from(info: PluginInfo) -> Identity {
+        Identity {
+            name: info.key.to_owned(),
+            version: info.version.to_owned(),
+            content_type: info.content_type.to_owned(),
+            capabilities: info.capabilities,
+        }
+    }
+}
 
 /// A plugin together with its config, ready to run.
 pub trait RunnablePlugin: Send + Sync {
     /// The plugin's static description.
     fn info(&self) -> PluginInfo;
+    /// Name, version, content type and capabilities as recorded in results and
+    /// sidecars: the static description of a built-in plugin, the BackupPlugin's for an
+    /// external one.
+    fn identity(&self) -> Identity {
+        self.info().into()
+    }
     /// Extension of the uncompressed artifact for this config, without a leading dot.
     fn artifact_extension(&self) -> String;
     /// Semantic validation of the config.
@@ -47,6 +79,20 @@ pub trait RunnablePlugin: Send + Sync {
 impl RunnablePlugin for PluginConfig {
     fn info(&self) -> PluginInfo {
         PluginConfig::info(self)
+    }
+    fn identity(&self) -> Identity {
+        match self {
+            PluginConfig::External(ExternalConfig {
+                resolved: Some(resolved),
+                ..
+            }) => Identity {
+                name: resolved.name.clone(),
+                version: resolved.version.clone(),
+                content_type: resolved.content_type.clone(),
+                capabilities: resolved.capabilities.into(),
+            },
+            _ => PluginConfig::info(self).into(),
+        }
     }
     fn artifact_extension(&self) -> String {
         PluginConfig::artifact_extension(self)

@@ -150,15 +150,16 @@ async fn with_timeout<T>(
 
 fn check_capability(plugin: &impl RunnablePlugin, operation: RunKind) -> Result<(), RunError> {
     let info = plugin.info();
+    let identity = plugin.identity();
     let capable = match operation {
-        RunKind::Backup => info.capabilities.backup,
-        RunKind::Probe => info.capabilities.probe,
-        RunKind::Restore => info.capabilities.restore,
+        RunKind::Backup => identity.capabilities.backup,
+        RunKind::Probe => identity.capabilities.probe,
+        RunKind::Restore => identity.capabilities.restore,
     };
     if !capable {
         return Err(RunError::new(
             ErrorKind::Unsupported,
-            format!("the {} plugin cannot {}", info.key, operation.as_str()),
+            format!("the {} plugin cannot {}", identity.name, operation.as_str()),
         ));
     }
     plugin.validate().map_err(|e| {
@@ -175,7 +176,7 @@ fn finish(
     outcome: Result<RunResult, RunError>,
 ) -> RunResult {
     let end = Timestamp::now();
-    let info = plugin.info();
+    let identity = plugin.identity();
     let mut result = match outcome {
         Ok(mut result) => {
             result.end_time = end;
@@ -190,8 +191,8 @@ fn finish(
             result
         }
     };
-    result.plugin = Some(info.key.to_owned());
-    result.plugin_version = Some(info.version.to_owned());
+    result.plugin = Some(identity.name);
+    result.plugin_version = Some(identity.version);
     result
 }
 
@@ -229,6 +230,7 @@ async fn backup_inner(
     let dir = TargetDir::new(&spec.namespace, &spec.target)?;
     check_capability(plugin, RunKind::Backup)?;
     let info = plugin.info();
+    let identity = plugin.identity();
     let store = ArtifactStore::new(&spec.root);
     let recovery = store.recover(&dir, &spec.run_id, spec.stale_partial_age())?;
     if !recovery.completed.is_empty() || !recovery.removed.is_empty() {
@@ -301,8 +303,8 @@ async fn backup_inner(
     let end = Timestamp::now();
     let sidecar = Sidecar {
         format_version: sidecar::FORMAT_VERSION,
-        plugin: info.key.to_owned(),
-        plugin_version: info.version.to_owned(),
+        plugin: identity.name.clone(),
+        plugin_version: identity.version.clone(),
         stowage_version: env!("CARGO_PKG_VERSION").to_owned(),
         namespace: spec.namespace.clone(),
         target: spec.target.clone(),
@@ -315,7 +317,7 @@ async fn backup_inner(
         stored_bytes: encoded.stored_bytes,
         sha256: encoded.sha256.clone(),
         compression: spec.compression,
-        content_type: info.content_type.to_owned(),
+        content_type: identity.content_type.clone(),
         facts: facts.clone(),
     };
     let written = pending.commit(sidecar)?;
@@ -622,7 +624,7 @@ async fn restore_inner(
     use super::RestoreStage;
     TargetDir::new(&spec.namespace, &spec.target)?;
     check_capability(plugin, RunKind::Restore)?;
-    let info = plugin.info();
+    let identity = plugin.identity();
 
     progress.stage = RestoreStage::Resolve;
     let (path, sidecar) = resolve(spec, inputs)?;
@@ -642,13 +644,13 @@ async fn restore_inner(
         stored_bytes = sidecar.stored_bytes,
         "artifact chosen"
     );
-    if sidecar.plugin != info.key {
+    if sidecar.plugin != identity.name {
         return Err(RunError::new(
             ErrorKind::InvalidConfig,
             format!(
                 "artifact {relative} was made by the {} plugin; BackupTarget {}/{} uses {}: \
                  restore into a target of the {} plugin",
-                sidecar.plugin, spec.namespace, spec.target, info.key, sidecar.plugin
+                sidecar.plugin, spec.namespace, spec.target, identity.name, sidecar.plugin
             ),
         ));
     }

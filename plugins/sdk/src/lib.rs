@@ -18,6 +18,7 @@
 pub mod conformance;
 mod context;
 mod error;
+pub mod protocol;
 mod registry;
 mod secret;
 mod stream;

@@ -130,6 +130,7 @@ pub struct ToolCommand {
     env: Vec<(String, String)>,
     env_remove: Vec<String>,
     secret_env: Vec<(String, SecretValue)>,
+    clear_env: bool,
     timeout: Option<Duration>,
     stderr_limit: usize,
 }
@@ -143,6 +144,7 @@ impl ToolCommand {
             env: Vec::new(),
             env_remove: Vec::new(),
             secret_env: Vec::new(),
+            clear_env: false,
             timeout: None,
             stderr_limit: DEFAULT_STDERR_LIMIT,
         }
@@ -192,6 +194,14 @@ impl ToolCommand {
         self
     }
 
+    /// Start the tool with an empty environment: only the variables given with
+    /// [`ToolCommand::env`] and [`ToolCommand::secret_env`] (an external plugin sees no
+    /// variable of the runner's).
+    pub fn env_clear(mut self) -> Self {
+        self.clear_env = true;
+        self
+    }
+
     /// Keep at most `bytes` of the end of stderr (default [`DEFAULT_STDERR_LIMIT`]).
     pub fn stderr_limit(mut self, bytes: usize) -> Self {
         self.stderr_limit = bytes.max(1);
@@ -206,6 +216,9 @@ impl ToolCommand {
             .stdout(stdout)
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if self.clear_env {
+            command.env_clear();
+        }
         // The runner's own secret variables are not the tool's business.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with(SECRET_ENV_PREFIX) {
