@@ -284,7 +284,7 @@ case "$op" in
           acc = acc * 64 + v; bits += 6
           if (bits >= 8) {
             bits -= 8
-            b = int(acc / (2 ^ bits)); acc = acc - b * (2 ^ bits)
+            b = int(acc / pow2[bits]); acc = acc - b * pow2[bits]
             if (esc) esc = 0
             else if (b == 92) esc = 1
             else if (b == 44) n++
@@ -298,7 +298,11 @@ case "$op" in
         printf "%s", dnlines > file
         indn = 0
       }
-      BEGIN { inrec = 0; indn = 0; records = 0 }
+      BEGIN {
+        inrec = 0; indn = 0; records = 0
+        # busybox awk may lack "^" (no math support): powers of two by table.
+        pow2[0] = 1; pow2[1] = 2; pow2[2] = 4; pow2[3] = 8; pow2[4] = 16; pow2[5] = 32; pow2[6] = 64; pow2[7] = 128
+      }
       {
         sub(/\r$/, "")
         if (indn) {
