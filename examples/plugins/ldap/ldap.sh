@@ -100,13 +100,14 @@ if [ -z "$STOWAGE_SECRET_BINDPASSWORDSECRETREF" ]; then
   fail 10 InvalidConfig "the bind password is empty (an LDAP bind without a password is anonymous): put the password in the Secret key named by spec.external.config.bindPasswordSecretRef"
 fi
 
-umask 077
+# mktemp -d makes the directory 0700; the password file in it is 0600 on top of that
+# (umask in a subshell: the report and other files keep the runner's umask).
 work="$(mktemp -d "${TMPDIR:-/tmp}/stowage-ldap.XXXXXX")" || {
   unset STOWAGE_SECRET_BINDPASSWORDSECRETREF
   fail 16 IoError "cannot create a temporary directory under ${TMPDIR:-/tmp}"
 }
 # printf is a shell builtin: the password is in no process's argv.
-printf '%s' "$STOWAGE_SECRET_BINDPASSWORDSECRETREF" >"$work/bindpw" || {
+(umask 077 && printf '%s' "$STOWAGE_SECRET_BINDPASSWORDSECRETREF" >"$work/bindpw") || {
   unset STOWAGE_SECRET_BINDPASSWORDSECRETREF
   fail 16 IoError "cannot write the bind password file under ${TMPDIR:-/tmp}"
 }
@@ -331,6 +332,9 @@ case "$op" in
       [ "$added" -gt 0 ] && added=$((added - 1))
       if [ "$rc" = 68 ]; then
         fail 21 DestinationNotEmpty "an entry of the backup already exists on $url ($(tr '\n' ' ' <"$work/err" | cut -c1-200)); $added of $records entries were added before it"
+      fi
+      if [ "$rc" = 32 ] && [ "$added" -gt 0 ]; then
+        fail 14 RemoteError "ldapadd stopped after $added of $records entries: the parent of an entry is missing ($(tr '\n' ' ' <"$work/err" | cut -c1-200)); is the LDIF a backup of $base made by this plugin?"
       fi
       if [ "$rc" = 32 ]; then
         fail 11 NotFound "the parent of $base does not exist on $url, so ldapadd cannot add it: the server must hold a suffix (database) that contains spec.external.config.baseDn"
