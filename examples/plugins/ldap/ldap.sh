@@ -39,8 +39,9 @@ fail() {
   exit "$1"
 }
 
-command -v jq >/dev/null 2>&1 || {
-  echo "ldap plugin: ToolFailed: jq is missing from the plugin's image" >&2
+# Run, not only found: a jq whose libraries are missing must not look like bad JSON.
+jq -n empty >/dev/null 2>&1 || {
+  echo "ldap plugin: ToolFailed: jq is missing from the plugin's image or does not run there: $(jq -n empty 2>&1 | head -n 1)" >&2
   exit 18
 }
 
@@ -65,7 +66,9 @@ assignments="$(printf '%s' "$config" | jq -r '
     then "\(where($f)) is required (a string, e.g. \($example))" else empty end;
   if type != "object" then "ERROR=" + ("spec.external.config must be an object" | @sh)
   else
-    ([ str("url"; "ldap://ldap.shop.svc:389"),
+    ([ (keys[] | select(IN("url", "baseDn", "bindDn", "bindPasswordSecretRef", "timeoutSeconds", "startTls") | not)
+        | "\(where(.)) is not a field of the ldap plugin (it knows url, baseDn, bindDn, bindPasswordSecretRef, timeoutSeconds, startTls)"),
+       str("url"; "ldap://ldap.shop.svc:389"),
        (if (.url | type) == "string" and .url != "" and (.url | test("^ldaps?://") | not)
         then "\(where("url")) must start with ldap:// or ldaps:// (got \(.url | tojson))" else empty end),
        str("baseDn"; "dc=example,dc=org"),

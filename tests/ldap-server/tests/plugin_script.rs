@@ -7,6 +7,11 @@
 //! The script runs under busybox's `sh`, the shell of the plugin's image
 //! (`deploy/local/images.sh build ldap-plugin`), except in one test that executes it by
 //! its `#!/bin/sh` line with the host's shell.
+//!
+//! With `STOWAGE_LDAP_PLUGIN_ROOTFS` set to the unpacked root file system of that image
+//! (root only), every run is the image's own `/plugin/ldap.sh` instead, as user 65532 in
+//! a chroot of it (private mount namespace, `/dev` and the run's directory bound in):
+//! the same tests then prove the image carries every tool and library the script needs.
 
 use std::fs;
 use std::io::Write;
@@ -123,15 +128,34 @@ impl<'a> Run<'a> {
         let tmpdir = dir.join("tmp");
         fs::create_dir(&tmpdir).expect("create TMPDIR");
         let report = dir.join("report.json");
-        let mut cmd = if self.by_shebang {
+        let mut cmd = if let Some(rootfs) = std::env::var_os("STOWAGE_LDAP_PLUGIN_ROOTFS") {
+            use std::os::unix::fs::PermissionsExt;
+            // The plugin's user writes the report and its temporary files here.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+            fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o1777)).expect("chmod");
+            let mut cmd = Command::new("unshare");
+            cmd.args([
+                "--mount",
+                "sh",
+                "-c",
+                r#"set -e; mkdir -p "$0/dev" "$0$1"; mount --bind /dev "$0/dev"; mount --bind "$1" "$0$1"
+                   exec chroot --userspec=65532:65532 "$0" /plugin/ldap.sh "$2""#,
+            ])
+            .arg(rootfs)
+            .arg(&dir)
+            .arg(self.op);
+            cmd
+        } else if self.by_shebang {
             Command::new(script())
         } else {
             let mut cmd = Command::new("busybox");
             cmd.arg("sh").arg(script());
             cmd
         };
-        cmd.arg(self.op)
-            .env_clear()
+        if std::env::var_os("STOWAGE_LDAP_PLUGIN_ROOTFS").is_none() {
+            cmd.arg(self.op);
+        }
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", "/tmp")
             .env("TMPDIR", &tmpdir)
@@ -470,6 +494,7 @@ fn a_missing_config_field_is_invalid_config_naming_it() {
             "spec.external.config.timeoutSeconds",
         ),
         (json!({"startTls": "yes"}), "spec.external.config.startTls"),
+        (json!({"baseDN": SUFFIX}), "spec.external.config.baseDN"),
     ];
     for (extra, field) in bad {
         let run = Run::new("probe", server.config_json(extra)).run();
