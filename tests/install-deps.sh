@@ -26,6 +26,9 @@ packages=(
   mariadb-server  # real MariaDB servers the mysql plugin's tests start on loopback (mariadbd, mariadb-install-db)
   mariadb-client  # mariadb-dump and mariadb: the mysql plugin's tools, and the mariadb-client image (deploy/local/images.sh)
   protobuf-compiler  # protoc: etcd-client generates its gRPC code when stowage builds
+  slapd           # real OpenLDAP servers the example LDAP plugin's tests start on loopback (tests/ldap-server)
+  ldap-utils      # ldapsearch, ldapadd, ldapwhoami: the LDAP plugin's tools, and the ldap-plugin image (deploy/local/images.sh)
+  jq              # the LDAP plugin script's JSON (config, facts, report), and the ldap-plugin image
 )
 
 missing=()
@@ -40,6 +43,10 @@ if ((${#missing[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
+  # slapd without Debian's configuration: no /etc/ldap/slapd.d database, no admin password
+  # question. The tests start their own slapd (own slapd.conf, free loopback ports), so a
+  # system slapd, running or not, never matters.
+  echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 else

@@ -12,6 +12,10 @@
 #                     libraries they load, on an empty base; tagged with their major version
 #   mariadb-client    Debian's MariaDB client tools (mariadb-dump, mariadb) and the
 #                     libraries they load, on an empty base; tagged with their version
+#   ldap-plugin       the example external plugin examples/plugins/ldap: its script at
+#                     /plugin/ldap.sh, a static busybox (its sh, awk, sed, ...), jq and
+#                     Debian's ldapsearch, ldapadd and ldapwhoami with the libraries they
+#                     load; tagged with the plugin's version
 #   standin-tools=DIR a static busybox (sh, cat, ...) with the executables of DIR in
 #                     /usr/local/sbin: tests' stand-ins of a service's tools
 # Archives are cached by content under ${STOWAGE_CACHE:-~/.cache/stowage}/images: an image
@@ -207,6 +211,72 @@ build_mariadb_client() {
   printf '%s %s\n' "$ref" "$archive"
 }
 
+# The example LDAP plugin (examples/plugins/ldap): the script, run by a static busybox's
+# sh, with jq and the host's ldap-utils (the tools the tests' slapd answers) and the shared
+# libraries they load, as found by ldd. Run as 65532 on an empty base, like mariadb-client.
+build_ldap_plugin() {
+  local plugin="$REPO/examples/plugins/ldap"
+  [[ -f "$plugin/ldap.sh" ]] || die "no plugin script at $plugin/ldap.sh"
+  ensure_pkg busybox busybox-static
+  local busybox
+  busybox="$(command -v busybox)"
+  file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
+    die "$busybox is not static: apt-get install busybox-static"
+  # ldapadd is ldapmodify under another name (it adds by default when called ldapadd):
+  # each tool is copied, not linked, under the name the script calls.
+  local tools=(ldapsearch ldapadd ldapwhoami jq) t files=()
+  for t in "${tools[@]}"; do
+    local path
+    path="$(command -v "$t" 2>/dev/null || true)"
+    [[ -n "$path" ]] || die "$t is missing: apt-get install ldap-utils jq"
+    files+=("$(readlink -f "$path")")
+  done
+  local version
+  version="$(sed -n 's/^  version: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$plugin/backupplugin.yaml" | head -n 1)"
+  [[ -n "$version" ]] || die "no spec.version in $plugin/backupplugin.yaml"
+  local libs
+  libs="$(ldd "${files[@]}" | awk '/=> \// { print $3 } /^\t\/lib/ { print $1 }' | sort -u)"
+  local cacerts=/etc/ssl/certs/ca-certificates.crt
+  local sum
+  sum="$( (echo "$SCRIPT_SUM"
+    dpkg-query -W -f '${Version}\n' ldap-utils jq 2>/dev/null || true
+    sha256sum "$plugin/ldap.sh" "$busybox" | cut -d' ' -f1
+    [[ -f "$cacerts" ]] && sha256sum "$cacerts" | cut -d' ' -f1
+    for f in "${files[@]}" $libs; do sha256sum "$(readlink -f "$f")"; done) | sha256sum | cut -c1-12)"
+  local ref="localhost/stowage-ldap-plugin:$version-$sum" archive="$IMAGES/ldap-plugin-$version-$sum.tar"
+  if [[ ! -s "$archive" ]]; then
+    log "building $ref (${#files[@]} tools, $(wc -w <<<"$libs") libraries)"
+    local tmp root i
+    tmp="$(mktemp -d)"
+    root="$tmp/root"
+    mkdir -p "$root/bin" "$root/usr/bin" "$root/plugin" "$root/etc/ldap" "$root/tmp"
+    chmod 1777 "$root/tmp"
+    cp "$busybox" "$root/bin/busybox"
+    local applet
+    for applet in $("$busybox" --list); do
+      [[ "$applet" == busybox ]] || ln -s busybox "$root/bin/$applet"
+    done
+    for i in "${!tools[@]}"; do cp "${files[$i]}" "$root/usr/bin/${tools[$i]}"; done
+    local lib
+    for lib in $libs; do
+      mkdir -p "$root$(dirname "$lib")"
+      cp -L "$lib" "$root$lib"
+    done
+    install -m 0755 "$plugin/ldap.sh" "$root/plugin/ldap.sh"
+    # ldaps:// and startTls check the server against the public CAs, as on the host.
+    if [[ -f "$cacerts" ]]; then
+      mkdir -p "$root/etc/ssl/certs"
+      cp "$cacerts" "$root/etc/ssl/certs/"
+      printf 'TLS_CACERT %s\n' "$cacerts" >"$root/etc/ldap/ldap.conf"
+    fi
+    printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
+    pack "$ref" "$archive" "$root" 65532:65532 '["/plugin/ldap.sh"]'
+    rm -rf "$tmp"
+  fi
+  printf '%s %s\n' "$ref" "$archive"
+}
+
 # Busybox (Debian's static build) and the stand-ins a test wrote into DIR.
 build_standin_tools() {
   local dir="$1"
@@ -250,8 +320,9 @@ build_one() { # build_one IMAGE -> "REF ARCHIVE"
     stowage=*) build_stowage "${1#stowage=}" ;;
     postgres-client) build_postgres_client ;;
     mariadb-client) build_mariadb_client ;;
+    ldap-plugin) build_ldap_plugin ;;
     standin-tools=*) build_standin_tools "${1#standin-tools=}" ;;
-    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client, mariadb-client, standin-tools=DIR)" ;;
+    *) die "unknown image '$1' (pause, stowage[=BINARY], postgres-client, mariadb-client, ldap-plugin, standin-tools=DIR)" ;;
   esac
 }
 
