@@ -511,13 +511,6 @@ impl std::fmt::Debug for InstalledPlugins {
     }
 }
 
-impl PartialEq for InstalledPlugins {
-    /// Two handles are equal when they share the same registry.
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-}
-
 impl InstalledPlugins {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())

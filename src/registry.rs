@@ -33,17 +33,6 @@ stowage_plugin_sdk::plugin_registry! {
     }
 }
 
-impl PluginConfig {
-    /// The installed plugin an external target runs, once the operator has resolved it
-    /// for a Job ([`stowage_plugin_external::ExternalConfig::resolved`]).
-    pub fn resolved_external(&self) -> Option<&stowage_plugin_external::ResolvedPlugin> {
-        match self {
-            PluginConfig::External(config) => config.resolved.as_ref(),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::PluginConfig;

@@ -354,6 +354,18 @@ fn rbac_never_grants_access_to_secrets() {
                     rule["nonResourceURLs"].is_null(),
                     "{extra:?}: {name} grants URLs"
                 );
+                // Installing a plugin runs its image with targets' secrets: only cluster
+                // administrators may, and no role of the chart lets anyone else.
+                if resources.contains(&"backupplugins") {
+                    let verbs: Vec<&str> = rule["verbs"]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    assert!(
+                        verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                        "{extra:?}: {name} grants {verbs:?} on backupplugins"
+                    );
+                }
             }
         }
     }
@@ -364,7 +376,10 @@ fn all_namespaces_get_a_cluster_role_and_a_list_gets_roles_and_the_flag() {
     let all = render(&[]);
     assert_eq!(
         names_ns(&all, "ClusterRoleBinding"),
-        vec![(String::new(), "stowage".to_owned())]
+        vec![
+            (String::new(), "stowage".to_owned()),
+            (String::new(), "stowage-cluster".to_owned())
+        ]
     );
     assert!(!args(&all).iter().any(|a| a.starts_with("--namespaces")));
     // Only the leader-election Role, in the release namespace.
@@ -377,7 +392,11 @@ fn all_namespaces_get_a_cluster_role_and_a_list_gets_roles_and_the_flag() {
     );
 
     let some = render(&["--set", "watchNamespaces={web,shop}"]);
-    assert!(of_kind(&some, "ClusterRoleBinding").is_empty());
+    // Only the cluster-scoped part (BackupPlugins, namespace labels, the webhook).
+    assert_eq!(
+        names_ns(&some, "ClusterRoleBinding"),
+        vec![(String::new(), "stowage-cluster".to_owned())]
+    );
     assert!(
         !of_kind(&some, "ClusterRole")
             .iter()
@@ -554,7 +573,10 @@ fn monitoring_objects_need_their_api_and_scrape_the_metrics_service() {
 
     let docs = render(MATRIX[4]);
     let sm = one(&docs, "ServiceMonitor");
-    let svc = one(&docs, "Service");
+    let svc = of_kind(&docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "stowage-metrics")
+        .expect("the metrics Service");
     assert_eq!(
         sm["spec"]["endpoints"][0]["port"],
         svc["spec"]["ports"][0]["name"]
@@ -714,7 +736,10 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
             "ClusterRole",
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
@@ -758,6 +783,10 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
         kustomize_role("stowage-controller")["rules"],
         chart_role("stowage")["rules"]
     );
+    assert_eq!(
+        kustomize_role("stowage-controller-cluster")["rules"],
+        chart_role("stowage-cluster")["rules"]
+    );
     // Users' access through the default roles: the same in both.
     for (kustomize, chart) in [
         ("stowage-edit", "stowage-edit"),
@@ -785,10 +814,9 @@ fn the_kustomize_install_matches_the_chart_and_grants_no_secrets() {
     );
     let sa = one(&docs, "ServiceAccount");
     assert_eq!(sa["metadata"]["namespace"], "stowage-system");
-    assert_eq!(
-        one(&docs, "ClusterRoleBinding")["subjects"][0]["name"],
-        sa["metadata"]["name"]
-    );
+    for binding in of_kind(&docs, "ClusterRoleBinding") {
+        assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    }
     // The Deployment runs the chart's default flags and security settings.
     let kargs: Vec<String> = container(&docs)["args"]
         .as_array()

@@ -555,6 +555,22 @@ impl Cache {
         }
     }
 
+    /// Wake every target whose `spec.external.plugin` is `plugin` (its BackupPlugin was
+    /// installed, changed, refused or deleted).
+    pub fn wake_targets_of_plugin(&self, plugin: &str) {
+        let stores = lock(&self.targets).clone();
+        for store in stores {
+            for target in store.state() {
+                if target.external_plugin().as_deref() == Some(plugin) {
+                    self.trigger_target(
+                        target.metadata.namespace.as_deref().unwrap_or_default(),
+                        target.metadata.name.as_deref().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+
     /// Have `object`'s reconcile wait, to run again at the next [`Cache::wake_deferred`];
     /// `false` (it goes ahead now) once it has waited [`DEFER_LIMIT`] since it first
     /// waited (`now` is the current instant).

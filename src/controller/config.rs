@@ -93,6 +93,32 @@ pub struct ControllerArgs {
     #[arg(long, env = "STOWAGE_IDENTITY")]
     pub identity: Option<String>,
 
+    /// Serve the admission webhook on this address (HTTPS, e.g. `0.0.0.0:9443`): a
+    /// BackupTarget whose `spec.external.config` breaks its BackupPlugin's schema is then
+    /// rejected when it is applied. Needs `--webhook-service` or `--webhook-url`. Unset:
+    /// no webhook; the operator still checks every config before a run
+    /// (`ConfigValid=False`, reason `InvalidConfig`).
+    #[arg(long, env = "STOWAGE_WEBHOOK_BIND_ADDRESS")]
+    pub webhook_bind_address: Option<std::net::SocketAddr>,
+
+    /// The Service the API server calls the webhook through, as `namespace/name:port`
+    /// (the chart sets it). The serving certificate is made for its DNS names.
+    #[arg(long, env = "STOWAGE_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+
+    /// Instead of a Service, the URL the API server calls (`https://host:port`), for an
+    /// operator that runs outside the cluster.
+    #[arg(long, env = "STOWAGE_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Name of the ValidatingWebhookConfiguration the operator writes (with its CA).
+    #[arg(
+        long,
+        env = "STOWAGE_WEBHOOK_CONFIGURATION_NAME",
+        default_value = "stowage"
+    )]
+    pub webhook_configuration_name: String,
+
     /// Testing knob: shift the controller's clock by this many seconds (may be negative).
     /// Debug builds only (the test suite's); a release build has no testing knobs.
     #[cfg(debug_assertions)]
@@ -123,6 +149,14 @@ pub enum LogFormat {
 /// A problem with the controller's flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `--webhook-bind-address` without a usable `--webhook-service` or `--webhook-url`.
+    #[error(
+        "the webhook needs exactly one of --webhook-service namespace/name:port or --webhook-url https://host:port (got {value:?})"
+    )]
+    Webhook {
+        /// The value at fault.
+        value: String,
+    },
     /// `--allowed-plugins` names a plugin this build does not ship.
     #[error("--allowed-plugins names unknown plugin {name:?}; this build ships: {known}")]
     UnknownPlugin {
@@ -166,8 +200,40 @@ impl ControllerArgs {
         Ok(Some(keys))
     }
 
-    /// Check the numeric flags.
+    /// Where the API server reaches the webhook, when it is on.
+    pub fn webhook_endpoint(&self) -> Result<Option<super::webhook::Endpoint>, ConfigError> {
+        use super::webhook::Endpoint;
+        if self.webhook_bind_address.is_none() {
+            return Ok(None);
+        }
+        let invalid = |value: &str| ConfigError::Webhook {
+            value: value.to_owned(),
+        };
+        match (&self.webhook_service, &self.webhook_url) {
+            (Some(service), None) => {
+                let (namespace, rest) = service.split_once('/').ok_or_else(|| invalid(service))?;
+                let (name, port) = rest.split_once(':').unwrap_or((rest, "443"));
+                let port: u16 = port.parse().map_err(|_| invalid(service))?;
+                if namespace.is_empty() || name.is_empty() {
+                    return Err(invalid(service));
+                }
+                Ok(Some(Endpoint::Service {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    port,
+                }))
+            }
+            (None, Some(url)) if url.starts_with("https://") && url.len() > 8 => {
+                Ok(Some(Endpoint::Url(url.clone())))
+            }
+            (None, Some(url)) => Err(invalid(url)),
+            _ => Err(invalid("")),
+        }
+    }
+
+    /// Check the webhook and numeric flags.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.webhook_endpoint()?;
         if self.job_active_deadline_seconds < 1 {
             return Err(ConfigError::OutOfRange {
                 flag: "--job-active-deadline-seconds",

@@ -19,6 +19,7 @@ pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
+pub mod plugins;
 pub mod restore;
 pub mod runs;
 pub mod schedule;
@@ -26,6 +27,7 @@ pub mod server;
 pub mod status;
 pub mod target;
 pub mod watched;
+pub mod webhook;
 
 #[cfg(test)]
 mod fixtures;
@@ -204,6 +206,11 @@ impl Context {
     /// transition, so there are no repeats to count.
     pub fn recorder(&self) -> Recorder {
         Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    /// The installed BackupPlugins, as the plugin watch checked them.
+    pub fn plugins(&self) -> &crate::installed::InstalledPlugins {
+        &self.settings.job_defaults.installed_plugins
     }
 
     /// Whether this replica may write now: always without leader election, otherwise only
@@ -687,7 +694,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         namespaces.into_iter().map(Some).collect()
     };
     tune_allocator();
-    let mut runs = Vec::new();
+    if let (Some(address), Some(endpoint)) = (args.webhook_bind_address, args.webhook_endpoint()?) {
+        let client = ctx.client.clone();
+        let plugins = ctx.plugins().clone();
+        let name = args.webhook_configuration_name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = webhook::run(client, plugins, address, endpoint, name).await {
+                tracing::error!(
+                    error = %e,
+                    "the admission webhook is not running; configs are still checked before every run"
+                );
+            }
+        });
+    }
+    let mut runs = vec![plugins::watch(&ctx, stop.clone())];
     for scope in scopes {
         runs.extend(scope_controllers(&ctx, scope, stop.clone()));
     }

@@ -30,7 +30,7 @@ use crate::runner::{RestoreStage, RunResult};
 use super::cache::{self, RunJob};
 use super::events::{self, PlannedEvent, reasons as event_reasons};
 use super::runs::{StartDecision, StartRequest, StartTrigger};
-use super::status::{self, ConfigCheck, FinishedRun, JobState, time, upsert_condition};
+use super::status::{self, FinishedRun, JobState, time, upsert_condition};
 use super::{Context, CreateFor, Error};
 
 /// The controller's name in metrics and logs.
@@ -151,6 +151,7 @@ pub fn check(
     source: Option<Option<&BackupTarget>>,
     destination: Option<&BackupTarget>,
     allowed: Option<&[String]>,
+    plugins: &crate::installed::InstalledPlugins,
     now: Timestamp,
 ) -> Check {
     let namespace = restore.metadata.namespace.as_deref().unwrap_or_default();
@@ -246,12 +247,57 @@ pub fn check(
             };
         }
     }
-    if let ConfigCheck::Invalid(message) | ConfigCheck::NotAllowed(message) =
-        super::target::check_config(&destination.spec.plugin, allowed)
+    if let Some(message) =
+        super::target::check_config(&destination.spec.plugin, allowed).blocking_message()
     {
         return Check::Fail {
             reason: reasons::INVALID_CONFIG,
             message: format!("destination BackupTarget {destination_ref}: {message}"),
+        };
+    }
+    // An external destination: its plugin must be installed, accepted and able to
+    // restore, and the config must match its schema (the namespace rule is the
+    // destination target's own ConfigValid, checked below).
+    if let crate::registry::PluginConfig::External(external) = &destination.spec.plugin {
+        match plugins.check_target(external, &destination.namespace().unwrap_or_default(), None) {
+            Ok(installed) if !installed.resolved.capabilities.restore => {
+                return Check::Fail {
+                    reason: reasons::INVALID_CONFIG,
+                    message: format!(
+                        "destination BackupTarget {destination_ref}: BackupPlugin {:?} does \
+                         not declare the restore capability",
+                        external.plugin
+                    ),
+                };
+            }
+            Ok(_) | Err(crate::installed::Unusable::NotAllowed(_)) => {}
+            Err(unusable) => {
+                return Check::Fail {
+                    reason: reasons::INVALID_CONFIG,
+                    message: format!(
+                        "destination BackupTarget {destination_ref}: {}",
+                        unusable.message()
+                    ),
+                };
+            }
+        }
+    }
+    if let Some(invalid) = destination
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::api::conditions::CONFIG_VALID)
+        })
+        .filter(|c| c.status == "False")
+    {
+        return Check::Fail {
+            reason: reasons::INVALID_CONFIG,
+            message: format!(
+                "destination BackupTarget {destination_ref} is not usable ({}): {}",
+                invalid.reason, invalid.message
+            ),
         };
     }
     let claim = match (source_target, &spec.source.claim_name) {
@@ -778,6 +824,7 @@ async fn decide(
         source.as_ref().map(|s| s.as_deref()),
         destination.as_deref(),
         ctx.settings.allowed_plugins.as_deref(),
+        ctx.plugins(),
         now,
     ) {
         Check::Ready(resolved) => resolved,

@@ -491,6 +491,21 @@ pub enum ConfigCheck {
     Invalid(String),
     /// The operator does not allow the plugin.
     NotAllowed(String),
+    /// An external target's BackupPlugin cannot run it: not installed, not accepted, not
+    /// allowed in the namespace, or the config breaks its schema
+    /// ([`crate::installed::Unusable`]).
+    Unusable(crate::installed::Unusable),
+}
+
+impl ConfigCheck {
+    /// Why nothing may run, if anything keeps it from running.
+    pub fn blocking_message(&self) -> Option<String> {
+        match self {
+            ConfigCheck::Valid => None,
+            ConfigCheck::Invalid(m) | ConfigCheck::NotAllowed(m) => Some(m.clone()),
+            ConfigCheck::Unusable(u) => Some(u.message().to_owned()),
+        }
+    }
 }
 
 /// Everything, besides the previous status, that a BackupTarget's status derives from.
@@ -753,6 +768,7 @@ pub fn derive_target_status(
         ),
         ConfigCheck::Invalid(m) => ("False", r::INVALID_CONFIG, m.clone()),
         ConfigCheck::NotAllowed(m) => ("False", r::PLUGIN_NOT_ALLOWED, m.clone()),
+        ConfigCheck::Unusable(u) => ("False", u.reason(), u.message().to_owned()),
     };
     upsert_condition(
         &mut conds,

@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{ANNOTATION_BACKUP_NOW, ANNOTATION_PROBE_NOW, BackupTarget, BackupTargetStatus};
+use crate::installed::{Installed, Unusable};
 use crate::jobs::{RunKind as JobRunKind, RunRequest, Trigger, build_job};
 use crate::registry::PluginConfig;
+use stowage_plugin_external::ExternalConfig;
 
 use super::cache::{self, RunJob};
 use super::events::{self, PlannedEvent, reasons};
@@ -60,6 +62,35 @@ pub fn check_config(plugin: &PluginConfig, allowed: Option<&[String]>) -> Config
         Ok(()) => ConfigCheck::Valid,
         Err(errors) => ConfigCheck::Invalid(errors.prefixed(&format!("spec.{key}")).to_string()),
     }
+}
+
+/// Whether an external target's BackupPlugin can run its config in `namespace` (the
+/// namespace's labels are read only when the plugin restricts namespaces).
+pub async fn check_external(
+    ctx: &Context,
+    external: &ExternalConfig,
+    namespace: &str,
+) -> Result<Result<Arc<Installed>, Unusable>, Error> {
+    let restricted = ctx
+        .plugins()
+        .get(&external.plugin)
+        .is_some_and(|installed| installed.restricts_namespaces());
+    let labels = if restricted {
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        Some(
+            namespaces
+                .get(namespace)
+                .await?
+                .metadata
+                .labels
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
+    Ok(ctx
+        .plugins()
+        .check_target(external, namespace, labels.as_ref()))
 }
 
 /// Parse a Go-style duration (`30m`, `1h30m`, `1.5h`, `90s`) as `spec.probe.interval` holds.
@@ -446,7 +477,23 @@ async fn reconcile_inner(
     let prev = ctx.target_statuses.current(target, target.status.as_ref());
     let plugin = &target.spec.plugin;
     let info = plugin.info();
-    let config = check_config(plugin, ctx.settings.allowed_plugins.as_deref());
+    let mut config = check_config(plugin, ctx.settings.allowed_plugins.as_deref());
+    // What `kubectl get` shows as the plugin: an external target's BackupPlugin.
+    let (mut plugin_name, mut plugin_version, mut probe_supported) = (
+        plugin.key().to_owned(),
+        info.version.to_owned(),
+        info.capabilities.probe,
+    );
+    if let (ConfigCheck::Valid, PluginConfig::External(external)) = (&config, plugin) {
+        plugin_name = external.plugin.clone();
+        match check_external(ctx, external, namespace).await? {
+            Ok(installed) => {
+                plugin_version = installed.resolved.version.clone();
+                probe_supported = installed.resolved.capabilities.probe;
+            }
+            Err(unusable) => config = ConfigCheck::Unusable(unusable),
+        }
+    }
     let can_run = config == ConfigCheck::Valid && !target.spec.suspend;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
 
@@ -455,9 +502,9 @@ async fn reconcile_inner(
     let observation =
         |new_runs, handled_backup_now, handled_probe_now, probe_started| TargetObservation {
             generation: target.metadata.generation,
-            plugin: plugin.key().to_owned(),
-            plugin_version: info.version.to_owned(),
-            probe_supported: info.capabilities.probe,
+            plugin: plugin_name.clone(),
+            plugin_version: plugin_version.clone(),
+            probe_supported,
             config: config.clone(),
             suspended: target.spec.suspend,
             new_runs,
@@ -527,10 +574,7 @@ async fn reconcile_inner(
         // Look again when the stuck run reaches its limit.
         requeue = requeue.min(Duration::from_secs(30));
     }
-    let config_invalid = match &config {
-        ConfigCheck::Valid => None,
-        ConfigCheck::Invalid(m) | ConfigCheck::NotAllowed(m) => Some(m.clone()),
-    };
+    let config_invalid = config.blocking_message();
     let mut handled_backup_now = None;
     let mut rejected_runs = Vec::new();
     if let Some(on_demand) = plan_backup_now(ctx, target, namespace, config_invalid)? {

@@ -193,6 +193,25 @@ pub struct WatchedTarget {
     status: Option<Box<RawValue>>,
 }
 
+impl WatchedTarget {
+    /// The BackupPlugin an external target names (`spec.external.plugin`), read from the
+    /// raw spec without parsing the rest.
+    pub fn external_plugin(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Spec {
+            external: Option<External>,
+        }
+        #[derive(Deserialize)]
+        struct External {
+            plugin: String,
+        }
+        serde_json::from_str::<Spec>(self.spec.get())
+            .ok()?
+            .external
+            .map(|e| e.plugin)
+    }
+}
+
 /// What a cached BackupTarget's status records of its backups: the Jobs that ran them.
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

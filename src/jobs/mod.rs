@@ -308,7 +308,7 @@ impl RunRequest {
 
 /// The operator-wide settings of the Jobs it creates, filled from its flags; a target's
 /// `spec.job` overrides some of them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct JobDefaults {
     /// The stowage image (runs native plugins, and provides the runner to tool images).
     pub runner_image: String,
@@ -333,6 +333,9 @@ pub struct JobDefaults {
     pub run_as_group: i64,
     /// `fsGroup` of every pod, so the claim is writable (65532).
     pub fs_group: i64,
+    /// The accepted BackupPlugins (kept up to date by the operator's watch): an external
+    /// target's Job runs its plugin's image and command.
+    pub installed_plugins: crate::installed::InstalledPlugins,
 }
 
 impl Default for JobDefaults {
@@ -349,6 +352,7 @@ impl Default for JobDefaults {
             run_as_user: NON_ROOT_ID,
             run_as_group: NON_ROOT_ID,
             fs_group: NON_ROOT_ID,
+            installed_plugins: Default::default(),
         }
     }
 }
@@ -371,6 +375,16 @@ pub enum BuildError {
         trigger: &'static str,
         /// The constructor that builds a consistent request.
         fix: &'static str,
+    },
+    /// An external target's BackupPlugin is not installed or not accepted.
+    #[error(
+        "BackupTarget {target} uses BackupPlugin {plugin:?}, which is not installed or not accepted (kubectl get backupplugins)"
+    )]
+    PluginUnavailable {
+        /// `namespace/name` of the target.
+        target: String,
+        /// The plugin's name.
+        plugin: String,
     },
     /// The plugin config or the retention cannot be serialized to JSON.
     #[error("cannot serialize {what} of BackupTarget {target} to JSON: {source}")]

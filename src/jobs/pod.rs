@@ -19,6 +19,7 @@ use super::{
     RUNNER_PATH, RunKind, RunRequest, TERMINATION_MESSAGE_PATH, Trigger, env,
 };
 use crate::api::{BackupTarget, JobSettings};
+use crate::registry::PluginConfig;
 
 const TMP_VOLUME: &str = "tmp";
 const ARTIFACTS_VOLUME: &str = "artifacts";
@@ -54,7 +55,7 @@ impl PodInputs<'_> {
         labels: BTreeMap<String, String>,
     ) -> Result<PodTemplateSpec, BuildError> {
         let plugin = &self.target.spec.plugin;
-        let config = plugin
+        let mut config = plugin
             .config_json()
             .map_err(|source| BuildError::Serialize {
                 what: format!("spec.{}", plugin.key()),
@@ -62,7 +63,31 @@ impl PodInputs<'_> {
                 source,
             })?;
         let info = plugin.info();
-        let external = plugin.resolved_external();
+        // An external target runs what its BackupPlugin says; the runner reads that from
+        // the config it is given (`resolved`), so the Job is self-contained.
+        let resolved = match plugin {
+            PluginConfig::External(external) => {
+                let installed = self
+                    .defaults
+                    .installed_plugins
+                    .get(&external.plugin)
+                    .ok_or_else(|| BuildError::PluginUnavailable {
+                        target: format!("{}/{}", self.namespace, self.target_name),
+                        plugin: external.plugin.clone(),
+                    })?;
+                config["resolved"] =
+                    serde_json::to_value(&installed.resolved).map_err(|source| {
+                        BuildError::Serialize {
+                            what: "spec.external".to_owned(),
+                            target: format!("{}/{}", self.namespace, self.target_name),
+                            source,
+                        }
+                    })?;
+                Some(installed.resolved.clone())
+            }
+            _ => None,
+        };
+        let external = resolved.as_ref();
         // An external plugin's image is the one its BackupPlugin names (chosen by a
         // cluster admin), not one a target may override.
         let job_image = match external {

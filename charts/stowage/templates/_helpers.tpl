@@ -126,6 +126,26 @@ values through secretKeyRef, the operator never reads them.
   verbs: ["create", "patch"]
 {{- end }}
 
+{{- define "stowage.clusterRules" -}}
+{{- /* Keep in step with the stowage-controller-cluster ClusterRole of deploy/rbac/operator.yaml (a test compares them). */}}
+- apiGroups: ["stowage.dev"]
+  resources: ["backupplugins"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["stowage.dev"]
+  resources: ["backupplugins/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["create"]
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  resourceNames: [{{ include "stowage.fullname" . | quote }}]
+  verbs: ["get", "patch", "update"]
+{{- end }}
+
 {{/*
 The alerting rules of the PrometheusRule (a list of Prometheus rules). Kept in a helper so
 the chart test can run them through promtool.

@@ -134,14 +134,21 @@ fn a_restore_starts_only_when_what_it_names_exists_and_fits() {
         ),
     ];
     for (name, restore, source, destination, now, want) in cases {
-        let got = match check(restore, source, destination, None, now) {
+        let got = match check(restore, source, destination, None, &plugins(), now) {
             Check::Ready(r) => Ok(r.claim),
             Check::Wait { reason, .. } => Err(("wait", reason)),
             Check::Fail { reason, .. } => Err(("fail", reason)),
         };
         assert_eq!(got.as_deref().map_err(|e| *e), want, "{name}");
     }
-    match check(&into_http, Some(Some(&postgres)), Some(&http), None, early) {
+    match check(
+        &into_http,
+        Some(Some(&postgres)),
+        Some(&http),
+        None,
+        &plugins(),
+        early,
+    ) {
         Check::Fail { message, .. } => assert!(
             message.contains("http plugin, which cannot restore")
                 && message.contains("plugins that can:")
@@ -155,6 +162,7 @@ fn a_restore_starts_only_when_what_it_names_exists_and_fits() {
         Some(Some(&postgres)),
         Some(&postgres),
         Some(&["http".to_owned()]),
+        &plugins(),
         early,
     ) {
         Check::Fail { reason, message } => {
@@ -178,6 +186,7 @@ fn the_job_of_a_restore_is_owned_by_it_named_after_it_and_carries_its_choice() {
         Some(Some(&target)),
         Some(&target),
         None,
+        &plugins(),
         at("2030-03-01T00:00:10Z"),
     ) else {
         panic!("not ready")
@@ -501,4 +510,8 @@ fn events_mark_start_wait_and_end_once() {
     assert!(events[0].warning && events[0].reason == event_reasons::RESTORE_FAILED);
     assert!(is_final(&failed));
     assert!(transition_events(&failed, &failed).is_empty());
+}
+
+fn plugins() -> crate::installed::InstalledPlugins {
+    crate::installed::InstalledPlugins::default()
 }
