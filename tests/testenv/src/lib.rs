@@ -261,6 +261,18 @@ impl TestCluster {
         }
     }
 
+    /// The image of the example external plugin `examples/plugins/ldap` (its script, jq
+    /// and the ldap tools); `None` with the node agent, which runs the script from the
+    /// repository on the host whatever the image.
+    pub fn ldap_plugin_image(&self) -> Result<Option<String>, TestEnvError> {
+        match self.node {
+            NodeKind::Kubelet { .. } => {
+                node::import_image(&self.state_dir, "ldap-plugin").map(Some)
+            }
+            NodeKind::Agent { .. } => Ok(None),
+        }
+    }
+
     /// An image whose containers find the files of [`TestCluster::standin_tools_dir`]
     /// first on their `PATH` (with a busybox shell on a real node). On a real node the
     /// image is built from the directory's current files: write them first.
