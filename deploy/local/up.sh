@@ -324,6 +324,7 @@ start kube-apiserver "$APISERVER" \
   --service-account-key-file "$PKI/sa.pub" \
   --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range 10.0.0.0/24 \
+  --enable-aggregator-routing=true \
   --endpoint-reconciler-type none \
   --allow-privileged \
   --profiling=false \

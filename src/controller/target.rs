@@ -657,7 +657,7 @@ async fn reconcile_inner(
         .jobs
         .iter()
         .any(|j| j.kind == Some(RunKind::Probe) && j.state == JobState::Active);
-    if info.capabilities.probe {
+    if probe_supported {
         let (plan, wait) = plan_probe(target, probe_active, now);
         if let Some(wait) = wait {
             requeue = requeue.min(wait);
