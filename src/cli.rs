@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 
 use crate::registry::PluginConfig;
 
+pub mod installed_plugins;
+pub mod plugin_check;
+
 /// stowage backs up what runs in a Kubernetes cluster through typed plugins.
 #[derive(Debug, Parser)]
 #[command(name = "stowage", version, about, propagate_version = true)]
@@ -23,8 +26,13 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD.
     Crd(CrdArgs),
-    /// List the plugins this build ships, or print one plugin's config schema.
+    /// List the plugins this build ships (and, with --cluster, the BackupPlugins installed
+    /// in the cluster), or print one plugin's config schema.
     Plugins(PluginsArgs),
+    /// Tools for plugin authors: `stowage plugin check` runs an external plugin through
+    /// the protocol's checks on this machine, with no cluster.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Run the operator: reconcile BackupTargets and BackupSchedules.
     Controller(crate::controller::ControllerArgs),
     /// Inside a backup Job: run one backup, probe or restore of one target.
@@ -54,6 +62,11 @@ pub struct PluginsArgs {
     /// Print as JSON instead of a table.
     #[arg(long, short = 'o', value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+    /// Also list the BackupPlugins installed in the cluster (of KUBECONFIG or
+    /// ~/.kube/config, or the pod's), each with its version and whether it is accepted,
+    /// and why not. With JSON output, prints `{"builtIn": [...], "installed": [...]}`.
+    #[arg(long)]
+    pub cluster: bool,
     /// A plugin subcommand.
     #[command(subcommand)]
     pub command: Option<PluginsCommand>,
@@ -62,11 +75,26 @@ pub struct PluginsArgs {
 /// Subcommands of `stowage plugins`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// Print the JSON schema of one plugin's configuration (`spec.<key>` of a BackupTarget).
+    /// Print the JSON schema of one plugin's configuration: a built-in plugin's
+    /// (`spec.<key>` of a BackupTarget), or an installed BackupPlugin's `spec.configSchema`
+    /// (`spec.external.config`), read from the cluster.
     Schema {
-        /// The plugin key, as listed by `stowage plugins`.
+        /// A built-in plugin's key (`redis`), or the name of an installed BackupPlugin,
+        /// which always has a dot (`ldap.example.com`), as `stowage plugins --cluster`
+        /// lists them.
         key: String,
     },
+}
+
+/// Subcommands of `stowage plugin`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Check an external plugin before you install it: its manifest is accepted, the
+    /// config fits its schema, probe and backup work, it never prints a secret (a canary
+    /// value replaces each), it fails with an error kind on wrong credentials and on an
+    /// unknown operation, and (with --restore-config) a restore round-trips. Prints each
+    /// check as PASS, FAIL or SKIP with its reason; exits 1 when one fails.
+    Check(plugin_check::CheckArgs),
 }
 
 /// Output formats of listing commands.
@@ -103,7 +131,8 @@ impl Cli {
     pub async fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Crd(args) => crd(args),
-            Command::Plugins(args) => plugins(args),
+            Command::Plugins(args) => plugins(args).await,
+            Command::Plugin(PluginCommand::Check(args)) => plugin_check::run(args).await,
             Command::Controller(args) => crate::controller::run(args).await,
             Command::Run(command) => command.execute().await,
             Command::Verify(args) => args.execute().await,
@@ -135,8 +164,27 @@ fn crd(args: CrdArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
+async fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        Some(PluginsCommand::Schema { key }) if key.contains('.') => {
+            let client = installed_plugins::client().await?;
+            match installed_plugins::get(client, &key).await? {
+                Some(plugin) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&plugin.spec.config_schema)?
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!(
+                        "error: no BackupPlugin {key:?} is installed in the cluster; \
+                         `stowage plugins --cluster` lists the installed ones"
+                    );
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
         Some(PluginsCommand::Schema { key }) => match PluginConfig::config_schema(&key) {
             Some(schema) => {
                 println!("{}", serde_json::to_string_pretty(&schema)?);
@@ -144,7 +192,8 @@ fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
             }
             None => {
                 eprintln!(
-                    "error: unknown plugin {key:?}; known plugins: {}",
+                    "error: unknown plugin {key:?}; known plugins: {} (an installed \
+                     BackupPlugin's name has a dot, e.g. ldap.example.com)",
                     PluginConfig::KEYS.join(", ")
                 );
                 Ok(ExitCode::from(2))
@@ -152,9 +201,29 @@ fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
         },
         None => {
             let infos = PluginConfig::infos();
-            match args.output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&infos)?),
-                OutputFormat::Table => {
+            let installed = if args.cluster {
+                let client = installed_plugins::client().await?;
+                let plugins = installed_plugins::list(client).await?;
+                Some(
+                    plugins
+                        .iter()
+                        .map(installed_plugins::row)
+                        .collect::<Vec<_>>(),
+                )
+            } else {
+                None
+            };
+            match (args.output, installed) {
+                (OutputFormat::Json, None) => {
+                    println!("{}", serde_json::to_string_pretty(&infos)?)
+                }
+                (OutputFormat::Json, Some(installed)) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"builtIn": infos, "installed": installed})
+                    )?
+                ),
+                (OutputFormat::Table, installed) => {
                     let rows: Vec<[String; 4]> = infos
                         .iter()
                         .map(|i| {
@@ -167,6 +236,29 @@ fn plugins(args: PluginsArgs) -> anyhow::Result<ExitCode> {
                         })
                         .collect();
                     print_table(&["KEY", "VERSION", "CAPABILITIES", "DESCRIPTION"], &rows);
+                    if let Some(installed) = installed {
+                        println!();
+                        if installed.is_empty() {
+                            println!("No BackupPlugin is installed in the cluster.");
+                        } else {
+                            let rows: Vec<[String; 5]> = installed
+                                .into_iter()
+                                .map(|r| {
+                                    [
+                                        r.name,
+                                        r.version,
+                                        r.capabilities,
+                                        if r.accepted { "True" } else { "False" }.to_owned(),
+                                        r.reason,
+                                    ]
+                                })
+                                .collect();
+                            print_table(
+                                &["INSTALLED", "VERSION", "CAPABILITIES", "ACCEPTED", "REASON"],
+                                &rows,
+                            );
+                        }
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -229,6 +321,17 @@ mod tests {
             (&["verify", "/backups"], RuntimeFlavor::MultiThread),
             (&["crd"], RuntimeFlavor::MultiThread),
             (&["plugins"], RuntimeFlavor::MultiThread),
+            (&["plugins", "--cluster"], RuntimeFlavor::MultiThread),
+            (
+                &[
+                    "plugin",
+                    "check",
+                    "--manifest=m.yaml",
+                    "--config=c.json",
+                    "--secret=s/k=v",
+                ],
+                RuntimeFlavor::MultiThread,
+            ),
         ];
         for (args, flavor) in cases {
             let cli = Cli::try_parse_from(std::iter::once("stowage").chain(args.iter().copied()))

@@ -323,6 +323,33 @@ fn collect_secret_fields(node: &Value, path: &mut Vec<String>, out: &mut Vec<Str
     }
 }
 
+/// What a run needs of `plugin` (its name, command, capabilities, artifact format and
+/// declared environment), as the operator copies it into a Job; `stowage plugin check`
+/// runs a plugin from it without a cluster.
+pub fn resolved_plugin(plugin: &BackupPlugin) -> ResolvedPlugin {
+    let spec = &plugin.spec;
+    ResolvedPlugin {
+        name: plugin.metadata.name.clone().unwrap_or_default(),
+        version: spec.version.clone(),
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        capabilities: ResolvedCapabilities {
+            backup: spec.capabilities.backup,
+            restore: spec.capabilities.restore,
+            probe: spec.capabilities.probe,
+        },
+        extension: spec.artifact.extension.clone(),
+        content_type: spec.artifact.content_type.clone(),
+        env: spec
+            .needs
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect(),
+        needs_kubernetes_api: spec.needs.kubernetes_api,
+    }
+}
+
 /// An accepted plugin, ready for checks and Jobs.
 pub struct Installed {
     /// What a Job needs to run it.
@@ -357,26 +384,7 @@ impl Installed {
             None => None,
         };
         Some(Installed {
-            resolved: ResolvedPlugin {
-                name: plugin.metadata.name.clone().unwrap_or_default(),
-                version: spec.version.clone(),
-                image: spec.image.clone(),
-                command: spec.command.clone(),
-                capabilities: ResolvedCapabilities {
-                    backup: spec.capabilities.backup,
-                    restore: spec.capabilities.restore,
-                    probe: spec.capabilities.probe,
-                },
-                extension: spec.artifact.extension.clone(),
-                content_type: spec.artifact.content_type.clone(),
-                env: spec
-                    .needs
-                    .env
-                    .iter()
-                    .map(|v| (v.name.clone(), v.value.clone()))
-                    .collect(),
-                needs_kubernetes_api: spec.needs.kubernetes_api,
-            },
+            resolved: resolved_plugin(plugin),
             validator,
             selector,
             generation: plugin.metadata.generation,

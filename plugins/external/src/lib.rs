@@ -19,7 +19,7 @@ use stowage_plugin_sdk::tool::{ToolCommand, ToolFailure};
 use stowage_plugin_sdk::{
     ArtifactSink, ArtifactSource, BackupReport, Capabilities, DestinationReport, ErrorKind,
     Execution, Plugin, PluginError, PluginInfo, ProbeReport, Redactor, RestoreReport,
-    RestoreRequest, RunContext, ValidationErrors, secret_bindings,
+    RestoreRequest, RunContext, SecretValue, ValidationErrors, secret_bindings,
 };
 
 /// The runner side of an external plugin.
@@ -270,6 +270,106 @@ impl Plugin for ExternalPlugin {
     }
 }
 
+/// How the runner starts a plugin's process for one operation: the program, its
+/// arguments (the operation last) and its whole environment. The runner starts it with
+/// nothing else of its own environment; `stowage plugin check` starts it the same way to
+/// look at what the plugin prints before any redaction.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// The program: the first element of the BackupPlugin's `spec.command`.
+    pub program: String,
+    /// The rest of `spec.command`, then the operation.
+    pub args: Vec<String>,
+    /// The non-secret variables: `PATH`, `HOME`, `TMPDIR`, `LANG`, those the plugin
+    /// declares, and the protocol's `STOWAGE_*` variables.
+    pub env: Vec<(String, String)>,
+    /// `STOWAGE_SECRET_<PATH>` of each `...SecretRef` field of the config, with its value
+    /// (whose `Debug` never shows it).
+    pub secret_env: Vec<(String, SecretValue)>,
+}
+
+impl Invocation {
+    /// The invocation of `operation` (an [`Operation`] name; anything else only to check
+    /// that a plugin refuses it) for `config`, whose plugin writes its report to `report`.
+    /// Fails when the config has no resolved plugin or command, or names a secret `ctx`
+    /// does not hold.
+    pub fn new(
+        config: &ExternalConfig,
+        ctx: &RunContext,
+        operation: &str,
+        request: Option<&RestoreRequest>,
+        report: &Path,
+    ) -> Result<Invocation, PluginError> {
+        let resolved = config.resolved()?;
+        let (program, args) = resolved.command.split_first().ok_or_else(|| {
+            PluginError::InvalidConfig(ValidationErrors::single(
+                "plugin",
+                format!("BackupPlugin {:?} has no command", resolved.name),
+            ))
+        })?;
+        let json = serde_json::Value::Object(config.config.clone());
+        let path = std::env::var("PATH").unwrap_or_else(|_| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
+            (
+                "HOME".into(),
+                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+            ),
+            (
+                "TMPDIR".into(),
+                std::env::temp_dir().to_string_lossy().into_owned(),
+            ),
+            ("LANG".into(), "C.UTF-8".into()),
+        ];
+        env.extend(resolved.env.iter().map(|(n, v)| (n.clone(), v.clone())));
+        env.extend([
+            (env::PROTOCOL.into(), protocol::VERSION.to_string()),
+            (env::OPERATION.into(), operation.to_owned()),
+            (env::CONFIG.into(), json.to_string()),
+            (env::REPORT.into(), report.to_string_lossy().into_owned()),
+            (env::NAMESPACE.into(), ctx.namespace.clone()),
+            (env::TARGET.into(), ctx.target.clone()),
+            (env::RUN_ID.into(), ctx.run_id.clone()),
+        ]);
+        if let Some(schedule) = &ctx.schedule {
+            env.push((env::SCHEDULE.into(), schedule.clone()));
+        }
+        if let Some(tick) = ctx.scheduled_time {
+            env.push((env::SCHEDULED_TIME.into(), tick.to_string()));
+        }
+        if let Some(request) = request {
+            let mode = if request.replace {
+                "Replace"
+            } else {
+                "IntoEmpty"
+            };
+            env.push((env::RESTORE_MODE.into(), mode.into()));
+            env.push((
+                env::FACTS.into(),
+                serde_json::to_string(&request.facts).unwrap_or_else(|_| "{}".into()),
+            ));
+            if let Some(into) = &request.into {
+                env.push((env::RESTORE_INTO.into(), into.clone()));
+            }
+        }
+        let mut secret_env = Vec::new();
+        for binding in secret_bindings(&json) {
+            let value = ctx.secret(&binding.reference)?;
+            secret_env.push((binding.env, value.clone()));
+        }
+        let mut args: Vec<String> = args.to_vec();
+        args.push(operation.to_owned());
+        Ok(Invocation {
+            program: program.clone(),
+            args,
+            env,
+            secret_env,
+        })
+    }
+}
+
 /// One invocation of a plugin's command.
 struct Call<'a> {
     config: &'a ExternalConfig,
@@ -314,67 +414,22 @@ impl<'a> Call<'a> {
 
     /// The plugin's process, with the protocol's environment and nothing else.
     fn command(&self) -> Result<ToolCommand, PluginError> {
-        let resolved = self.resolved;
-        let (program, args) = resolved.command.split_first().ok_or_else(|| {
-            PluginError::InvalidConfig(ValidationErrors::single(
-                "plugin",
-                format!("BackupPlugin {:?} has no command", resolved.name),
-            ))
-        })?;
-        let config = serde_json::Value::Object(self.config.config.clone());
-        let path = std::env::var("PATH").unwrap_or_else(|_| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        });
-        let mut command = ToolCommand::new(program.clone())
-            .args(args)
-            .arg(self.operation.as_str())
+        let invocation = Invocation::new(
+            self.config,
+            self.ctx,
+            self.operation.as_str(),
+            self.request,
+            &self.report_path(),
+        )?;
+        let mut command = ToolCommand::new(invocation.program)
+            .args(invocation.args)
             .env_clear()
-            .stderr_limit(STDERR_KEPT)
-            .env("PATH", path)
-            .env(
-                "HOME",
-                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-            )
-            .env("TMPDIR", std::env::temp_dir().to_string_lossy())
-            .env("LANG", "C.UTF-8");
-        for (name, value) in &resolved.env {
-            command = command.env(name.clone(), value.clone());
+            .stderr_limit(STDERR_KEPT);
+        for (name, value) in invocation.env {
+            command = command.env(name, value);
         }
-        command = command
-            .env(env::PROTOCOL, protocol::VERSION.to_string())
-            .env(env::OPERATION, self.operation.as_str())
-            .env(env::CONFIG, config.to_string())
-            .env(env::REPORT, self.report_path().to_string_lossy())
-            .env(env::NAMESPACE, self.ctx.namespace.clone())
-            .env(env::TARGET, self.ctx.target.clone())
-            .env(env::RUN_ID, self.ctx.run_id.clone());
-        if let Some(schedule) = &self.ctx.schedule {
-            command = command.env(env::SCHEDULE, schedule.clone());
-        }
-        if let Some(tick) = self.ctx.scheduled_time {
-            command = command.env(env::SCHEDULED_TIME, tick.to_string());
-        }
-        if let Some(request) = self.request {
-            command = command
-                .env(
-                    env::RESTORE_MODE,
-                    if request.replace {
-                        "Replace"
-                    } else {
-                        "IntoEmpty"
-                    },
-                )
-                .env(
-                    env::FACTS,
-                    serde_json::to_string(&request.facts).unwrap_or_else(|_| "{}".into()),
-                );
-            if let Some(into) = &request.into {
-                command = command.env(env::RESTORE_INTO, into.clone());
-            }
-        }
-        for binding in secret_bindings(&config) {
-            let value = self.ctx.secret(&binding.reference)?;
-            command = command.secret_env(binding.env, value);
+        for (name, value) in &invocation.secret_env {
+            command = command.secret_env(name.clone(), value);
         }
         Ok(command)
     }
