@@ -356,6 +356,8 @@ pub struct Installed {
     pub resolved: ResolvedPlugin,
     /// The compiled schema of its config.
     validator: jsonschema::Validator,
+    /// The schema itself, to name the known fields when a config has an unknown one.
+    schema: Value,
     /// The namespaces allowed to use it; `None` for all.
     selector: Option<Selector>,
     /// The `metadata.generation` this entry was built from.
@@ -386,6 +388,7 @@ impl Installed {
         Some(Installed {
             resolved: resolved_plugin(plugin),
             validator,
+            schema: spec.config_schema.clone(),
             selector,
             generation: plugin.metadata.generation,
         })
@@ -408,10 +411,73 @@ impl Installed {
         let mut problems: Vec<String> = self
             .validator
             .iter_errors(&instance)
-            .map(|e| format!("{}: {e}", field_path(&e.instance_path().to_string())))
+            .map(|e| {
+                let pointer = e.instance_path().to_string();
+                let mut problem = format!("{}: {e}", field_path(&pointer));
+                if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                    e.kind()
+                {
+                    problem.push_str(&unknown_field_hint(&self.schema, &pointer, unexpected));
+                }
+                problem
+            })
             .collect();
         problems.dedup();
         problems
+    }
+}
+
+/// `; did you mean "baseDn"? known fields: ...` for fields the object at `pointer` does
+/// not have: the one that differs only in case (or by one character), and the list.
+fn unknown_field_hint(schema: &Value, pointer: &str, unexpected: &[String]) -> String {
+    let mut node = schema;
+    for segment in pointer.split('/').skip(1) {
+        node = if segment.parse::<usize>().is_ok() {
+            &node["items"]
+        } else {
+            &node["properties"][segment]
+        };
+    }
+    let Some(known) = node["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect::<Vec<_>>())
+    else {
+        return String::new();
+    };
+    let mut hint = String::new();
+    for field in unexpected {
+        if let Some(close) = known.iter().find(|k| close_to(k, field)) {
+            hint.push_str(&format!("; did you mean {close:?} for {field:?}?"));
+        }
+    }
+    hint.push_str(&format!("; known fields: {}", known.join(", ")));
+    hint
+}
+
+/// Whether `a` and `b` differ only in case, or by one character.
+fn close_to(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_lowercase(), b.to_lowercase());
+    if a == b {
+        return true;
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    match a.len().abs_diff(b.len()) {
+        0 => a.iter().zip(&b).filter(|(x, y)| x != y).count() == 1,
+        1 => {
+            let (short, long) = if a.len() < b.len() {
+                (&a, &b)
+            } else {
+                (&b, &a)
+            };
+            (0..long.len()).any(|skip| {
+                long.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != skip)
+                    .map(|(_, c)| c)
+                    .eq(short.iter())
+            })
+        }
+        _ => false,
     }
 }
 

@@ -259,11 +259,15 @@ fn a_config_is_checked_against_the_schema_with_field_paths() {
         ),
         (
             json!({"url": "ldap://x", "timeoutSecond": 5, "bindPasswordSecretRef": {"name": "a", "key": "b"}}),
-            "'timeoutSecond' was unexpected",
+            "'timeoutSecond' was unexpected); did you mean \"timeoutSeconds\" for \"timeoutSecond\"?; known fields: bindPasswordSecretRef, extra, mode, tags, timeoutSeconds, tls, url",
+        ),
+        (
+            json!({"URL": "ldap://x", "bindPasswordSecretRef": {"name": "a", "key": "b"}}),
+            "did you mean \"url\" for \"URL\"?",
         ),
         (
             json!({"url": "ldap://x", "tls": {"caSecretRf": {}}, "bindPasswordSecretRef": {"name": "a", "key": "b"}}),
-            "spec.external.config.tls: Additional properties are not allowed ('caSecretRf'",
+            "spec.external.config.tls: Additional properties are not allowed ('caSecretRf' was unexpected); did you mean \"caSecretRef\" for \"caSecretRf\"?; known fields: caSecretRef",
         ),
     ];
     for (config, expected) in cases {

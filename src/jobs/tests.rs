@@ -718,3 +718,97 @@ fn run_as_sets_the_user_and_groups_of_every_pod() {
         assert_eq!(security["runAsNonRoot"], true);
     }
 }
+
+// ---- external plugins ------------------------------------------------------------------
+
+/// Defaults whose registry holds BackupPlugin `ldap.example.com`, needing the API or not.
+fn with_ldap_plugin(kubernetes_api: bool) -> JobDefaults {
+    let defaults = JobDefaults::default();
+    let plugin: crate::api::BackupPlugin = serde_json::from_value(json!({
+        "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupPlugin",
+        "metadata": {"name": "ldap.example.com", "generation": 1},
+        "spec": {
+            "image": "registry.example/ldap@sha256:00", "command": ["/plugin/ldap.sh", "-v"],
+            "version": "2.0.0", "capabilities": {"backup": true, "probe": true},
+            "artifact": {"extension": "ldif"},
+            "configSchema": {"type": "object", "properties": {
+                "url": {"type": "string"},
+                "bindPasswordSecretRef": {"type": "object", "required": ["name", "key"],
+                    "properties": {"name": {"type": "string"}, "key": {"type": "string"}}}
+            }},
+            "needs": {"kubernetesApi": kubernetes_api, "env": [{"name": "LDAPTLS_REQCERT", "value": "demand"}]}
+        }
+    }))
+    .unwrap();
+    let (verdict, _) = defaults.installed_plugins.set(&plugin);
+    assert!(verdict.accepted(), "{verdict:?}");
+    defaults
+}
+
+fn ldap(job: Option<Value>) -> BackupTarget {
+    let mut spec = json!({
+        "external": {"plugin": "ldap.example.com", "config": {
+            "url": "ldap://ldap.shop.svc",
+            "bindPasswordSecretRef": {"name": "ldap", "key": "password"}
+        }},
+        "storage": {"claimName": "backups"},
+    });
+    if let Some(job) = job {
+        spec["job"] = job;
+    }
+    target("directory", spec)
+}
+
+#[test]
+fn external_plugins_run_their_image_with_the_resolved_definition_and_no_token() {
+    let defaults = with_ldap_plugin(false);
+    // spec.job.image cannot replace the image an administrator installed.
+    let target = ldap(Some(json!({"image": "evil.example/any:1"})));
+    let job = serde_json::to_value(build_job(&target, &nightly(), &defaults).unwrap()).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], json!(false));
+    assert!(pod["serviceAccountName"].is_null(), "{pod}");
+    assert_eq!(pod["initContainers"][0]["name"], json!("install-runner"));
+    let run = &pod["containers"][0];
+    assert_eq!(run["image"], json!("registry.example/ldap@sha256:00"));
+    assert_eq!(run["command"], json!(["/stowage/stowage", "run", "backup"]));
+    let env = plain_env(run);
+    assert_eq!(env["STOWAGE_PLUGIN"], "external");
+    let config: Value = serde_json::from_str(&env["STOWAGE_PLUGIN_CONFIG"]).unwrap();
+    assert_eq!(
+        config["resolved"]["command"],
+        json!(["/plugin/ldap.sh", "-v"])
+    );
+    assert_eq!(config["resolved"]["version"], json!("2.0.0"));
+    assert_eq!(
+        config["resolved"]["env"],
+        json!({"LDAPTLS_REQCERT": "demand"})
+    );
+    // The secret travels as a secretKeyRef, under the name the runner derives.
+    let secret = &env_of(run)["STOWAGE_SECRET_CONFIG_BINDPASSWORDSECRETREF"];
+    assert_eq!(
+        secret["valueFrom"]["secretKeyRef"],
+        json!({"name": "ldap", "key": "password", "optional": false})
+    );
+    assert_eq!(
+        run["securityContext"]["readOnlyRootFilesystem"],
+        json!(true)
+    );
+
+    // A plugin that declares it needs the API gets a token (of the runner account).
+    let defaults = JobDefaults {
+        service_account_name: Some("stowage-runner".into()),
+        ..with_ldap_plugin(true)
+    };
+    let job = serde_json::to_value(build_job(&ldap(None), &nightly(), &defaults).unwrap()).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], json!(true));
+    assert_eq!(pod["serviceAccountName"], json!("stowage-runner"));
+
+    // Not installed: no Job, an error naming the plugin.
+    let error = build_job(&ldap(None), &nightly(), &JobDefaults::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("\"ldap.example.com\""),
+        "{error}"
+    );
+}
