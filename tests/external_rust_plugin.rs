@@ -320,7 +320,11 @@ async fn a_wrong_password_is_unauthorized_without_the_password_in_the_message() 
     assert_eq!(error.kind(), ErrorKind::Unauthorized, "{error}");
     assert_eq!(error.kind().exit_code(), 13);
     let message = error.to_string();
-    assert!(message.contains("passwordSecretRef"), "{message}");
+    // The field as this target names it, not as the compiled-in plugin does.
+    assert!(
+        message.contains("spec.external.config.passwordSecretRef"),
+        "{message}"
+    );
     assert!(!message.contains(wrong), "the password leaked: {message}");
     assert!(!message.contains(PASSWORD), "{message}");
 

@@ -187,14 +187,19 @@ pub struct Served {
 }
 
 impl Served {
-    fn failed(error: PluginError, secrets: &Secrets) -> Served {
+    /// The outcome of `error` of plugin `key`: a plugin compiled in names its fields
+    /// `spec.<key>.<field>`; run through the protocol they are under `spec.external.config`.
+    fn failed(error: PluginError, secrets: &Secrets, key: &str) -> Served {
         let kind = error.kind();
+        let message = error
+            .report_message()
+            .replace(&format!("spec.{key}"), CONFIG_FIELD);
         Served {
             exit_code: kind.exit_code(),
             report: Report {
                 error: Some(ReportedError {
                     kind: Some(kind.reason().to_owned()),
-                    message: secrets.redactor().redact(&error.report_message()),
+                    message: secrets.redactor().redact(&message),
                 }),
                 ..Report::default()
             },
@@ -220,6 +225,7 @@ pub async fn serve<P: Plugin>(
                  inspect and restore"
             )),
             &no_secrets,
+            P::KEY,
         );
     };
     let raw = lookup(env::CONFIG).unwrap_or_else(|| "{}".to_owned());
@@ -232,6 +238,7 @@ pub async fn serve<P: Plugin>(
                     format!("{} is not JSON: {e}", env::CONFIG),
                 )),
                 &no_secrets,
+                P::KEY,
             );
         }
     };
@@ -241,6 +248,7 @@ pub async fn serve<P: Plugin>(
             return Served::failed(
                 PluginError::InvalidConfig(ValidationErrors::single(CONFIG_FIELD, e.to_string())),
                 &no_secrets,
+                P::KEY,
             );
         }
     };
@@ -248,6 +256,7 @@ pub async fn serve<P: Plugin>(
         return Served::failed(
             PluginError::InvalidConfig(errors.prefixed(CONFIG_FIELD)),
             &no_secrets,
+            P::KEY,
         );
     }
     let secrets = Secrets::from_bindings(&secret_bindings(&value), &lookup);
@@ -316,7 +325,7 @@ pub async fn serve<P: Plugin>(
                 report,
             }
         }
-        Err(error) => Served::failed(error, &secrets),
+        Err(error) => Served::failed(error, &secrets, P::KEY),
     }
 }
 
@@ -420,7 +429,7 @@ mod tests {
             let token = ctx.secret(&config.token_secret_ref)?;
             if token.expose() != "s3cr3t-token" {
                 return Err(PluginError::Unauthorized(format!(
-                    "token {} refused",
+                    "token {} refused: check spec.echo.tokenSecretRef",
                     token.expose()
                 )));
             }
@@ -471,7 +480,10 @@ mod tests {
         assert_eq!(served.exit_code, 13);
         let error = served.report.error.unwrap();
         assert_eq!(error.kind.as_deref(), Some("Unauthorized"));
-        assert_eq!(error.message, "token <redacted> refused");
+        assert_eq!(
+            error.message,
+            "token <redacted> refused: check spec.external.config.tokenSecretRef"
+        );
 
         let cases = [
             ("restore", CONFIG, 17, "cannot restore"),
