@@ -684,5 +684,35 @@ impl InstalledPlugins {
     }
 }
 
+/// A BackupPlugin `name` with `image` and config `schema` (backup only, `ldif`
+/// artifacts, generation 1), for the tests of the modules that read plugins.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str, image: &str, schema: Value) -> BackupPlugin {
+    use crate::api::{ArtifactFormat, PluginCapabilities, PluginNeeds};
+    let mut plugin = BackupPlugin::new(
+        name,
+        BackupPluginSpec {
+            image: image.into(),
+            command: vec!["/run".into()],
+            version: "1".into(),
+            description: String::new(),
+            protocol_version: 1,
+            capabilities: PluginCapabilities {
+                backup: true,
+                ..Default::default()
+            },
+            artifact: ArtifactFormat {
+                extension: "ldif".into(),
+                content_type: "text/x-ldif".into(),
+            },
+            config_schema: schema,
+            needs: PluginNeeds::default(),
+            namespace_selector: None,
+        },
+    );
+    plugin.metadata.generation = Some(1);
+    plugin
+}
+
 #[cfg(test)]
 mod tests;

@@ -154,29 +154,12 @@ fn deleted(ctx: &Context, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ArtifactFormat, BackupPluginSpec, PluginCapabilities, PluginNeeds};
 
     fn plugin(image: &str) -> BackupPlugin {
-        let mut p = BackupPlugin::new(
+        let mut p = crate::installed::fixture(
             "ldap.example.com",
-            BackupPluginSpec {
-                image: image.into(),
-                command: vec!["/run".into()],
-                version: "1".into(),
-                description: String::new(),
-                protocol_version: 1,
-                capabilities: PluginCapabilities {
-                    backup: true,
-                    ..Default::default()
-                },
-                artifact: ArtifactFormat {
-                    extension: "ldif".into(),
-                    content_type: "text/x-ldif".into(),
-                },
-                config_schema: serde_json::json!({"type": "object", "properties": {}}),
-                needs: PluginNeeds::default(),
-                namespace_selector: None,
-            },
+            image,
+            serde_json::json!({"type": "object", "properties": {}}),
         );
         p.metadata.generation = Some(3);
         p

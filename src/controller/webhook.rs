@@ -259,36 +259,16 @@ async fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        ArtifactFormat, BackupPlugin, BackupPluginSpec, PluginCapabilities, PluginNeeds,
-    };
 
     fn plugins() -> InstalledPlugins {
         let plugins = InstalledPlugins::default();
-        let mut plugin = BackupPlugin::new(
+        let plugin = crate::installed::fixture(
             "ldap.example.com",
-            BackupPluginSpec {
-                image: "r/ldap@sha256:00".into(),
-                command: vec!["/run".into()],
-                version: "1".into(),
-                description: String::new(),
-                protocol_version: 1,
-                capabilities: PluginCapabilities {
-                    backup: true,
-                    ..Default::default()
-                },
-                artifact: ArtifactFormat {
-                    extension: "ldif".into(),
-                    content_type: "text/x-ldif".into(),
-                },
-                config_schema: json!({"type": "object", "required": ["url"], "properties": {
-                    "url": {"type": "string", "pattern": "^ldap://"}
-                }}),
-                needs: PluginNeeds::default(),
-                namespace_selector: None,
-            },
+            "r/ldap@sha256:00",
+            json!({"type": "object", "required": ["url"], "properties": {
+                "url": {"type": "string", "pattern": "^ldap://"}
+            }}),
         );
-        plugin.metadata.generation = Some(1);
         plugins.set(&plugin);
         plugins
     }

@@ -184,12 +184,7 @@ impl Plugin for ExternalPlugin {
 
     async fn probe(config: &ExternalConfig, ctx: &RunContext) -> Result<ProbeReport, PluginError> {
         let call = Call::new(config, ctx, Operation::Probe, None)?;
-        let redactor = ctx.secrets.redactor();
-        let outcome = call
-            .command()?
-            .run(&redactor, |failure| call.failure(failure, &redactor))
-            .await;
-        let report = call.report_after(outcome.map(|_| ()), &redactor)?;
+        let report = call.run_for_report(&ctx.secrets.redactor()).await?;
         Ok(ProbeReport {
             message: report
                 .message
@@ -230,12 +225,7 @@ impl Plugin for ExternalPlugin {
         request: &RestoreRequest,
     ) -> Result<DestinationReport, PluginError> {
         let call = Call::new(config, ctx, Operation::Inspect, Some(request))?;
-        let redactor = ctx.secrets.redactor();
-        let outcome = call
-            .command()?
-            .run(&redactor, |failure| call.failure(failure, &redactor))
-            .await;
-        let report = call.report_after(outcome.map(|_| ()), &redactor)?;
+        let report = call.run_for_report(&ctx.secrets.redactor()).await?;
         match (report.holds_data, report.description) {
             (Some(holds_data), Some(description)) => Ok(DestinationReport {
                 holds_data,
@@ -474,6 +464,15 @@ impl<'a> Call<'a> {
             }
         };
         PluginError::from_kind(kind, message)
+    }
+
+    /// Runs the command with no input (probe, inspect) and returns its report.
+    async fn run_for_report(&self, redactor: &Redactor) -> Result<Report, PluginError> {
+        let outcome = self
+            .command()?
+            .run(redactor, |failure| self.failure(failure, redactor))
+            .await;
+        self.report_after(outcome.map(|_| ()), redactor)
     }
 
     /// The report of a process that ran: required after a success.

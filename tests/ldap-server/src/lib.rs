@@ -20,10 +20,9 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The Secret name test configs reference for the bind password.
@@ -50,42 +49,8 @@ pub struct LdapServer {
     child: Option<Child>,
 }
 
-/// A port on 127.0.0.1 that nothing listens on right now (a refused connection).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
-}
-
-/// A new, empty directory under the system's temporary directory, `prefix` in its name.
-pub fn scratch_dir(prefix: &str) -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let path = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    fs::create_dir(&path)
-        .unwrap_or_else(|e| panic!("create the directory {}: {e}", path.display()));
-    path
-}
-
-/// Write `contents` to `path`, readable by its owner only.
-fn write_private(path: &std::path::Path, contents: &[u8]) {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    file.write_all(contents)
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
+use stowage_test_scratch::write_private;
+pub use stowage_test_scratch::{free_port, scratch_dir};
 
 impl LdapServer {
     /// Start a server on 127.0.0.1 whose [`ROOT_DN`] has `password`.
@@ -347,25 +312,7 @@ pub fn snapshot_differences(
     want: &BTreeMap<String, Vec<String>>,
     got: &BTreeMap<String, Vec<String>>,
 ) -> Vec<String> {
-    let short = |v: Option<&Vec<String>>| -> String {
-        match v {
-            None => "<missing>".to_owned(),
-            Some(v) => v.join(" | ").chars().take(300).collect(),
-        }
-    };
-    want.keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| want.get(*k) != got.get(*k))
-        .map(|k| {
-            format!(
-                "{k}:\n  want {:?}\n  got  {:?}",
-                short(want.get(k)),
-                short(got.get(k))
-            )
-        })
-        .collect()
+    stowage_test_scratch::differences(want, got, |v| v.join(" | "))
 }
 
 impl Drop for LdapServer {

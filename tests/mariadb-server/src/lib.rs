@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The Secret name test configs reference for the root password.
@@ -41,13 +40,7 @@ pub struct MariaDbServer {
     child: Option<Child>,
 }
 
-/// A port on 127.0.0.1 that nothing listens on right now (a refused connection).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
-}
+pub use stowage_test_scratch::free_port;
 
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -61,19 +54,7 @@ fn is_root() -> bool {
 }
 
 fn scratch_dir() -> PathBuf {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let path = std::env::temp_dir().join(format!(
-        "stowage-mariadb-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    fs::create_dir(&path)
-        .unwrap_or_else(|e| panic!("create the directory {}: {e}", path.display()));
-    path
+    stowage_test_scratch::scratch_dir("stowage-mariadb")
 }
 
 impl MariaDbServer {
@@ -372,25 +353,7 @@ pub fn snapshot_differences(
     want: &BTreeMap<String, String>,
     got: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    let short = |v: Option<&String>| -> String {
-        match v {
-            None => "<missing>".to_owned(),
-            Some(v) => v.chars().take(300).collect(),
-        }
-    };
-    want.keys()
-        .chain(got.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| want.get(*k) != got.get(*k))
-        .map(|k| {
-            format!(
-                "{k}:\n  want {:?}\n  got  {:?}",
-                short(want.get(k)),
-                short(got.get(k))
-            )
-        })
-        .collect()
+    stowage_test_scratch::differences(want, got, String::clone)
 }
 
 impl Drop for MariaDbServer {

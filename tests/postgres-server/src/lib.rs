@@ -169,13 +169,7 @@ fn give_to_server_user(path: &Path) {
     }
 }
 
-/// A port on 127.0.0.1 that nothing listens on right now (a refused connection).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
-}
+pub use stowage_test_scratch::free_port;
 
 /// How pods of a real node reach a server on this host: it listens on `host` too (the
 /// host's address on the node's link) and lets clients of `pod_cidr` in with a password.
