@@ -23,7 +23,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The unprivileged user the server runs as when the tests run as root.
@@ -57,19 +56,9 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new(prefix: &str) -> ScratchDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "{prefix}{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("create the directory {}: {e}", path.display()));
-        ScratchDir(path)
+        ScratchDir(stowage_test_scratch::scratch_dir(
+            prefix.trim_end_matches('-'),
+        ))
     }
 }
 
