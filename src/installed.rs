@@ -135,7 +135,7 @@ pub fn check(name: &str, spec: &BackupPluginSpec) -> Verdict {
     let schema = &spec.config_schema;
     v.problems.extend(structural_problems(schema));
     if v.problems.is_empty()
-        && let Err(e) = jsonschema::validator_for(schema)
+        && let Err(e) = jsonschema::validator_for(&closed(schema))
     {
         v.problems
             .push(format!("spec.configSchema: not a valid JSON schema: {e}"));
@@ -495,6 +495,31 @@ fn close(node: &mut Value) {
     let Some(map) = node.as_object_mut() else {
         return;
     };
+    // OpenAPI v3 spellings that JSON Schema says otherwise: `nullable: true` is a
+    // second type, `exclusiveMinimum: true` makes `minimum` exclusive.
+    if map.remove("nullable") == Some(Value::Bool(true))
+        && let Some(Value::String(ty)) = map.get("type").cloned()
+    {
+        map.insert("type".into(), serde_json::json!([ty, "null"]));
+    }
+    for (exclusive, bound) in [
+        ("exclusiveMinimum", "minimum"),
+        ("exclusiveMaximum", "maximum"),
+    ] {
+        match map.get(exclusive) {
+            Some(Value::Bool(true)) => {
+                if let Some(value) = map.remove(bound) {
+                    map.insert(exclusive.into(), value);
+                } else {
+                    map.remove(exclusive);
+                }
+            }
+            Some(Value::Bool(false)) => {
+                map.remove(exclusive);
+            }
+            _ => {}
+        }
+    }
     let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
     if let Some(properties) = map.get_mut("properties").and_then(Value::as_object_mut) {
         for child in properties.values_mut() {
@@ -635,9 +660,11 @@ impl InstalledPlugins {
         names
     }
 
-    /// Whether an external target's config can run in a namespace with `labels` (`None`
-    /// when the labels are not known: only a plugin with a namespace selector needs
-    /// them, see [`Installed::restricts_namespaces`]).
+    /// Whether an external target's config can run in a namespace with `labels`. With
+    /// `None` the namespace rule is not checked, only the plugin and the schema (the
+    /// admission webhook and a restore's check, which do not read namespaces; the
+    /// target's own check passes the labels whenever the plugin has a selector, see
+    /// [`Installed::restricts_namespaces`]).
     pub fn check_target(
         &self,
         config: &ExternalConfig,
@@ -667,7 +694,9 @@ impl InstalledPlugins {
                 )));
             }
         };
-        if installed.restricts_namespaces() && !labels.is_some_and(|l| installed.allows(l)) {
+        if let Some(labels) = labels
+            && !installed.allows(labels)
+        {
             return Err(Unusable::NotAllowed(format!(
                 "BackupPlugin {name:?} does not allow namespace {namespace:?} (its \
                  spec.namespaceSelector leaves it out); ask a cluster administrator"

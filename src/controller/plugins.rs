@@ -79,6 +79,18 @@ pub fn desired_status(
     }
 }
 
+/// The merge patch that writes `status` (pure). The lists are written even when empty: a
+/// merge patch leaves a field it does not name as it was, so fixed problems would stay.
+pub fn status_patch(status: &BackupPluginStatus) -> serde_json::Value {
+    serde_json::json!({ "status": {
+        "observedGeneration": status.observed_generation,
+        "conditions": status.conditions,
+        "problems": status.problems,
+        "warnings": status.warnings,
+        "secretFields": status.secret_fields,
+    }})
+}
+
 /// Watches every BackupPlugin of the cluster into `ctx.plugins()`. Reconcilers wait for
 /// its first list (through the cache's sync), so a restart never shows an installed
 /// plugin as missing.
@@ -135,7 +147,7 @@ async fn applied(ctx: &Context, plugin: &BackupPlugin) {
         return;
     }
     let api: Api<BackupPlugin> = Api::all(ctx.client.clone());
-    let patch = serde_json::json!({ "status": desired });
+    let patch = status_patch(&desired);
     if let Err(e) = api
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -211,5 +223,16 @@ mod tests {
         written.status = Some(status.clone());
         let later: Timestamp = "2026-12-01T11:00:00Z".parse().unwrap();
         assert_eq!(desired_status(&written, &verdict, later), status);
+
+        // Fixed: the patch empties the lists instead of leaving the old problems.
+        let fixed = desired_status(
+            &good,
+            &crate::installed::check("ldap.example.com", &good.spec),
+            now,
+        );
+        let patch = status_patch(&fixed);
+        assert_eq!(patch["status"]["problems"], serde_json::json!([]));
+        assert_eq!(patch["status"]["warnings"], serde_json::json!([]));
+        assert_eq!(patch["status"]["secretFields"], serde_json::json!([]));
     }
 }

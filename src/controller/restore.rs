@@ -257,7 +257,8 @@ pub fn check(
     }
     // An external destination: its plugin must be installed, accepted and able to
     // restore, and the config must match its schema (the namespace rule is the
-    // destination target's own ConfigValid, checked below).
+    // destination target's own ConfigValid, checked below, and the Job is built only
+    // for a config that matches).
     if let crate::registry::PluginConfig::External(external) = &destination.spec.plugin {
         match plugins.check_target(external, &destination.namespace().unwrap_or_default(), None) {
             Ok(installed) if !installed.resolved.capabilities.restore => {
@@ -270,7 +271,7 @@ pub fn check(
                     ),
                 };
             }
-            Ok(_) | Err(crate::installed::Unusable::NotAllowed(_)) => {}
+            Ok(_) => {}
             Err(unusable) => {
                 return Check::Fail {
                     reason: reasons::INVALID_CONFIG,

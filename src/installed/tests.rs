@@ -323,12 +323,24 @@ fn missing_refused_and_namespace_restricted_plugins_are_reported() {
             .check_target(&external(good_config()), "ops", Some(&ops))
             .is_ok()
     );
-    for labels in [Some(&dev), None] {
-        let err = plugins
-            .check_target(&external(good_config()), "dev", labels)
-            .unwrap_err();
-        assert_eq!(err.reason(), "PluginNotAllowed", "{labels:?}");
-    }
+    let err = plugins
+        .check_target(&external(good_config()), "dev", Some(&dev))
+        .unwrap_err();
+    assert_eq!(err.reason(), "PluginNotAllowed");
+    // Without labels (the webhook, a restore) only the plugin and the schema are checked:
+    // a bad config is still refused there.
+    assert!(
+        plugins
+            .check_target(&external(good_config()), "dev", None)
+            .is_ok()
+    );
+    assert_eq!(
+        plugins
+            .check_target(&external(json!({"url": 5})), "dev", None)
+            .unwrap_err()
+            .reason(),
+        "InvalidConfig"
+    );
     assert!(plugins.remove("ldap.example.com"));
     assert_eq!(
         plugins
@@ -343,4 +355,25 @@ fn missing_refused_and_namespace_restricted_plugins_are_reported() {
 fn json_pointers_become_field_paths() {
     assert_eq!(field_path(""), "spec.external.config");
     assert_eq!(field_path("/a/b/0/c~1d"), "spec.external.config.a.b[0].c/d");
+}
+
+#[test]
+fn openapi_nullable_and_boolean_exclusive_bounds_mean_what_they_say() {
+    let mut s = spec(json!({"type": "object", "properties": {
+        "port": {"type": "integer", "minimum": 0, "exclusiveMinimum": true, "maximum": 10, "exclusiveMaximum": false},
+        "note": {"type": "string", "nullable": true}
+    }}));
+    s.image = "r/x@sha256:00".into();
+    let plugins = InstalledPlugins::default();
+    let (verdict, _) = plugins.set(&plugin("ldap.example.com", s));
+    assert!(verdict.accepted(), "{verdict:?}");
+    let check = |config: Value| plugins.check_target(&external(config), "shop", None);
+    assert!(check(json!({"port": 1, "note": null})).is_ok());
+    assert!(check(json!({"port": 10})).is_ok());
+    let err = check(json!({"port": 0})).unwrap_err();
+    assert!(
+        err.message().contains("spec.external.config.port"),
+        "{err:?}"
+    );
+    assert!(check(json!({"port": 11})).is_err());
 }

@@ -386,6 +386,18 @@ pub enum BuildError {
         /// The plugin's name.
         plugin: String,
     },
+    /// An external target's config does not match its BackupPlugin's schema.
+    #[error(
+        "the config of BackupTarget {target} does not match the schema of BackupPlugin {plugin:?}: {problems}"
+    )]
+    ConfigMismatch {
+        /// `namespace/name` of the target.
+        target: String,
+        /// The plugin's name.
+        plugin: String,
+        /// Each problem, `spec.external.config.<path>: ...`.
+        problems: String,
+    },
     /// The plugin config or the retention cannot be serialized to JSON.
     #[error("cannot serialize {what} of BackupTarget {target} to JSON: {source}")]
     Serialize {

@@ -75,6 +75,16 @@ impl PodInputs<'_> {
                         target: format!("{}/{}", self.namespace, self.target_name),
                         plugin: external.plugin.clone(),
                     })?;
+                // Again here, whatever started the run (a tick right after an edit that
+                // slipped past admission, a schema changed since the target's check).
+                let problems = installed.config_problems(&external.config);
+                if !problems.is_empty() {
+                    return Err(BuildError::ConfigMismatch {
+                        target: format!("{}/{}", self.namespace, self.target_name),
+                        plugin: external.plugin.clone(),
+                        problems: problems.join("; "),
+                    });
+                }
                 config["resolved"] =
                     serde_json::to_value(&installed.resolved).map_err(|source| {
                         BuildError::Serialize {

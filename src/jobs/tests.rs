@@ -805,6 +805,17 @@ fn external_plugins_run_their_image_with_the_resolved_definition_and_no_token() 
     assert_eq!(pod["automountServiceAccountToken"], json!(true));
     assert_eq!(pod["serviceAccountName"], json!("stowage-runner"));
 
+    // A config that breaks the schema: no Job, the field named.
+    let mut bad = ldap(None);
+    let mut spec = serde_json::to_value(&bad.spec).unwrap();
+    spec["external"]["config"]["url"] = json!(5);
+    bad.spec = serde_json::from_value(spec).unwrap();
+    let error = build_job(&bad, &nightly(), &with_ldap_plugin(false)).unwrap_err();
+    assert!(
+        error.to_string().contains("spec.external.config.url"),
+        "{error}"
+    );
+
     // Not installed: no Job, an error naming the plugin.
     let error = build_job(&ldap(None), &nightly(), &JobDefaults::default()).unwrap_err();
     assert!(

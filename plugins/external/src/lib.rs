@@ -500,9 +500,10 @@ impl<'a> Call<'a> {
         }
         report.message = report.message.map(|m| redactor.redact(&m));
         report.description = report.description.map(|m| redactor.redact(&m));
-        for value in report.facts.values_mut() {
-            *value = redactor.redact(value);
-        }
+        report.facts = std::mem::take(&mut report.facts)
+            .into_iter()
+            .map(|(key, value)| (redactor.redact(&key), redactor.redact(&value)))
+            .collect();
         Ok(report)
     }
 
@@ -519,18 +520,25 @@ impl<'a> Call<'a> {
 /// Reads and parses a report; `Ok(None)` when there is none, `Err` with the problem when
 /// it is too large or not a report.
 pub fn read_report(path: &Path) -> Result<Option<Report>, String> {
-    let metadata = match std::fs::metadata(path) {
+    use std::io::Read;
+    // Not followed: a link (to /dev/zero, a FIFO) must not block or flood the runner.
+    let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("its report cannot be read: {e}")),
     };
-    if metadata.len() > REPORT_LIMIT {
+    if !metadata.file_type().is_file() {
+        return Err("its report is not a regular file".to_owned());
+    }
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(REPORT_LIMIT + 1).read_to_end(&mut text))
+        .map_err(|e| format!("its report cannot be read: {e}"))?;
+    if text.len() as u64 > REPORT_LIMIT {
         return Err(format!(
-            "its report is {} bytes; at most {REPORT_LIMIT} are allowed",
-            metadata.len()
+            "its report is larger than {REPORT_LIMIT} bytes, the most allowed"
         ));
     }
-    let text = std::fs::read(path).map_err(|e| format!("its report cannot be read: {e}"))?;
     serde_json::from_slice::<Report>(&text)
         .map(Some)
         .map_err(|e| format!("its report is not a valid report (a JSON object): {e}"))

@@ -188,7 +188,7 @@ async fn a_huge_report_fails() {
     )
     .await;
     assert_eq!(kind, ErrorKind::ToolFailed);
-    assert!(message.contains("at most 65536 are allowed"), "{message}");
+    assert!(message.contains("larger than 65536 bytes"), "{message}");
 }
 
 #[tokio::test]
@@ -287,4 +287,36 @@ async fn a_run_without_the_resolved_plugin_says_so() {
     let error = ExternalPlugin::probe(&config, &ctx).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Internal);
     assert!(error.to_string().contains("toy.example.com"), "{error}");
+}
+
+#[tokio::test]
+async fn a_report_that_is_a_link_or_a_fifo_neither_blocks_nor_floods() {
+    // A FIFO nobody writes would block a reader forever; /dev/zero never ends.
+    for script in [
+        r#"echo bytes; mkfifo "$STOWAGE_REPORT""#,
+        r#"echo bytes; ln -s /dev/zero "$STOWAGE_REPORT""#,
+    ] {
+        let (kind, message) = failed_backup(script).await;
+        assert_eq!(kind, ErrorKind::ToolFailed, "{script}");
+        assert!(
+            message.contains("not a regular file"),
+            "{script}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn secret_values_in_fact_names_are_redacted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("service"), "x").unwrap();
+    let (config, ctx) = plugin(
+        dir.path(),
+        r#"echo bytes; printf '{"facts":{"k-%s":"v-%s"}}' "$STOWAGE_SECRET_PASSWORDSECRETREF" "$STOWAGE_SECRET_PASSWORDSECRETREF" > "$STOWAGE_REPORT""#,
+    );
+    let (report, _) = backup(&config, &ctx).await;
+    let facts = report.unwrap().facts;
+    assert_eq!(
+        facts,
+        [("k-<redacted>".to_owned(), "v-<redacted>".to_owned())].into()
+    );
 }

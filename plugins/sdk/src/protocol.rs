@@ -317,9 +317,10 @@ pub async fn serve<P: Plugin>(
             let redactor = secrets.redactor();
             report.message = report.message.map(|m| redactor.redact(&m));
             report.description = report.description.map(|m| redactor.redact(&m));
-            for value in report.facts.values_mut() {
-                *value = redactor.redact(value);
-            }
+            report.facts = std::mem::take(&mut report.facts)
+                .into_iter()
+                .map(|(key, value)| (redactor.redact(&key), redactor.redact(&value)))
+                .collect();
             Served {
                 exit_code: 0,
                 report,
