@@ -9,11 +9,11 @@
 //! Building the example takes about a minute cold on two cores and a second warm (its
 //! target directory is `$STOWAGE_CACHE/target-example-plugins`, kept between runs).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use stowage_test_scratch::free_port;
 
 use kube::CustomResourceExt;
 use serde_json::json;
@@ -108,14 +108,6 @@ fn build_example() -> PathBuf {
     let binary = target_dir.join("debug/stowage-redis-plugin");
     assert!(binary.is_file(), "{} was not built", binary.display());
     binary
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A redis-server on loopback with `requirepass`, stopped when dropped.
