@@ -962,12 +962,13 @@ fn scope_controllers(
     // select them, only when what schedules read changed.
     let targets = {
         let cache = cache.clone();
-        let mut digests: HashMap<ObjectRef<watched::WatchedTarget>, cache::TargetDigest> =
-            HashMap::new();
-        let mut listed: Option<std::collections::HashSet<ObjectRef<watched::WatchedTarget>>> = None;
+        // `(namespace, name)`: an `ObjectRef` would keep the version and uid too.
+        let mut digests: HashMap<(String, String), cache::TargetDigest> = HashMap::new();
+        let mut listed: Option<std::collections::HashSet<(String, String)>> = None;
+        let key_of = |t: &watched::WatchedTarget| (t.namespace().unwrap_or_default(), t.name_any());
         let mut on_event = move |event: &Event<watched::WatchedTarget>| match event {
             Event::Apply(t) | Event::InitApply(t) => {
-                let key = ObjectRef::from_obj(t);
+                let key = key_of(t);
                 if let Some(seen) = listed.as_mut() {
                     seen.insert(key.clone());
                 }
@@ -976,24 +977,20 @@ fn scope_controllers(
                 cache.target_changed(old.as_ref(), Some(&new), &t.namespace().unwrap_or_default());
             }
             Event::Delete(t) => {
-                let old = digests.remove(&ObjectRef::from_obj(t));
+                let old = digests.remove(&key_of(t));
                 cache.target_changed(old.as_ref(), None, &t.namespace().unwrap_or_default());
             }
             Event::Init => listed = Some(Default::default()),
             Event::InitDone => {
                 let seen = listed.take().unwrap_or_default();
-                let gone: Vec<ObjectRef<watched::WatchedTarget>> = digests
+                let gone: Vec<(String, String)> = digests
                     .keys()
                     .filter(|k| !seen.contains(*k))
                     .cloned()
                     .collect();
                 for key in gone {
                     let old = digests.remove(&key);
-                    cache.target_changed(
-                        old.as_ref(),
-                        None,
-                        key.namespace.as_deref().unwrap_or_default(),
-                    );
+                    cache.target_changed(old.as_ref(), None, &key.0);
                 }
                 target_sync.done();
             }
