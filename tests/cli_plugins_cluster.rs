@@ -46,6 +46,7 @@ fn installed_plugins_are_listed_with_their_verdict_and_their_schema_is_printed()
     let plane = BarePlane::start(PlaneOptions {
         controller_manager: false,
         real_node: false,
+        audit_job_creates: false,
     })
     .expect("control plane");
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,10 @@ pub struct Knobs {
     /// `STOWAGE_BENCH_QUIET_SECONDS`: how long without operator requests (and without
     /// Jobs left to finish) counts as settled (default 10).
     pub quiet: Duration,
+    /// `STOWAGE_BENCH_SETTLE_SECONDS`: how long after the steady reading the operator's
+    /// memory is read again, once the connections pooled for the tick have gone idle
+    /// long enough to close (default 120; 0 skips it).
+    pub settle: Duration,
     /// `STOWAGE_BENCH_RESTART_WATCH_SECONDS`: how long Jobs are counted after the
     /// restarted operator is ready (default 30).
     pub restart_watch: Duration,
@@ -147,6 +151,12 @@ impl Knobs {
                 10,
                 "seconds, at least 1",
                 seconds,
+            )?),
+            settle: Duration::from_secs(knob(
+                "STOWAGE_BENCH_SETTLE_SECONDS",
+                120,
+                "seconds, 0 or more",
+                |_: &u64| true,
             )?),
             restart_watch: Duration::from_secs(knob(
                 "STOWAGE_BENCH_RESTART_WATCH_SECONDS",

@@ -17,8 +17,9 @@ use kube::runtime::reflector::ObjectRef;
 use stowage::api::{BackupSchedule, BackupTarget};
 use stowage::jobs::{RunRequest, build_job};
 use stowage_testenv::bench::api_metrics::{self, RequestKind, RequestTotals};
+use stowage_testenv::bench::audit;
 use stowage_testenv::bench::client_counts::{RequestCounter, counts_since};
-use stowage_testenv::bench::procfs::{cpu_seconds_of, memory_of, mib};
+use stowage_testenv::bench::procfs::{MemoryUse, cpu_seconds_of, memory_of, mib};
 use stowage_testenv::bench::stats::{cron_firing_at, minute_boundary_after, percentile};
 use stowage_testenv::{BarePlane, PlaneOptions, config_from, repo_root};
 
@@ -64,6 +65,7 @@ pub async fn run(knobs: &Knobs, namespaces: usize) -> Result<(), BenchError> {
         BarePlane::start(PlaneOptions {
             controller_manager: false,
             real_node: false,
+            audit_job_creates: true,
         })
     })
     .await
@@ -198,6 +200,7 @@ async fn measure(
         tag: tag.to_owned(),
         control_plane: [("etcd", etcd), ("kube-apiserver", apiserver)],
         loaded_rss: Vec::new(),
+        audit_log: plane.state_dir().join("logs/audit-job-creates.log"),
     };
     let outcome = session.phases().await;
     if let Some(operator) = session.operator.take() {
@@ -432,6 +435,8 @@ struct Session<'a> {
     control_plane: [(&'static str, i32); 2],
     /// Their RSS at the end of the idle window, holding every object of the run.
     loaded_rss: Vec<(&'static str, u64)>,
+    /// The API server's audit log of Job creates ([`stowage_testenv::bench::audit`]).
+    audit_log: std::path::PathBuf,
 }
 
 /// CPU seconds used so far by each process that shares the machine, by name.
@@ -442,8 +447,8 @@ impl Session<'_> {
         self.convergence().await?;
         self.idle().await?;
         self.restart().await?;
-        let (tick, operator_last) = self.tick().await?;
-        self.baseline(tick, operator_last).await
+        let (tick, operator_last, operator_created) = self.tick().await?;
+        self.baseline(tick, operator_last, operator_created).await
     }
 
     async fn snapshot(&self) -> Result<Snapshot, Stop> {
@@ -767,7 +772,9 @@ impl Session<'_> {
 
     /// Every schedule fires on the same minute; returns the tick and the time from it to
     /// the last Job seen.
-    async fn tick(&mut self) -> Result<(Timestamp, Duration), Stop> {
+    /// The tick, the last of its Jobs seen by the bench's watch, and the last created by
+    /// the API server's audit log.
+    async fn tick(&mut self) -> Result<(Timestamp, Duration, Option<Duration>), Stop> {
         let n = self.layout.targets;
         let m = self.layout.schedules;
         let tick = minute_boundary_after(Timestamp::now(), self.knobs.tick_lead);
@@ -851,6 +858,10 @@ impl Session<'_> {
             }
         };
         let last = self.tick_figures(tick, &jobs);
+        let keys: Vec<observe::JobKey> = jobs.iter().map(|(key, _)| key.clone()).collect();
+        let created = self
+            .created_figures("tick", "after tick", tick, &keys)
+            .await;
         self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
@@ -897,6 +908,7 @@ impl Session<'_> {
                 mib(memory.rss_bytes),
                 "MiB",
             );
+            self.rss_parts("steady", &memory);
             self.figure(
                 "operator",
                 "peak rss of the restarted operator",
@@ -904,10 +916,92 @@ impl Session<'_> {
                 "MiB",
             );
         }
+        if !self.knobs.settle.is_zero() {
+            // Connections opened for the tick's burst stay pooled, idle, for 90 s.
+            progress(format!(
+                "{}: {}s more without anything to do",
+                self.tag,
+                self.knobs.settle.as_secs()
+            ));
+            self.pause(self.knobs.settle).await?;
+            if let Some(memory) = self.operator()?.memory() {
+                let name = format!(
+                    "rss {}s later (idle connections closed)",
+                    self.knobs.settle.as_secs()
+                );
+                self.figure("operator", &name, mib(memory.rss_bytes), "MiB");
+                self.rss_parts("later", &memory);
+            }
+        }
         self.print_reconciles("tick").await;
         let after = self.snapshot().await?;
         self.requests("tick", &before, &after);
-        Ok((tick, last))
+        Ok((tick, last, created))
+    }
+
+    /// When the API server answered the create of each Job of `jobs`, by its audit log,
+    /// as latencies from `from`: printed as p50/p99/max; the max returned. `None` when
+    /// the log does not hold every one of them within `AUDIT_WAIT` (its lines are
+    /// written in batches).
+    async fn created_figures(
+        &self,
+        section: &str,
+        after: &str,
+        from: Timestamp,
+        jobs: &[observe::JobKey],
+    ) -> Option<Duration> {
+        const AUDIT_WAIT: Duration = Duration::from_secs(30);
+        let waited = Instant::now();
+        let (latencies, missing) = loop {
+            let creates = match audit::job_creates_in(&self.audit_log) {
+                Ok(creates) => creates,
+                Err(e) => {
+                    progress(format!(
+                        "{}: reading {}: {e}",
+                        self.tag,
+                        self.audit_log.display()
+                    ));
+                    return None;
+                }
+            };
+            let latencies: Vec<Duration> = jobs
+                .iter()
+                .filter_map(|key| creates.get(key))
+                .map(|at| Duration::try_from(at.duration_since(from)).unwrap_or_default())
+                .collect();
+            let missing = jobs.len() - latencies.len();
+            if missing == 0 || waited.elapsed() > AUDIT_WAIT {
+                break (latencies, missing);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        let show = |name: &str, d: Option<Duration>| {
+            self.figure(section, name, d.map_or("-".to_owned(), seconds), "s");
+        };
+        show(
+            &format!("job created {after} p50 (audit)"),
+            percentile(&latencies, 50.0),
+        );
+        show(
+            &format!("job created {after} max (audit)"),
+            percentile(&latencies, 100.0),
+        );
+        if missing > 0 {
+            self.figure(section, "jobs missing from the audit log", missing, "");
+            return None;
+        }
+        percentile(&latencies, 100.0)
+    }
+
+    /// The anonymous (heap, stacks) and file-backed (the executable's code) parts of
+    /// the operator's RSS.
+    fn rss_parts(&self, when: &str, memory: &MemoryUse) {
+        self.figure(
+            "operator",
+            &format!("{when}: anonymous / file-backed rss"),
+            format!("{} / {}", mib(memory.anon_bytes), mib(memory.file_bytes)),
+            "MiB",
+        );
     }
 
     /// CPU seconds used so far by the operator, etcd, kube-apiserver and the bench.
@@ -958,9 +1052,23 @@ impl Session<'_> {
     }
 
     /// The same Jobs created by a plain client, `baseline_concurrency` requests in flight.
-    async fn baseline(&mut self, tick: Timestamp, operator_last: Duration) -> Result<(), Stop> {
+    async fn baseline(
+        &mut self,
+        tick: Timestamp,
+        operator_last: Duration,
+        operator_created: Option<Duration>,
+    ) -> Result<(), Stop> {
         let n = self.layout.targets;
         let jobs = self.baseline_jobs(tick)?;
+        let keys: Vec<observe::JobKey> = jobs
+            .iter()
+            .map(|job| {
+                (
+                    job.metadata.namespace.clone().unwrap_or_default(),
+                    job.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
         let concurrency = self.knobs.baseline_concurrency;
         progress(format!(
             "{}: baseline: creating {} Jobs with {concurrency} in flight",
@@ -1056,6 +1164,21 @@ impl Session<'_> {
             format!("{:.2}", operator_last.as_secs_f64() / last.as_secs_f64())
         };
         self.figure("baseline", "operator / baseline (last job)", ratio, "x");
+        let created = self
+            .created_figures("baseline", "after start", started_at, &keys)
+            .await;
+        let ratio = match (operator_created, created) {
+            (Some(operator), Some(baseline)) if !baseline.is_zero() => {
+                format!("{:.2}", operator.as_secs_f64() / baseline.as_secs_f64())
+            }
+            _ => "-".to_owned(),
+        };
+        self.figure(
+            "baseline",
+            "operator / baseline (last job created, audit)",
+            ratio,
+            "x",
+        );
         Ok(())
     }
 

@@ -19,7 +19,10 @@
 #   0 = etcd and kube-apiserver only: no Job controller, garbage collector or
 #   ServiceAccount controller, for benchmarks that act as the node themselves),
 #   STOWAGE_UP_NODE (none = no node, the default; kubelet = a real node with containerd,
-#   the kubelet and kube-scheduler, in a network namespace of its own: see node.sh).
+#   the kubelet and kube-scheduler, in a network namespace of its own: see node.sh),
+#   STOWAGE_UP_AUDIT_JOB_CREATES (1 = the API server writes one audit line per Job create
+#   to logs/audit-job-creates.log, with microsecond times; benchmarks read when a Job came
+#   to exist from it; 0 = no audit log, the default).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,6 +47,10 @@ WITH_NODE="${STOWAGE_UP_NODE:-none}"
   die "STOWAGE_UP_NODE must be none (no node) or kubelet (a real node), got '$WITH_NODE'"
 [[ "$WITH_NODE" == none || "$WITH_KCM" == 1 ]] ||
   die "STOWAGE_UP_NODE=kubelet needs kube-controller-manager (STOWAGE_UP_CONTROLLER_MANAGER=1)"
+
+AUDIT_JOB_CREATES="${STOWAGE_UP_AUDIT_JOB_CREATES:-0}"
+[[ "$AUDIT_JOB_CREATES" == 0 || "$AUDIT_JOB_CREATES" == 1 ]] ||
+  die "STOWAGE_UP_AUDIT_JOB_CREATES must be 1 (audit Job creates) or 0 (no audit log), got '$AUDIT_JOB_CREATES'"
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
@@ -298,6 +305,26 @@ start etcd "$ETCD" \
   --log-level warn
 wait_for etcd "etcd on port $ETCD_PORT" tcp_open "$ETCD_PORT"
 
+AUDIT_ARGS=()
+if [[ "$AUDIT_JOB_CREATES" == 1 ]]; then
+  # Job creates only, metadata level (no bodies), one JSON line each when answered.
+  cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted, Panic]
+rules:
+  - level: Metadata
+    verbs: [create]
+    resources:
+      - group: batch
+        resources: [jobs]
+  - level: None
+POLICY
+  AUDIT_ARGS=(--audit-policy-file "$STATE/audit-policy.yaml"
+    --audit-log-path "$LOGS/audit-job-creates.log" --audit-log-format json
+    --audit-log-mode batch --audit-log-batch-max-wait 1s --audit-log-maxsize 0)
+fi
+
 start kube-apiserver "$APISERVER" \
   --bind-address "$API_HOST" \
   --advertise-address "$API_HOST" \
@@ -328,6 +355,7 @@ start kube-apiserver "$APISERVER" \
   --endpoint-reconciler-type none \
   --allow-privileged \
   --profiling=false \
+  "${AUDIT_ARGS[@]}" \
   --v 1
 wait_for kube-apiserver "/readyz on $API_URL" \
   "$KUBECTL" --kubeconfig "$STATE/kubeconfig" --request-timeout 5s get --raw /readyz

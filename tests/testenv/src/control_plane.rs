@@ -38,6 +38,10 @@ pub struct PlaneOptions {
     pub controller_manager: bool,
     /// Start a real node (containerd, kubelet, kube-scheduler: `STOWAGE_UP_NODE=kubelet`).
     pub real_node: bool,
+    /// Have the API server write an audit line for every Job create
+    /// (`logs/audit-job-creates.log`, `STOWAGE_UP_AUDIT_JOB_CREATES=1`): when each Job came
+    /// to exist, to the microsecond, whoever created it.
+    pub audit_job_creates: bool,
 }
 
 impl Default for PlaneOptions {
@@ -46,6 +50,7 @@ impl Default for PlaneOptions {
         PlaneOptions {
             controller_manager: true,
             real_node: false,
+            audit_job_creates: false,
         }
     }
 }
@@ -101,6 +106,10 @@ fn up(state_dir: &Path, options: PlaneOptions) -> Result<(), TestEnvError> {
         .env(
             "STOWAGE_UP_NODE",
             if options.real_node { "kubelet" } else { "none" },
+        )
+        .env(
+            "STOWAGE_UP_AUDIT_JOB_CREATES",
+            if options.audit_job_creates { "1" } else { "0" },
         )
         .output()
         .map_err(|e| TestEnvError::Startup(format!("running {}: {e}", up.display())))?;

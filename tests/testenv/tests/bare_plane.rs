@@ -27,6 +27,7 @@ async fn a_bare_plane_serves_jobs_that_the_simulated_node_finishes_and_counts_ag
         BarePlane::start(PlaneOptions {
             controller_manager: false,
             real_node: false,
+            audit_job_creates: false,
         })
     })
     .await??;

@@ -1,9 +1,10 @@
 //! Support for benchmarks against a [`crate::BarePlane`]: what the API server served
-//! ([`api_metrics`]), what the benchmark itself sent ([`client_counts`]), process memory
+//! ([`api_metrics`]) and when it created each Job ([`audit`]), what the benchmark itself sent ([`client_counts`]), process memory
 //! ([`procfs`]), a node that finishes Jobs without running pods ([`node`]), small report
 //! helpers ([`stats`]) and settings read from the environment ([`knob`]).
 
 pub mod api_metrics;
+pub mod audit;
 pub mod client_counts;
 pub mod node;
 pub mod procfs;

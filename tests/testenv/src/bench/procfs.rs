@@ -7,6 +7,12 @@ pub struct MemoryUse {
     pub rss_bytes: u64,
     /// The highest resident set size since the process started (`VmHWM`), in bytes.
     pub peak_rss_bytes: u64,
+    /// The part of `rss_bytes` that is the process's own memory, its heap and stacks
+    /// (`RssAnon`); 0 when the kernel does not say.
+    pub anon_bytes: u64,
+    /// The part that is mapped files, mostly the executable's code (`RssFile`); 0 when
+    /// the kernel does not say.
+    pub file_bytes: u64,
 }
 
 /// Reads `VmRSS` and `VmHWM` from the text of a `/proc/<pid>/status` file; `None` when
@@ -20,6 +26,8 @@ pub fn parse_status(text: &str) -> Option<MemoryUse> {
     Some(MemoryUse {
         rss_bytes: kib("VmRSS:")?,
         peak_rss_bytes: kib("VmHWM:")?,
+        anon_bytes: kib("RssAnon:").unwrap_or_default(),
+        file_bytes: kib("RssFile:").unwrap_or_default(),
     })
 }
 
@@ -58,14 +66,18 @@ mod tests {
 
     #[test]
     fn reads_current_and_peak_rss() {
-        let text = "Name:\tetcd\nVmPeak:\t 9000 kB\nVmHWM:\t   204800 kB\nVmRSS:\t   102400 kB\nThreads:\t12\n";
+        let text = "Name:\tetcd\nVmPeak:\t 9000 kB\nVmHWM:\t   204800 kB\nVmRSS:\t   102400 kB\nRssAnon:\t   81920 kB\nRssFile:\t   20480 kB\nThreads:\t12\n";
         assert_eq!(
             parse_status(text),
             Some(MemoryUse {
                 rss_bytes: 100 * 1024 * 1024,
-                peak_rss_bytes: 200 * 1024 * 1024
+                peak_rss_bytes: 200 * 1024 * 1024,
+                anon_bytes: 80 * 1024 * 1024,
+                file_bytes: 20 * 1024 * 1024,
             })
         );
+        let old_kernel = "VmHWM:\t2048 kB\nVmRSS:\t1024 kB\n";
+        assert_eq!(parse_status(old_kernel).unwrap().anon_bytes, 0);
         assert_eq!(parse_status("Name:\tkthreadd\nThreads:\t1\n"), None);
         assert_eq!(mib(200 * 1024 * 1024 + 5), 200);
     }
