@@ -45,8 +45,9 @@ pub struct Knobs {
     /// Jobs left to finish) counts as settled (default 10).
     pub quiet: Duration,
     /// `STOWAGE_BENCH_SETTLE_SECONDS`: how long after the steady reading the operator's
-    /// memory is read again, once the connections pooled for the tick have gone idle
-    /// long enough to close (default 120; 0 skips it).
+    /// memory is read again, once the connections pooled for the tick have been idle
+    /// long enough to be closed: hyper closes those idle for 90 s, looking every 90 s
+    /// (default 180; 0 skips it).
     pub settle: Duration,
     /// `STOWAGE_BENCH_RESTART_WATCH_SECONDS`: how long Jobs are counted after the
     /// restarted operator is ready (default 30).
@@ -154,7 +155,7 @@ impl Knobs {
             )?),
             settle: Duration::from_secs(knob(
                 "STOWAGE_BENCH_SETTLE_SECONDS",
-                120,
+                180,
                 "seconds, 0 or more",
                 |_: &u64| true,
             )?),

@@ -770,10 +770,9 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Every schedule fires on the same minute; returns the tick and the time from it to
-    /// the last Job seen.
-    /// The tick, the last of its Jobs seen by the bench's watch, and the last created by
-    /// the API server's audit log.
+    /// Every schedule fires on the same minute; returns the tick, the time from it to the
+    /// last of its Jobs seen by the bench's watch, and to the last created by the API
+    /// server's audit log (`None` when the log misses some of them).
     async fn tick(&mut self) -> Result<(Timestamp, Duration, Option<Duration>), Stop> {
         let n = self.layout.targets;
         let m = self.layout.schedules;
@@ -858,10 +857,6 @@ impl Session<'_> {
             }
         };
         let last = self.tick_figures(tick, &jobs);
-        let keys: Vec<observe::JobKey> = jobs.iter().map(|(key, _)| key.clone()).collect();
-        let created = self
-            .created_figures("tick", "after tick", tick, &keys)
-            .await;
         self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
@@ -885,6 +880,11 @@ impl Session<'_> {
             format!("{:.2}", recorded_after.as_secs_f64()),
             "s",
         );
+        // Read after the timed windows above: parsing the log takes the bench's time.
+        let keys: Vec<observe::JobKey> = jobs.iter().map(|(key, _)| key.clone()).collect();
+        let created = self
+            .created_figures("tick", "after tick", tick, &keys)
+            .await;
         self.print_exits("tick");
         // Settled (events published, history trimmed) before the memory is read and the
         // baseline runs on an API server that serves nobody else.
@@ -917,7 +917,8 @@ impl Session<'_> {
             );
         }
         if !self.knobs.settle.is_zero() {
-            // Connections opened for the tick's burst stay pooled, idle, for 90 s.
+            // Connections opened for the tick's burst stay pooled while idle: hyper closes
+            // those idle for 90 s, looking every 90 s, so within 180 s.
             progress(format!(
                 "{}: {}s more without anything to do",
                 self.tag,
@@ -925,10 +926,7 @@ impl Session<'_> {
             ));
             self.pause(self.knobs.settle).await?;
             if let Some(memory) = self.operator()?.memory() {
-                let name = format!(
-                    "rss {}s later (idle connections closed)",
-                    self.knobs.settle.as_secs()
-                );
+                let name = format!("rss {}s later", self.knobs.settle.as_secs());
                 self.figure("operator", &name, mib(memory.rss_bytes), "MiB");
                 self.rss_parts("later", &memory);
             }
@@ -940,9 +938,9 @@ impl Session<'_> {
     }
 
     /// When the API server answered the create of each Job of `jobs`, by its audit log,
-    /// as latencies from `from`: printed as p50/p99/max; the max returned. `None` when
-    /// the log does not hold every one of them within `AUDIT_WAIT` (its lines are
-    /// written in batches).
+    /// as latencies from `from`: p50 and max printed, the max returned. `None` when the
+    /// log does not hold every one of them within `AUDIT_WAIT` (the API server writes
+    /// each line shortly after the create, from a queue).
     async fn created_figures(
         &self,
         section: &str,
@@ -1060,15 +1058,6 @@ impl Session<'_> {
     ) -> Result<(), Stop> {
         let n = self.layout.targets;
         let jobs = self.baseline_jobs(tick)?;
-        let keys: Vec<observe::JobKey> = jobs
-            .iter()
-            .map(|job| {
-                (
-                    job.metadata.namespace.clone().unwrap_or_default(),
-                    job.metadata.name.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
         let concurrency = self.knobs.baseline_concurrency;
         progress(format!(
             "{}: baseline: creating {} Jobs with {concurrency} in flight",
@@ -1088,26 +1077,34 @@ impl Session<'_> {
         let cpu_at_start = self.cpu_times();
         let started_at = Timestamp::now();
         let start = Instant::now();
-        let results: Vec<Result<(), kube::Error>> = futures::stream::iter(jobs)
+        // With each Job's key: those created are looked up in the audit log.
+        let results: Vec<(observe::JobKey, Result<(), kube::Error>)> = futures::stream::iter(jobs)
             .map(|job| {
                 let client = client.clone();
                 async move {
                     let namespace = job.metadata.namespace.clone().unwrap_or_default();
-                    Api::<Job>::namespaced(client, &namespace)
+                    let name = job.metadata.name.clone().unwrap_or_default();
+                    let created = Api::<Job>::namespaced(client, &namespace)
                         .create(&PostParams::default(), &job)
                         .await
-                        .map(|_| ())
+                        .map(|_| ());
+                    ((namespace, name), created)
                 }
             })
             .buffer_unordered(concurrency)
             .collect()
             .await;
         let responses = start.elapsed();
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+        if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
             progress(format!("{}: baseline: a create failed: {e}", self.tag));
         }
         let created = results.len() - failed;
+        let keys: Vec<observe::JobKey> = results
+            .into_iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(key, _)| key)
+            .collect();
         let ledger = self.observer.jobs.clone();
         let seen = wait_for(
             "every baseline Job seen",

@@ -1,7 +1,8 @@
 //! Support for benchmarks against a [`crate::BarePlane`]: what the API server served
-//! ([`api_metrics`]) and when it created each Job ([`audit`]), what the benchmark itself sent ([`client_counts`]), process memory
-//! ([`procfs`]), a node that finishes Jobs without running pods ([`node`]), small report
-//! helpers ([`stats`]) and settings read from the environment ([`knob`]).
+//! ([`api_metrics`]) and when it created each Job ([`audit`]), what the benchmark itself
+//! sent ([`client_counts`]), process memory ([`procfs`]), a node that finishes Jobs
+//! without running pods ([`node`]), small report helpers ([`stats`]) and settings read
+//! from the environment ([`knob`]).
 
 pub mod api_metrics;
 pub mod audit;
