@@ -170,14 +170,21 @@ async fn exiting_0_without_a_report_fails() {
 
 #[tokio::test]
 async fn a_malformed_report_fails() {
-    for report in [r#"not json"#, r#"{"facts": {"n": 3}}"#, r#"[1, 2]"#] {
-        let script = format!("echo bytes; printf '%s' '{report}' > \"$STOWAGE_REPORT\"");
-        let (kind, message) = failed_backup(&script).await;
-        assert_eq!(kind, ErrorKind::ToolFailed, "{report}");
-        assert!(
-            message.contains("not a valid report"),
-            "{report}: {message}"
-        );
+    let scripts: Vec<String> = [r#"not json"#, r#"{"facts": {"n": 3}}"#, r#"[1, 2]"#]
+        .iter()
+        .map(|report| format!("echo bytes; printf '%s' '{report}' > \"$STOWAGE_REPORT\""))
+        .collect();
+    each_backup_fails_saying(&scripts, "not a valid report").await;
+}
+
+/// Each of `scripts`, run as a backup, fails as `ToolFailed` with `expected` in its
+/// message.
+async fn each_backup_fails_saying(scripts: &[impl AsRef<str>], expected: &str) {
+    for script in scripts {
+        let script = script.as_ref();
+        let (kind, message) = failed_backup(script).await;
+        assert_eq!(kind, ErrorKind::ToolFailed, "{script}");
+        assert!(message.contains(expected), "{script}: {message}");
     }
 }
 
@@ -292,17 +299,11 @@ async fn a_run_without_the_resolved_plugin_says_so() {
 #[tokio::test]
 async fn a_report_that_is_a_link_or_a_fifo_neither_blocks_nor_floods() {
     // A FIFO nobody writes would block a reader forever; /dev/zero never ends.
-    for script in [
+    let scripts = [
         r#"echo bytes; mkfifo "$STOWAGE_REPORT""#,
         r#"echo bytes; ln -s /dev/zero "$STOWAGE_REPORT""#,
-    ] {
-        let (kind, message) = failed_backup(script).await;
-        assert_eq!(kind, ErrorKind::ToolFailed, "{script}");
-        assert!(
-            message.contains("not a regular file"),
-            "{script}: {message}"
-        );
-    }
+    ];
+    each_backup_fails_saying(&scripts, "not a regular file").await;
 }
 
 #[tokio::test]
