@@ -717,7 +717,11 @@ async fn raw_run(
     for (name, value) in &invocation.secret_env {
         command.env(name, value.expose());
     }
-    let output = match tokio::time::timeout(limit, command.output()).await {
+    let run = async {
+        let child = stowage_plugin_sdk::tool::spawn_when_not_busy(&mut command).await?;
+        child.wait_with_output().await
+    };
+    let output = match tokio::time::timeout(limit, run).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err(format!("cannot start {:?}: {e}", invocation.program)),
         Err(_) => {

@@ -34,6 +34,34 @@ pub const STDOUT_LIMIT: usize = 64 * 1024;
 pub const STDOUT_PIPE_CAPACITY: usize = 1024 * 1024;
 /// Bytes read from a tool's stdout at once in [`ToolCommand::run_to_sink`].
 const STDOUT_READ_SIZE: usize = 256 * 1024;
+/// First pause before starting a program again that was refused with `ETXTBSY`; each
+/// further pause doubles.
+const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(10);
+/// How long a start refused with `ETXTBSY` is tried again before it counts as a failure.
+const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(2);
+
+/// Start `command`, trying again for up to [`BUSY_WAIT_LIMIT`] while the kernel refuses
+/// because the program's file is still open for writing (`ETXTBSY`). That state ends on
+/// its own: a process forked by another thread just as the file was written still holds
+/// it until its own exec, or an init container is finishing a copy. Any other error, or
+/// the same one after the limit, is returned as it is.
+pub async fn spawn_when_not_busy(command: &mut Command) -> std::io::Result<Child> {
+    let mut pause = BUSY_FIRST_PAUSE;
+    let mut waited = Duration::ZERO;
+    loop {
+        match command.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && waited < BUSY_WAIT_LIMIT =>
+            {
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(BUSY_WAIT_LIMIT / 4);
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Where a tool plugin finds its service's tools (`pg_dump`, `mariadb-dump`, ...): a
 /// `PATH`-style list of directories, also given to each tool as its `PATH`. Each tool
@@ -208,7 +236,7 @@ impl ToolCommand {
         self
     }
 
-    fn spawn(&self, stdin: Stdio, stdout: Stdio) -> Result<Child, PluginError> {
+    async fn spawn(&self, stdin: Stdio, stdout: Stdio) -> Result<Child, PluginError> {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
@@ -234,12 +262,18 @@ impl ToolCommand {
         for (name, value) in &self.secret_env {
             command.env(name, value.expose());
         }
-        command.spawn().map_err(|e| {
-            PluginError::ToolFailed(format!(
-                "cannot start {:?}: {e}; the Job's image must contain it (set spec.job.image to \
-                 an image that has it)",
-                self.program
-            ))
+        spawn_when_not_busy(&mut command).await.map_err(|e| {
+            let advice = if e.kind() == std::io::ErrorKind::ExecutableFileBusy {
+                format!(
+                    "it was still open for writing after {}s; whatever writes it (an init \
+                     container copying it?) must finish first",
+                    BUSY_WAIT_LIMIT.as_secs()
+                )
+            } else {
+                "the Job's image must contain it (set spec.job.image to an image that has it)"
+                    .to_owned()
+            };
+            PluginError::ToolFailed(format!("cannot start {:?}: {e}; {advice}", self.program))
         })
     }
 
@@ -284,7 +318,7 @@ impl ToolCommand {
         classify: impl Fn(&ToolFailure) -> PluginError,
     ) -> Result<ToolOutput, PluginError> {
         let fut = async {
-            let mut child = self.spawn(Stdio::null(), Stdio::piped())?;
+            let mut child = self.spawn(Stdio::null(), Stdio::piped()).await?;
             let mut stdout = take(child.stdout.take(), "stdout")?;
             enlarge_pipe(&stdout, STDOUT_PIPE_CAPACITY);
             let stderr = take(child.stderr.take(), "stderr")?;
@@ -353,7 +387,7 @@ impl ToolCommand {
         classify: impl Fn(&ToolFailure) -> PluginError,
     ) -> Result<ToolOutput, PluginError> {
         let fut = async {
-            let mut child = self.spawn(Stdio::piped(), Stdio::piped())?;
+            let mut child = self.spawn(Stdio::piped(), Stdio::piped()).await?;
             let stdin = take(child.stdin.take(), "stdin")?;
             let stdout = take(child.stdout.take(), "stdout")?;
             let stderr = take(child.stderr.take(), "stderr")?;
@@ -426,7 +460,7 @@ impl ToolCommand {
         classify: impl Fn(&ToolFailure) -> PluginError,
     ) -> Result<ToolOutput, PluginError> {
         let fut = async {
-            let mut child = self.spawn(Stdio::null(), Stdio::piped())?;
+            let mut child = self.spawn(Stdio::null(), Stdio::piped()).await?;
             let stdout = take(child.stdout.take(), "stdout")?;
             let stderr = take(child.stderr.take(), "stderr")?;
             let (stdout, stderr) = tokio::join!(
@@ -609,6 +643,30 @@ mod tests {
 
     fn redactor() -> Redactor {
         Redactor::new(["hunter2-secret".to_owned()])
+    }
+
+    /// A program whose file is still open for writing somewhere (a test that just wrote
+    /// it while another thread forked, an init container still copying it) cannot be
+    /// executed (`ETXTBSY`); the start is tried again until the writer lets go.
+    #[tokio::test]
+    async fn a_program_still_open_for_writing_starts_once_the_writer_closes_it() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tool.sh");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        writer.write_all(b"#!/bin/sh\necho started\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            drop(writer);
+        });
+        let out = ToolCommand::new(path.to_string_lossy())
+            .run(&redactor(), tool_failed)
+            .await
+            .unwrap();
+        closer.join().unwrap();
+        assert_eq!(out.stdout.trim(), "started");
     }
 
     #[tokio::test]
