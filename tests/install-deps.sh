@@ -20,6 +20,7 @@ packages=(
   iproute2        # the node's network namespace and link
   gcc             # the pause image's static binary (deploy/local/node/pause.c)
   libc6-dev       # ... and the static C library it links
+  make            # jemalloc, the binary's allocator, is built from source by tikv-jemalloc-sys (configure, make)
   busybox-static  # the shell of the tests' stand-in tools image (deploy/local/images.sh)
   prometheus      # promtool: unit tests of the Helm chart's alert rules (tests/helm.rs)
   redis-server    # real Redis servers the redis plugin's tests start on loopback (and redis-cli)

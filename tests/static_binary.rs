@@ -95,3 +95,25 @@ fn the_checker_recognises_a_dynamic_binary() {
         .sum();
     assert!(needed > 0);
 }
+
+/// The binary allocates through jemalloc with the options of `src/main.rs` (one arena,
+/// a background thread returning freed pages): `stats_print` added through the
+/// environment makes jemalloc print the options in effect when the process exits.
+#[test]
+fn the_stowage_binary_allocates_through_jemalloc_with_its_options() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("run stowage --version");
+    assert!(out.status.success(), "{out:?}");
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 1\n",
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000 (",
+        "opt.muzzy_decay_ms: 0 (",
+    ] {
+        assert!(stats.contains(option), "{option:?} not in:\n{stats}");
+    }
+}

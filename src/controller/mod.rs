@@ -693,7 +693,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    tune_allocator();
     if let (Some(address), Some(endpoint)) = (args.webhook_bind_address, args.webhook_endpoint()?) {
         let client = ctx.client.clone();
         let plugins = ctx.plugins().clone();
@@ -719,7 +718,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ctx_ready.cache.wait_synced().await;
             tracing::info!("caches synced; ready");
             health.set_leader_ready();
-            release_free_memory_every(Duration::from_secs(15)).await;
         });
     }
     run_on_own_tasks(runs).await;
@@ -867,35 +865,6 @@ fn strip_managed_fields<K: Resource>(obj: &mut K) {
 /// Log a watch error; the watch retries with backoff.
 fn log_watch_error(kind: &'static str, error: &watcher::Error) {
     tracing::warn!(kind, error = %error, "watch failed; retrying");
-}
-
-/// Have large buffers mapped on their own, returned to the system when freed: each
-/// buffer of a list page (hundreds of KiB to MiB). glibc otherwise raises its mmap
-/// threshold to the largest buffer freed so far and serves the next ones from the heap,
-/// where they fragment it. Called before the first watch lists.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a threshold of the allocator, before and between
-    // allocations alike; 256 KiB is a valid value for M_MMAP_THRESHOLD.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-    }
-}
-
-/// Give the memory freed since the last time back to the system, now and every `period`.
-/// glibc keeps freed memory in its arenas: the pages of the first lists of thousands of
-/// objects (tens of MiB, measured at 5,000 targets) would otherwise stay in the
-/// operator's RSS for good, though it holds only its compact caches.
-async fn release_free_memory_every(period: Duration) {
-    loop {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free heap pages to the kernel; it takes the
-        // allocator's own locks and touches no memory the program owns.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        tokio::time::sleep(period).await;
-    }
 }
 
 /// Run a watch whose events `apply` folds into the cache, until `stop`.
