@@ -18,7 +18,7 @@ packages=(
   containernetworking-plugins  # the node's bridge pod network (CNI bridge, host-local)
   iptables        # the node's DNAT of the kubernetes Service to the API server
   iproute2        # the node's network namespace and link
-  gcc             # the pause image's static binary (deploy/local/node/pause.c)
+  gcc             # the pause image's static binary (deploy/local/node/pause.c), and jemalloc's C sources
   libc6-dev       # ... and the static C library it links
   make            # jemalloc, the binary's allocator, is built from source by tikv-jemalloc-sys (configure, make)
   busybox-static  # the shell of the tests' stand-in tools image (deploy/local/images.sh)

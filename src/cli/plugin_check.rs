@@ -723,6 +723,13 @@ async fn raw_run(
     };
     let output = match tokio::time::timeout(limit, run).await {
         Ok(Ok(output)) => output,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+            return Err(format!(
+                "cannot start {:?}: {e}; another process still held it open for writing; \
+                 close it before checking the plugin",
+                invocation.program
+            ));
+        }
         Ok(Err(e)) => return Err(format!("cannot start {:?}: {e}", invocation.program)),
         Err(_) => {
             return Err(format!(

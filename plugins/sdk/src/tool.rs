@@ -42,8 +42,8 @@ const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// Start `command`, trying again for up to [`BUSY_WAIT_LIMIT`] while the kernel refuses
 /// because the program's file is still open for writing (`ETXTBSY`). That state ends on
-/// its own: a process forked by another thread just as the file was written still holds
-/// it until its own exec, or an init container is finishing a copy. Any other error, or
+/// its own when the writer is a process forked by another thread just as the file was
+/// written: the child holds it until its own exec, a moment later. Any other error, or
 /// the same one after the limit, is returned as it is.
 pub async fn spawn_when_not_busy(command: &mut Command) -> std::io::Result<Child> {
     let mut pause = BUSY_FIRST_PAUSE;
@@ -265,8 +265,8 @@ impl ToolCommand {
         spawn_when_not_busy(&mut command).await.map_err(|e| {
             let advice = if e.kind() == std::io::ErrorKind::ExecutableFileBusy {
                 format!(
-                    "it was still open for writing after {}s; whatever writes it (an init \
-                     container copying it?) must finish first",
+                    "another process still held it open for writing after about {}s; \
+                     whatever writes it must close it before it is run",
                     BUSY_WAIT_LIMIT.as_secs()
                 )
             } else {
@@ -646,8 +646,8 @@ mod tests {
     }
 
     /// A program whose file is still open for writing somewhere (a test that just wrote
-    /// it while another thread forked, an init container still copying it) cannot be
-    /// executed (`ETXTBSY`); the start is tried again until the writer lets go.
+    /// it while another thread forked) cannot be executed (`ETXTBSY`); the start is tried
+    /// again until the writer lets go.
     #[tokio::test]
     async fn a_program_still_open_for_writing_starts_once_the_writer_closes_it() {
         use std::io::Write;
