@@ -482,6 +482,26 @@ async fn deleting_a_target_collects_its_jobs_and_keeps_its_artifacts() {
         pods += env.pods_of(&job_name(job)).await.len();
     }
     assert!(pods > 0, "the Jobs have pods");
+    let series = "stowage_backup_last_success_timestamp_seconds{namespace=";
+    let of_target = |metrics: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(series) && l.contains("target=\"app-db\""))
+            .count()
+    };
+    let env_ref = &env;
+    eventually(
+        "the target's last success is a metric",
+        Duration::from_secs(60),
+        || async move {
+            match of_target(&env_ref.metrics()) {
+                1 => Ok(()),
+                n => Err(format!("{n} series")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     env.kubectl(&["delete", "backuptarget", "app-db", "--wait=true"]);
     let env_ref = &env;
@@ -507,6 +527,13 @@ async fn deleting_a_target_collects_its_jobs_and_keeps_its_artifacts() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    let metrics = env.metrics();
+    assert!(!metrics.is_empty(), "the operator serves its metrics");
+    assert_eq!(
+        of_target(&metrics),
+        0,
+        "a deleted target leaves no series behind:\n{metrics}"
+    );
     let after = env.sidecars("app-db");
     assert_eq!(after.len(), 1, "the artifact stays on the claim");
     assert_eq!(after[0].1, sidecar);

@@ -253,6 +253,13 @@ impl Context {
         Action::requeue(after.max(Duration::from_secs(1)))
     }
 
+    /// How often every target is reconciled again when nothing woke it: [`target::RESYNC`],
+    /// capped like a requeue by a test clock.
+    fn sweep_period(&self) -> Duration {
+        let cap = self.clock.max_requeue().unwrap_or(target::RESYNC);
+        target::RESYNC.min(cap).max(Duration::from_secs(1))
+    }
+
     fn backoff(&self, key: String) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = failures.entry(key).or_insert(0);
@@ -893,6 +900,14 @@ where
         .boxed()
 }
 
+/// Yields once every `period`, the first time one period from now.
+fn every(period: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
+}
+
 /// Objects per page when Jobs and pods are listed (kube's default is 500). A full Job
 /// of a run is about 5 KiB of JSON and several times that parsed.
 const JOB_LIST_PAGE: u32 = 100;
@@ -931,6 +946,7 @@ fn scope_controllers(
     // select them, only when what schedules read changed.
     let targets = {
         let cache = cache.clone();
+        let ctx_for_events = ctx.clone();
         // `(namespace, name)`: an `ObjectRef` would keep the version and uid too.
         let mut digests: HashMap<(String, String), cache::TargetDigest> = HashMap::new();
         let mut listed: Option<std::collections::HashSet<(String, String)>> = None;
@@ -946,8 +962,11 @@ fn scope_controllers(
                 cache.target_changed(old.as_ref(), Some(&new), &t.namespace().unwrap_or_default());
             }
             Event::Delete(t) => {
-                let old = digests.remove(&key_of(t));
-                cache.target_changed(old.as_ref(), None, &t.namespace().unwrap_or_default());
+                let key = key_of(t);
+                let old = digests.remove(&key);
+                cache.target_changed(old.as_ref(), None, &key.0);
+                // No timer is left to report it gone: forget it now.
+                target::forget(&ctx_for_events, &key.0, &key.1);
             }
             Event::Init => listed = Some(Default::default()),
             Event::InitDone => {
@@ -960,6 +979,7 @@ fn scope_controllers(
                 for key in gone {
                     let old = digests.remove(&key);
                     cache.target_changed(old.as_ref(), None, &key.0);
+                    target::forget(&ctx_for_events, &key.0, &key.1);
                 }
                 target_sync.done();
             }
@@ -982,6 +1002,9 @@ fn scope_controllers(
         Controller::for_stream(stream, target_reader)
             .with_config(Config::default().concurrency(RECONCILE_CONCURRENCY))
             .reconcile_on(target_rx)
+            // A safety net instead of a timer per target: every target is reconciled
+            // again from the cache once a period, in one sweep.
+            .reconcile_all_on(every(ctx.sweep_period()))
             .graceful_shutdown_on(stop.clone())
             .run(
                 target::reconcile_watched,

@@ -40,7 +40,9 @@ pub const CLAIM_RETRY: Duration = Duration::from_secs(15);
 /// How often a target whose probe waits for a free slot looks again, in case it was not
 /// woken (it normally is, as soon as a probe finishes).
 pub const PROBE_SLOT_RETRY: Duration = Duration::from_secs(60);
-/// Periodic resync when nothing else is due.
+/// How often every target is reconciled again from the cache when nothing else woke it
+/// (a safety net; a sweep of the whole store, see `scope_controllers`). A reconcile that
+/// has nothing due waits for a change instead of keeping a timer per target.
 pub const RESYNC: Duration = Duration::from_secs(30 * 60);
 /// Finished on-demand backup Jobs kept per target (older recorded ones are deleted).
 pub const ON_DEMAND_JOBS_KEPT: usize = 3;
@@ -569,10 +571,13 @@ async fn reconcile_inner(
     }
 
     // Plan and apply the runs that are due.
-    let mut requeue = RESYNC;
+    // When to look again, if anything is due by time; `None` waits for a change (or the
+    // periodic sweep of every target, [`RESYNC`]).
+    let mut requeue: Option<Duration> = None;
+    let mut due_in = |after: Duration| requeue = Some(requeue.map_or(after, |r| r.min(after)));
     if observed.start_failure.is_some() {
         // Look again when the stuck run reaches its limit.
-        requeue = requeue.min(Duration::from_secs(30));
+        due_in(Duration::from_secs(30));
     }
     let config_invalid = config.blocking_message();
     let mut handled_backup_now = None;
@@ -602,7 +607,7 @@ async fn reconcile_inner(
                     )],
                 )
                 .await;
-                requeue = requeue.min(CLAIM_RETRY);
+                due_in(CLAIM_RETRY);
             }
             StartDecision::Exists => handled_backup_now = Some(token),
             StartDecision::Create { .. } => {
@@ -660,7 +665,7 @@ async fn reconcile_inner(
     if probe_supported {
         let (plan, wait) = plan_probe(target, probe_active, now);
         if let Some(wait) = wait {
-            requeue = requeue.min(wait);
+            due_in(wait);
         }
         if let Some(plan) = plan {
             if !can_run {
@@ -716,7 +721,7 @@ async fn reconcile_inner(
                         job = job_name,
                         "probe waits for a free slot (--max-concurrent-probes)"
                     );
-                    requeue = requeue.min(PROBE_SLOT_RETRY);
+                    due_in(PROBE_SLOT_RETRY);
                 }
             }
         }
@@ -751,7 +756,7 @@ async fn reconcile_inner(
         super::delete_job(&jobs_api, &job.name).await?;
     }
 
-    Ok(ctx.requeue(requeue))
+    Ok(requeue.map_or_else(Action::await_change, |after| ctx.requeue(after)))
 }
 
 /// The target's finished Jobs that are not kept, oldest first: on-demand backups beyond
@@ -853,11 +858,10 @@ mod tests {
             serde_json::to_value(with_status(target, &status)).unwrap(),
         );
 
+        // Nothing is due by time: the target keeps no timer, it waits for a change (its
+        // probe Job's) or the periodic sweep of every target.
         let action = reconciled.await.unwrap().unwrap();
-        assert!(
-            format!("{action:?}").contains("requeue_after"),
-            "{action:?}"
-        );
+        assert_eq!(action, Action::await_change());
         api.expect_no_more().await;
     }
 

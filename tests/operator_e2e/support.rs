@@ -638,6 +638,16 @@ impl Env {
         }
     }
 
+    /// The running operator's metrics in the text format (empty when it does not answer).
+    pub fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        Command::new("curl")
+            .args(["-sf", "--max-time", "5", &url])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
     /// `stowage_reconcile_total{controller}` of the running operator (0 when not up yet).
     pub async fn reconciles(&self, controller: &str) -> u64 {
         reconciles_at(self.metrics_port, controller)
