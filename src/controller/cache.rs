@@ -34,7 +34,7 @@ use crate::jobs::{RunKind, job_kind};
 
 use super::runs::{self, ActiveRun, StartDecision, StartRequest};
 use super::status::{self, JobState, StartFailure};
-use super::watched::WatchedTarget;
+use super::watched::{ReadTargetError, WatchedTarget};
 
 /// What the controller keeps of one stowage Job: its identity, its run, and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,12 +185,22 @@ fn parsed(target: &WatchedTarget) -> Option<Arc<BackupTarget>> {
     match target.target() {
         Ok(target) => Some(Arc::new(target)),
         Err(error) => {
-            tracing::warn!(
-                namespace = target.metadata.namespace.as_deref().unwrap_or_default(),
-                name = target.metadata.name.as_deref().unwrap_or_default(),
-                %error,
-                "cannot read the BackupTarget with this operator's types; schedules skip it (do the CRDs and the operator come from the same release?)"
-            );
+            let namespace = target.metadata.namespace.as_deref().unwrap_or_default();
+            let name = target.metadata.name.as_deref().unwrap_or_default();
+            match error {
+                ReadTargetError::Types(error) => tracing::warn!(
+                    namespace,
+                    name,
+                    %error,
+                    "cannot read the BackupTarget with this operator's types; schedules skip it (do the CRDs and the operator come from the same release?)"
+                ),
+                unpack @ ReadTargetError::Unpack(_) => tracing::error!(
+                    namespace,
+                    name,
+                    error = %unpack,
+                    "cannot read the BackupTarget from the operator's cache; schedules skip it"
+                ),
+            }
             None
         }
     }
@@ -534,6 +544,17 @@ impl Cache {
             .iter()
             .find_map(|store| store.get(&object))
             .and_then(|t| parsed(&t))
+    }
+
+    /// Whether BackupTarget `namespace/name` is in the watch's store; `None` when there
+    /// are no stores (unit tests): callers then do nothing.
+    pub fn target_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let stores = lock(&self.targets).clone();
+        if stores.is_empty() {
+            return None;
+        }
+        let object = ObjectRef::new(name).within(namespace);
+        Some(stores.iter().any(|store| store.get(&object).is_some()))
     }
 
     /// The Job `namespace/name` as the watch last showed it.

@@ -103,6 +103,17 @@ pub enum Error {
         /// What did not match.
         source: serde_json::Error,
     },
+    /// A cached object's packed copy does not unpack: a fault of the operator, not of the
+    /// object.
+    #[error("cannot read {kind} {name} from the operator's cache: {message}")]
+    Cache {
+        /// The kind.
+        kind: &'static str,
+        /// `namespace/name`.
+        name: String,
+        /// What failed, and what to do.
+        message: String,
+    },
 }
 
 impl Error {
@@ -115,6 +126,7 @@ impl Error {
             Error::MissingNamespace { .. } => "missing_namespace",
             Error::Serialize(_) => "serialize",
             Error::Decode { .. } => "decode",
+            Error::Cache { .. } => "cache",
         }
     }
 }
@@ -253,7 +265,7 @@ impl Context {
         Action::requeue(after.max(Duration::from_secs(1)))
     }
 
-    /// How often every target is reconciled again when nothing woke it: [`target::RESYNC`],
+    /// How often every target is reconciled again in one sweep: [`target::RESYNC`],
     /// capped like a requeue by a test clock.
     fn sweep_period(&self) -> Duration {
         let cap = self.clock.max_requeue().unwrap_or(target::RESYNC);

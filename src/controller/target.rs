@@ -28,7 +28,7 @@ use super::cache::{self, RunJob};
 use super::events::{self, PlannedEvent, reasons};
 use super::runs::{self, StartDecision, StartRequest, StartTrigger};
 use super::status::{self, ConfigCheck, JobState, TargetObservation, derive_target_status};
-use super::watched::WatchedTarget;
+use super::watched::{ReadTargetError, TargetMeta, WatchedTarget};
 use super::{Context, Error};
 use crate::jobs::RunKind;
 
@@ -40,9 +40,9 @@ pub const CLAIM_RETRY: Duration = Duration::from_secs(15);
 /// How often a target whose probe waits for a free slot looks again, in case it was not
 /// woken (it normally is, as soon as a probe finishes).
 pub const PROBE_SLOT_RETRY: Duration = Duration::from_secs(60);
-/// How often every target is reconciled again from the cache when nothing else woke it
-/// (a safety net; a sweep of the whole store, see `scope_controllers`). A reconcile that
-/// has nothing due waits for a change instead of keeping a timer per target.
+/// How often every target is reconciled again from the cache, in one sweep of the whole
+/// store (a safety net, see `scope_controllers`). A reconcile that has nothing due by
+/// time waits for a change instead of keeping a timer per target.
 pub const RESYNC: Duration = Duration::from_secs(30 * 60);
 /// Finished on-demand backup Jobs kept per target (older recorded ones are deleted).
 pub const ON_DEMAND_JOBS_KEPT: usize = 3;
@@ -178,8 +178,12 @@ pub fn plan_probe(
     let Some(last) = status.last_probe_time.as_ref().map(|t| t.0) else {
         return (None, None);
     };
+    if probe_active {
+        // The end of the running probe wakes the target: no timer until then.
+        return (None, None);
+    }
     let due = last.checked_add(interval).unwrap_or(last);
-    if due <= now && !probe_active {
+    if due <= now {
         let bucket = now.as_second() / interval.as_secs().max(1);
         (
             Some(ProbePlan {
@@ -296,14 +300,24 @@ pub async fn reconcile_watched(
     target: Arc<WatchedTarget>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let parsed = target.target().map_err(|source| Error::Decode {
-        kind: "BackupTarget",
-        name: format!(
+    let name = || {
+        format!(
             "{}/{}",
             target.metadata.namespace.as_deref().unwrap_or_default(),
             target.metadata.name.as_deref().unwrap_or_default()
-        ),
-        source,
+        )
+    };
+    let parsed = target.target().map_err(|e| match e {
+        ReadTargetError::Types(source) => Error::Decode {
+            kind: "BackupTarget",
+            name: name(),
+            source,
+        },
+        unpack @ ReadTargetError::Unpack(_) => Error::Cache {
+            kind: "BackupTarget",
+            name: name(),
+            message: unpack.to_string(),
+        },
     })?;
     reconcile(Arc::new(parsed), ctx).await
 }
@@ -383,9 +397,8 @@ async fn write_status(
         "kind": "BackupTarget",
         "status": status,
     });
-    // The answer (the whole target) is read as the cache keeps targets: only its
-    // metadata is parsed.
-    let targets: Api<WatchedTarget> = Api::namespaced(ctx.client.clone(), &namespace);
+    // Of the answer (the whole target) only the metadata is read.
+    let targets: Api<TargetMeta> = Api::namespaced(ctx.client.clone(), &namespace);
     targets
         .patch_status(
             &name,
@@ -746,6 +759,11 @@ async fn reconcile_inner(
         status_now.last_successful_backup_time.as_ref().map(|t| t.0),
         status_now.artifacts.as_ref().map(|a| a.total_bytes),
     );
+    // Deleted while this reconcile ran: the watch forgot it before the line above put its
+    // series back (the store drops a target before its deletion is handled).
+    if ctx.cache.target_exists(namespace, name) == Some(false) {
+        forget(ctx, namespace, name);
+    }
     if !events_now.is_empty() {
         events::publish(&ctx.recorder(), &target.object_ref(&()), &events_now).await;
     }
@@ -1501,9 +1519,10 @@ mod tests {
                 .token
                 .starts_with("every-")
         );
-        assert!(
-            plan_probe(&target, true, now).0.is_none(),
-            "not while a probe runs"
+        assert_eq!(
+            plan_probe(&target, true, now),
+            (None, None),
+            "not while a probe runs, and no timer: the probe's end wakes the target"
         );
     }
 

@@ -12,8 +12,8 @@
 //! BackupTargets are kept whole, since a reconcile reads all of a target, but not as
 //! Rust structs: [`WatchedTarget`] keeps the spec and status as the compact JSON the API
 //! server sent (about a third of their parsed size, measured at 5,000 targets),
-//! zstd-compressed with a context kept per thread (a status packs to a third of its
-//! JSON after one backup, a fifth after ten), and a reconcile unpacks and parses them
+//! zstd-compressed with contexts shared in a pool (a status packs to about a third of
+//! its JSON after one backup, a fifth after ten), and a reconcile unpacks and parses them
 //! ([`WatchedTarget::target`]).
 //!
 //! [`WatchedJob`] and [`WatchedPod`] are the same kinds (`batch/v1` Job, `v1` Pod, the
@@ -22,8 +22,8 @@
 //! is the one that reads full objects in tests.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::{
@@ -217,32 +217,62 @@ impl<'de> Deserialize<'de> for WatchedTarget {
 /// to a fifth of its size at it, one record to a third.
 const PACK_LEVEL: i32 = 1;
 
-thread_local! {
-    /// Each thread's zstd contexts, made once: making one per call allocates and clears
-    /// its tables every time.
-    static PACKER: RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        RefCell::new(zstd::bulk::Compressor::new(PACK_LEVEL).ok());
-    static UNPACKER: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        RefCell::new(zstd::bulk::Decompressor::new().ok());
+/// zstd contexts, made once and shared: making one per call allocates and clears its
+/// tables every time, and one per thread would cost a context per core. The pools hold
+/// as many as were ever in use at once (libzstd allocates them, outside the Rust heap).
+static PACKERS: Mutex<Vec<zstd::bulk::Compressor<'static>>> = Mutex::new(Vec::new());
+static UNPACKERS: Mutex<Vec<zstd::bulk::Decompressor<'static>>> = Mutex::new(Vec::new());
+
+/// Run `work` with a context from `pool` (a new one when all are in use), then put it back.
+fn pooled<C, R>(
+    pool: &Mutex<Vec<C>>,
+    make: impl FnOnce() -> std::io::Result<C>,
+    work: impl FnOnce(&mut C) -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    let taken = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut context = match taken {
+        Some(context) => context,
+        None => make()?,
+    };
+    let result = work(&mut context);
+    pool.lock().unwrap_or_else(|e| e.into_inner()).push(context);
+    result
+}
+
+/// Why a cached BackupTarget cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadTargetError {
+    /// It does not match this operator's types (the API server validated it against the
+    /// installed CRD, so the CRD is of another release).
+    #[error(transparent)]
+    Types(#[from] serde_json::Error),
+    /// Its packed copy does not unpack: a fault of the operator, not of the object.
+    #[error(
+        "its cached copy does not unpack ({0}); this is a bug in the operator, and restarting it rebuilds the cache"
+    )]
+    Unpack(std::io::Error),
 }
 
 /// A JSON document kept zstd-compressed, or as it came when that does not make it
 /// smaller. A target's status repeats its keys in every backup record, and `lastBackup`
-/// is `recentBackups[0]` again, so a status packs to a third of its size or less: at
-/// 5,000 targets that is most of the operator's memory after a tick.
+/// is `recentBackups[0]` again: at 5,000 targets (`cargo bench --bench target_cache`)
+/// packing holds 0.6x the bytes with one backup record and 0.34x with ten.
 #[derive(Clone, Debug)]
 enum PackedJson {
     Plain(Box<str>),
-    Zstd { len: usize, frame: Box<[u8]> },
+    Zstd { len: u32, frame: Box<[u8]> },
 }
 
 impl PackedJson {
     fn pack(json: &str) -> PackedJson {
-        let frame =
-            PACKER.with_borrow_mut(|packer| packer.as_mut()?.compress(json.as_bytes()).ok());
-        match frame {
-            Some(frame) if frame.len() < json.len() => PackedJson::Zstd {
-                len: json.len(),
+        let frame = pooled(
+            &PACKERS,
+            || zstd::bulk::Compressor::new(PACK_LEVEL),
+            |packer| packer.compress(json.as_bytes()),
+        );
+        match (frame, u32::try_from(json.len())) {
+            (Ok(frame), Ok(len)) if frame.len() < json.len() => PackedJson::Zstd {
+                len,
                 frame: frame.into_boxed_slice(),
             },
             _ => PackedJson::Plain(json.into()),
@@ -250,21 +280,16 @@ impl PackedJson {
     }
 
     /// The JSON, unpacked.
-    fn json(&self) -> Result<Cow<'_, str>, serde_json::Error> {
-        use serde::de::Error as _;
+    fn json(&self) -> Result<Cow<'_, [u8]>, ReadTargetError> {
         let (len, frame) = match self {
-            PackedJson::Plain(json) => return Ok(Cow::Borrowed(json)),
-            PackedJson::Zstd { len, frame } => (*len, frame),
+            PackedJson::Plain(json) => return Ok(Cow::Borrowed(json.as_bytes())),
+            PackedJson::Zstd { len, frame } => (*len as usize, frame),
         };
-        let bytes = UNPACKER
-            .with_borrow_mut(|unpacker| match unpacker.as_mut() {
-                Some(unpacker) => unpacker.decompress(frame, len),
-                None => zstd::bulk::decompress(frame, len),
-            })
-            .map_err(|e| serde_json::Error::custom(format!("unpacking a cached target: {e}")))?;
-        String::from_utf8(bytes)
-            .map(Cow::Owned)
-            .map_err(|e| serde_json::Error::custom(format!("unpacking a cached target: {e}")))
+        pooled(&UNPACKERS, zstd::bulk::Decompressor::new, |unpacker| {
+            unpacker.decompress(frame, len)
+        })
+        .map(Cow::Owned)
+        .map_err(ReadTargetError::Unpack)
     }
 }
 
@@ -280,7 +305,7 @@ impl WatchedTarget {
         struct External {
             plugin: String,
         }
-        serde_json::from_str::<Spec>(&self.spec.json().ok()?)
+        serde_json::from_slice::<Spec>(&self.spec.json().ok()?)
             .ok()?
             .external
             .map(|e| e.plugin)
@@ -304,18 +329,21 @@ struct RecordedJob {
 }
 
 impl WatchedTarget {
-    /// The BackupTarget, parsed. An error means the object does not match the types this
-    /// operator was built with (a CRD of another version): the API server validated it
-    /// against the installed schema.
-    pub fn target(&self) -> Result<BackupTarget, serde_json::Error> {
+    /// The BackupTarget, unpacked and parsed. [`ReadTargetError::Types`] means the object
+    /// does not match the types this operator was built with (a CRD of another version):
+    /// the API server validated it against the installed schema.
+    pub fn target(&self) -> Result<BackupTarget, ReadTargetError> {
+        let spec = serde_json::from_slice(&self.spec.json()?)?;
+        let status = match &self.status {
+            Some(status) => Some(serde_json::from_slice::<BackupTargetStatus>(
+                &status.json()?,
+            )?),
+            None => None,
+        };
         Ok(BackupTarget {
             metadata: self.metadata.clone(),
-            spec: serde_json::from_str(&self.spec.json()?)?,
-            status: self
-                .status
-                .as_ref()
-                .map(|s| serde_json::from_str::<BackupTargetStatus>(&s.json()?))
-                .transpose()?,
+            spec,
+            status,
         })
     }
 
@@ -325,7 +353,7 @@ impl WatchedTarget {
         let recorded: RecordedJobs = self
             .status
             .as_ref()
-            .and_then(|s| serde_json::from_str(&s.json().ok()?).ok())
+            .and_then(|s| serde_json::from_slice(&s.json().ok()?).ok())
             .unwrap_or_default();
         let mut jobs: Vec<String> = recorded
             .recent_backups
@@ -345,37 +373,54 @@ impl WatchedTarget {
     }
 }
 
-impl kube::Resource for WatchedTarget {
-    type DynamicType = ();
-    type Scope = kube::core::NamespaceResourceScope;
+/// The `kube::Resource` impl of a type that stands for a BackupTarget: the target's kind,
+/// group, version and plural, and the type's own `metadata`.
+macro_rules! a_backup_target {
+    ($t:ty) => {
+        impl kube::Resource for $t {
+            type DynamicType = ();
+            type Scope = kube::core::NamespaceResourceScope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        BackupTarget::kind(dt)
-    }
+            fn kind(dt: &()) -> Cow<'_, str> {
+                BackupTarget::kind(dt)
+            }
 
-    fn group(dt: &()) -> Cow<'_, str> {
-        BackupTarget::group(dt)
-    }
+            fn group(dt: &()) -> Cow<'_, str> {
+                BackupTarget::group(dt)
+            }
 
-    fn version(dt: &()) -> Cow<'_, str> {
-        BackupTarget::version(dt)
-    }
+            fn version(dt: &()) -> Cow<'_, str> {
+                BackupTarget::version(dt)
+            }
 
-    fn api_version(dt: &()) -> Cow<'_, str> {
-        BackupTarget::api_version(dt)
-    }
+            fn api_version(dt: &()) -> Cow<'_, str> {
+                BackupTarget::api_version(dt)
+            }
 
-    fn plural(dt: &()) -> Cow<'_, str> {
-        BackupTarget::plural(dt)
-    }
+            fn plural(dt: &()) -> Cow<'_, str> {
+                BackupTarget::plural(dt)
+            }
 
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
 
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+a_backup_target!(WatchedTarget);
+a_backup_target!(TargetMeta);
+
+/// A BackupTarget read for its metadata alone, as the answer to a status write: the spec
+/// and status are skipped while decoding, never parsed or packed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TargetMeta {
+    /// The target's metadata.
+    pub metadata: ObjectMeta,
 }
 
 /// A watch event of a watched kind as one of the kind it stands for.
@@ -521,7 +566,7 @@ mod tests {
                    "completionTime": format!("2030-03-{:02}T02:30:07Z", i + 1),
                    "artifact": format!("shop/app-db/2030-03-{:02}T02-30-00Z-postgres.dump.zst", i + 1),
                    "sizeBytes": 123_456 + i, "size": "120.6 KiB",
-                   "sha256": format!("{:064x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)),
+                   "sha256": format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes())),
                    "durationSeconds": 7.2, "job": format!("app-db-nightly-{i}"), "schedule": "nightly"})
         };
         json!({
@@ -547,20 +592,21 @@ mod tests {
             status.len(),
             frame.len()
         );
-        assert_eq!(packed.json().unwrap(), status);
+        assert_eq!(packed.json().unwrap(), status.as_bytes());
 
         // JSON too small to gain from packing is kept as it came.
         let small = PackedJson::pack("{}");
         assert!(matches!(small, PackedJson::Plain(_)), "{small:?}");
-        assert_eq!(small.json().unwrap(), "{}");
+        assert_eq!(small.json().unwrap(), "{}".as_bytes());
 
         // A damaged frame is an error, not a default.
         let damaged = PackedJson::Zstd {
-            len: status.len(),
+            len: status.len() as u32,
             frame: vec![0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3].into_boxed_slice(),
         };
-        let err = damaged.json().unwrap_err().to_string();
-        assert!(err.contains("unpacking a cached target"), "{err}");
+        let err = damaged.json().unwrap_err();
+        assert!(matches!(err, ReadTargetError::Unpack(_)), "{err:?}");
+        assert!(err.to_string().contains("bug in the operator"), "{err}");
     }
 
     #[test]
