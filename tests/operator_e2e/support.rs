@@ -640,12 +640,7 @@ impl Env {
 
     /// The running operator's metrics in the text format (empty when it does not answer).
     pub fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        Command::new("curl")
-            .args(["-sf", "--max-time", "5", &url])
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .unwrap_or_default()
+        metrics_at(self.metrics_port)
     }
 
     /// `stowage_reconcile_total{controller}` of the running operator (0 when not up yet).
@@ -654,17 +649,21 @@ impl Env {
     }
 }
 
+/// The metrics of the operator serving them on `port`, in the text format (empty when it
+/// does not answer).
+pub fn metrics_at(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    Command::new("curl")
+        .args(["-sf", "--max-time", "5", &url])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// `stowage_reconcile_total{controller}` of the operator serving metrics on `port` (0 when
 /// it does not answer).
 pub fn reconciles_at(port: u16, controller: &str) -> u64 {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let Ok(out) = Command::new("curl")
-        .args(["-sf", "--max-time", "5", &url])
-        .output()
-    else {
-        return 0;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = metrics_at(port);
     let prefix = format!("stowage_reconcile_total{{controller=\"{controller}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -674,7 +673,7 @@ pub fn reconciles_at(port: u16, controller: &str) -> u64 {
 
 impl Env {
     /// Wait until the running operator has reconciled `controller` objects `more` more
-    /// times than `since` (the clock requeues every 2 s at most while faked).
+    /// times than `since` (while the clock is faked, every target is reconciled again every 2 s).
     pub async fn wait_reconciles(&self, controller: &str, since: u64, more: u64) -> u64 {
         let this = &self;
         eventually(
