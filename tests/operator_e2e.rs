@@ -534,14 +534,7 @@ async fn a_deleted_target_leaves_no_metric_series() {
     env.create_target("app-db", json!({"tier": "db"}));
     env.set_time(&at("06-11T10:00:00Z"));
     env.start_operator();
-    env.kubectl(&[
-        "annotate",
-        "backuptarget",
-        "app-db",
-        "stowage.dev/backup-now=series",
-    ]);
-    env.wait_target("the backup finishes", "app-db", last_backup_done(None))
-        .await;
+    env.backup_now("app-db", "series").await;
     let env_ref = &env;
     eventually(
         "the target's last success is a metric",

@@ -538,23 +538,26 @@ impl Cache {
     /// The BackupTarget `namespace/name` as the watch shows it; `None` when there is none
     /// (or it cannot be read with this operator's types).
     pub fn target(&self, namespace: &str, name: &str) -> Option<Arc<BackupTarget>> {
-        let object = ObjectRef::new(name).within(namespace);
-        let stores = lock(&self.targets).clone();
-        stores
-            .iter()
-            .find_map(|store| store.get(&object))
+        self.cached_target(namespace, name)
+            .flatten()
             .and_then(|t| parsed(&t))
     }
 
     /// Whether BackupTarget `namespace/name` is in the watch's store; `None` when there
     /// are no stores (unit tests): callers then do nothing.
     pub fn target_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        self.cached_target(namespace, name).map(|t| t.is_some())
+    }
+
+    /// The cached BackupTarget `namespace/name`, unparsed; `None` when there are no
+    /// stores.
+    fn cached_target(&self, namespace: &str, name: &str) -> Option<Option<Arc<WatchedTarget>>> {
         let stores = lock(&self.targets).clone();
         if stores.is_empty() {
             return None;
         }
         let object = ObjectRef::new(name).within(namespace);
-        Some(stores.iter().any(|store| store.get(&object).is_some()))
+        Some(stores.iter().find_map(|store| store.get(&object)))
     }
 
     /// The Job `namespace/name` as the watch last showed it.
