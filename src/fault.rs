@@ -3,8 +3,8 @@
 //!
 //! Points: the runner's `backup-after-create`, `backup-before-commit`,
 //! `commit-after-sidecar` (between the sidecar and the artifact), `backup-after-commit`;
-//! the operator's `schedule-after-create` and `backup-now-after-create` (a Job created,
-//! its status not written yet).
+//! the operator's `schedule-after-create`, `backup-now-after-create` and
+//! `probe-after-create` (a Job created, its status not written yet).
 
 /// Stop dead here when this is a debug build (the one tests run) and `STOWAGE_FAULT` holds
 /// `name` (comma-separated list): `abort`, so no destructor or cleanup runs, like a

@@ -612,6 +612,76 @@ async fn an_api_server_restart_mid_run_records_the_run_once() {
     );
 }
 
+/// A probe's Job is its only record until its result is: an operator that dies right
+/// after creating it (before any status write) and starts again finds the Job, starts
+/// no second probe, and records the result as the probe of the target's generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_killed_after_starting_a_probe_starts_no_second_one() {
+    let _shared = API_SERVER.read().await;
+    let mut env = Env::new("faults-probe", PG_PASSWORD).await;
+    let probes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    {
+        let api: Api<Job> = Api::namespaced(env.client.clone(), env.name());
+        let probes = probes.clone();
+        let config = watcher::Config::default().labels("stowage.dev/kind=probe");
+        tokio::spawn(async move {
+            let mut events = watcher(api, config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(event) = events.next().await {
+                if let Ok(job) = event {
+                    let uid = job.metadata.uid.clone().unwrap_or_default();
+                    probes.lock().unwrap_or_else(|e| e.into_inner()).insert(uid);
+                }
+            }
+        });
+    }
+    env.start_operator_with_env(&[("STOWAGE_FAULT", "probe-after-create")]);
+    env.create_target("app-db", json!({"tier": "db"}));
+    let exit = env.wait_operator_exit(Duration::from_secs(120)).await;
+    assert!(
+        exit.is_some(),
+        "the operator with STOWAGE_FAULT=probe-after-create did not stop"
+    );
+    let jobs = env.jobs("stowage.dev/kind=probe").await;
+    assert_eq!(jobs.len(), 1, "one probe Job when the operator died");
+    let target = env.target("app-db").await.expect("the target");
+    assert!(
+        target["status"]["probedGeneration"].is_null(),
+        "nothing recorded the probe before the operator died: {}",
+        target["status"]
+    );
+
+    env.start_operator();
+    let target = env
+        .wait_target("the probe recorded", "app-db", |t| {
+            let status = &t["status"];
+            if status["probedGeneration"] == 1 && !status["lastProbeTime"].is_null() {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
+        })
+        .await;
+    assert_eq!(
+        condition(&target, "Reachable").map(|c| c["status"].clone()),
+        Some(json!("True")),
+        "{}",
+        target["status"]
+    );
+    // Long enough for a second probe Job to show, had the restart started one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let created = probes.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let jobs = env.jobs("stowage.dev/kind=probe").await;
+    eprintln!("probe Jobs created: {created}, present: {}", jobs.len());
+    assert_eq!((created, jobs.len()), (1, 1), "a second probe was started");
+    assert_eq!(
+        jobs[0].metadata.annotations.as_ref().unwrap()["stowage.dev/generation"],
+        "1"
+    );
+}
+
 #[test]
 fn faults_replay_from_their_seed_and_cover_every_kind() {
     let draw = |seed| {

@@ -539,6 +539,9 @@ impl Session<'_> {
         let start = Instant::now();
         progress(format!("{}: starting the operator", self.tag));
         self.start_operator()?;
+        // Who spent the CPU while statuses were written: on 2 cores the API server's
+        // share bounds how fast the operator can write.
+        let cpu_at_start = self.cpu_times();
         let ready = self
             .operator()?
             .wait_ready(self.knobs.timeout)
@@ -570,6 +573,7 @@ impl Session<'_> {
             seconds(status_at),
             "s",
         );
+        self.cpu_figures("convergence", "start .. every status", &cpu_at_start);
         // Probes are not waited for one by one: a target whose probe Job was never
         // created would hold the run forever. The operator going quiet ends convergence.
         let quiet = self.wait_quiet(start).await?;

@@ -224,9 +224,10 @@ pub struct BackupTargetStatus {
     /// The last `stowage.dev/probe-now` annotation value handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_probe_now: Option<String>,
-    /// The `metadata.generation` whose connectivity probe has been started. While it is
-    /// older than `observedGeneration`, the probe waits for a free slot: the operator runs
-    /// at most `--max-concurrent-probes` probe Jobs at a time.
+    /// The newest `metadata.generation` whose connectivity probe has finished and been
+    /// recorded here. While it is older than `observedGeneration`, that generation's probe
+    /// runs or waits for a free slot (the operator runs at most `--max-concurrent-probes`
+    /// probe Jobs at a time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probed_generation: Option<i64>,
     /// When the last probe finished.

@@ -67,6 +67,9 @@ pub struct RunJob {
     pub deleting: bool,
     /// The BackupRestore it runs, for a restore (annotation `stowage.dev/restore`).
     pub restore: Option<String>,
+    /// The target generation it was built from (annotation `stowage.dev/generation`);
+    /// `None` for Jobs of versions that did not write it.
+    pub generation: Option<i64>,
 }
 
 impl RunJob {
@@ -128,6 +131,10 @@ impl RunJob {
             failed_message: failed.and_then(|c| c.message),
             deleting: job.metadata.deletion_timestamp.is_some(),
             restore: annotation(crate::jobs::annotations::RESTORE),
+            generation: job
+                .annotations()
+                .get(crate::jobs::annotations::GENERATION)
+                .and_then(|g| g.parse().ok()),
         }
     }
 
@@ -763,6 +770,7 @@ impl Cache {
                     failed_message: None,
                     deleting: false,
                     restore: None,
+                    generation: None,
                 }),
         );
         out

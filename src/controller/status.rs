@@ -127,6 +127,10 @@ pub struct FinishedRun {
     pub reason: Option<String>,
     /// The result's message, or for a failure without a result, what the Job and pod say.
     pub message: Option<String>,
+    /// The target generation the run was started for (its Job's `stowage.dev/generation`).
+    /// For the probe [`unrecorded_runs`] keeps, the newest generation of the probes it
+    /// stands for.
+    pub generation: Option<i64>,
 }
 
 /// The newest parseable `RunResult` among the pods' terminated containers, newest pod first.
@@ -285,6 +289,7 @@ pub fn finished_run(job: &RunJob, pods: &[Pod], now: Timestamp) -> Option<Finish
         finish_time,
         reason,
         message,
+        generation: job.generation,
     })
 }
 
@@ -391,6 +396,7 @@ pub fn stuck_run(job: &RunJob, failure: &StartFailure, now: Timestamp) -> Option
             START_FAILURE_LIMIT.as_secs(),
             failure.message
         )),
+        generation: job.generation,
     })
 }
 
@@ -447,7 +453,7 @@ pub fn may_be_unrecorded(status: &BackupTargetStatus, job: &RunJob) -> bool {
 
 /// The runs among `runs` that `status` has not recorded yet: backups whose Job is not in
 /// `recentBackups` (and not older than all of a full list), and the newest probe that
-/// finished after `lastProbeTime`.
+/// finished after `lastProbeTime`, carrying the newest generation those probes probed.
 pub fn unrecorded_runs(status: &BackupTargetStatus, runs: Vec<FinishedRun>) -> Vec<FinishedRun> {
     let recorded = |job: &str| backup_recorded(status, job);
     let oldest_kept = oldest_recorded_when_full(status);
@@ -466,11 +472,17 @@ pub fn unrecorded_runs(status: &BackupTargetStatus, runs: Vec<FinishedRun>) -> V
                 if last_probe.is_some_and(|last| time(run.finish_time).0 <= last) {
                     continue;
                 }
+                let generation = run
+                    .generation
+                    .max(newest_probe.as_ref().and_then(|p| p.generation));
                 if newest_probe
                     .as_ref()
                     .is_none_or(|p| p.finish_time < run.finish_time)
                 {
                     newest_probe = Some(run);
+                }
+                if let Some(newest) = newest_probe.as_mut() {
+                    newest.generation = generation;
                 }
             }
             // Restores are not recorded in a target's status.
@@ -529,8 +541,6 @@ pub struct TargetObservation {
     pub handled_backup_now: Option<String>,
     /// The probe-now token handled by this reconcile, if any.
     pub handled_probe_now: Option<String>,
-    /// Whether this reconcile started the probe of `generation`.
-    pub probe_started: bool,
     /// Why an active run's pod cannot start, if one cannot.
     pub start_failure: Option<StartFailure>,
     /// Now.
@@ -654,9 +664,6 @@ pub fn derive_target_status(
     }
     if let Some(token) = &obs.handled_probe_now {
         status.last_handled_probe_now = Some(token.clone());
-    }
-    if obs.probe_started {
-        status.probed_generation = obs.generation;
     }
 
     let mut probe_run: Option<&FinishedRun> = None;
@@ -784,6 +791,11 @@ pub fn derive_target_status(
     // Reachable: the newest probe result, else what was there.
     if let Some(probe) = probe_run {
         status.last_probe_time = Some(time(probe.finish_time));
+        // Until now the probe's Job was the record that it runs; a restarted operator
+        // finds it by name and starts no second one.
+        if probe.generation.is_some() {
+            status.probed_generation = probe.generation.max(status.probed_generation);
+        }
         if probe.succeeded {
             let message = probe
                 .message
@@ -1025,6 +1037,7 @@ mod tests {
                 }
                 .into(),
             ),
+            generation: Some(1),
         }
     }
 
@@ -1039,7 +1052,6 @@ mod tests {
             new_runs: runs,
             handled_backup_now: None,
             handled_probe_now: None,
-            probe_started: false,
             start_failure: None,
             now: ts("2030-01-01T01:00:00Z"),
         }
@@ -1732,6 +1744,42 @@ mod tests {
             left.iter().map(|r| r.job.as_str()).collect::<Vec<_>>(),
             ["p2"]
         );
+    }
+
+    #[test]
+    fn a_recorded_probe_marks_the_newest_generation_its_unrecorded_probes_probed() {
+        let with_generation = |name: &str, at: &str, generation| FinishedRun {
+            generation,
+            ..run(name, RunKind::Probe, true, at, None)
+        };
+        // (generations of the probes that finished at 00:06, 00:07, 00:08; the
+        // probedGeneration before) -> the probedGeneration recorded.
+        let cases = [
+            ([Some(2), Some(3), Some(1)], Some(1), Some(3)),
+            ([Some(1), Some(1), Some(2)], None, Some(2)),
+            ([None, None, None], Some(4), Some(4)),
+            ([Some(1), None, Some(1)], Some(5), Some(5)),
+        ];
+        for (generations, before, expected) in cases {
+            let status = BackupTargetStatus {
+                probed_generation: before,
+                ..BackupTargetStatus::default()
+            };
+            let runs = ["00:06", "00:07", "00:08"]
+                .iter()
+                .zip(generations)
+                .map(|(at, g)| with_generation(at, &format!("2030-01-01T{at}:00Z"), g))
+                .collect();
+            let obs = TargetObservation {
+                generation: Some(5),
+                ..observe(unrecorded_runs(&status, runs))
+            };
+            let derived = derive_target_status(&status, &obs).status;
+            assert_eq!(
+                derived.probed_generation, expected,
+                "{generations:?} over {before:?}"
+            );
+        }
     }
 
     #[test]

@@ -136,14 +136,15 @@ pub struct ProbePlan {
 }
 
 /// Decide whether a probe is due: on the probe-now annotation, when the generation changed,
-/// or when `spec.probe.interval` has passed since the last probe. Returns the plan and
-/// when to look again for the interval.
+/// or when `spec.probe.interval` has passed since the last probe. `status` is the newest
+/// the operator knows (what it just recorded, which the cached `target` may not show
+/// yet). Returns the plan and when to look again for the interval.
 pub fn plan_probe(
     target: &BackupTarget,
+    status: &BackupTargetStatus,
     probe_active: bool,
     now: Timestamp,
 ) -> (Option<ProbePlan>, Option<Duration>) {
-    let status = target.status.clone().unwrap_or_default();
     let generation = target.metadata.generation.unwrap_or(0);
     if let Some(token) = annotation(target, ANNOTATION_PROBE_NOW)
         && status.last_handled_probe_now.as_deref() != Some(token.as_str())
@@ -156,7 +157,7 @@ pub fn plan_probe(
             None,
         );
     }
-    if probed_generation(&status) != Some(generation) {
+    if probed_generation(status) != Some(generation) {
         return (
             Some(ProbePlan {
                 token: format!("gen-{generation}"),
@@ -514,28 +515,23 @@ async fn reconcile_inner(
 
     // Observe.
     let observed = observe(ctx, &prev, namespace, name, now).await?;
-    let observation =
-        |new_runs, handled_backup_now, handled_probe_now, probe_started| TargetObservation {
-            generation: target.metadata.generation,
-            plugin: plugin_name.clone(),
-            plugin_version: plugin_version.clone(),
-            probe_supported,
-            config: config.clone(),
-            suspended: target.spec.suspend,
-            new_runs,
-            handled_backup_now,
-            handled_probe_now,
-            probe_started,
-            start_failure: observed.start_failure.clone(),
-            now,
-        };
+    let observation = |new_runs, handled_backup_now, handled_probe_now| TargetObservation {
+        generation: target.metadata.generation,
+        plugin: plugin_name.clone(),
+        plugin_version: plugin_version.clone(),
+        probe_supported,
+        config: config.clone(),
+        suspended: target.spec.suspend,
+        new_runs,
+        handled_backup_now,
+        handled_probe_now,
+        start_failure: observed.start_failure.clone(),
+        now,
+    };
 
     // Record finished runs before anything new starts (with nothing to record, the one
     // status write comes at the end, with what was started).
-    let recorded = derive(
-        &prev,
-        &observation(observed.new_runs.clone(), None, None, false),
-    );
+    let recorded = derive(&prev, &observation(observed.new_runs.clone(), None, None));
     let mut written = prev.clone();
     if !observed.new_runs.is_empty() {
         write_status(ctx, target, &prev, &recorded.status).await?;
@@ -658,6 +654,7 @@ async fn reconcile_inner(
                             finish_time: now,
                             reason: Some(reason.to_owned()),
                             message: Some(message),
+                            generation: target.metadata.generation,
                         });
                         handled_backup_now = Some(token);
                     }
@@ -670,13 +667,12 @@ async fn reconcile_inner(
     // Probe, when a slot is free (`--max-concurrent-probes`); otherwise the target
     // waits in line and is woken when a probe finishes.
     let mut handled_probe_now = None;
-    let mut probe_started = false;
     let probe_active = observed
         .jobs
         .iter()
         .any(|j| j.kind == Some(RunKind::Probe) && j.state == JobState::Active);
     if probe_supported {
-        let (plan, wait) = plan_probe(target, probe_active, now);
+        let (plan, wait) = plan_probe(target, &status_now, probe_active, now);
         if let Some(wait) = wait {
             due_in(wait);
         }
@@ -695,12 +691,12 @@ async fn reconcile_inner(
                 let slot = ctx.cache.try_start_probe(namespace, name, &job_name);
                 if slot == cache::ProbeSlot::Exists {
                     handled_probe_now = plan.handles_probe_now;
-                    probe_started = true;
                 } else if slot == cache::ProbeSlot::Start {
                     let created =
                         super::create_job(ctx, &jobs_api, &job, super::CreateFor::Target).await;
                     match created {
                         Ok(_) => {
+                            crate::fault::point("probe-after-create");
                             tracing::info!(job = job_name, token = plan.token, "created probe Job")
                         }
                         Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -723,12 +719,12 @@ async fn reconcile_inner(
                                 finish_time: now,
                                 reason: Some(reason.to_owned()),
                                 message: Some(message),
+                                generation: target.metadata.generation,
                             });
                         }
                         Err(e) => return Err(e.into()),
                     }
                     handled_probe_now = plan.handles_probe_now;
-                    probe_started = true;
                 } else {
                     tracing::debug!(
                         job = job_name,
@@ -743,12 +739,7 @@ async fn reconcile_inner(
     // Record what was started.
     let update = derive(
         &status_now,
-        &observation(
-            rejected_runs,
-            handled_backup_now,
-            handled_probe_now,
-            probe_started,
-        ),
+        &observation(rejected_runs, handled_backup_now, handled_probe_now),
     );
     write_status(ctx, target, &written, &update.status).await?;
     events_now.extend(update.events);
@@ -862,7 +853,8 @@ mod tests {
         );
         let status = req.body["status"].clone();
         assert_eq!(status["observedGeneration"], 1);
-        assert_eq!(status["probedGeneration"], 1);
+        // Recorded with the probe's result, not when it starts.
+        assert!(status.get("probedGeneration").is_none(), "{status}");
         assert_eq!(status["plugin"], "postgres");
         let valid = condition(&status, "ConfigValid");
         assert_eq!(
@@ -927,7 +919,7 @@ mod tests {
         changed.status = Some(Default::default());
         let reconciled = tokio::spawn(reconcile(Arc::new(changed.clone()), ctx.clone()));
         let req = api.expect(Method::PATCH, STATUS).await;
-        assert_eq!(req.body["status"]["probedGeneration"], 1);
+        assert_eq!(req.body["status"]["observedGeneration"], 1);
         req.respond(200, serde_json::to_value(&written).unwrap());
         reconciled.await.unwrap().unwrap();
     }
@@ -970,10 +962,13 @@ mod tests {
         let reconciled = tokio::spawn(reconcile(Arc::new(target), ctx));
         let req = api.expect(Method::POST, JOBS).await;
         assert_eq!(req.body["metadata"]["labels"]["stowage.dev/kind"], "probe");
+        assert_eq!(
+            req.body["metadata"]["annotations"]["stowage.dev/generation"],
+            "1"
+        );
         req.echo();
-        let req = api.expect(Method::PATCH, STATUS).await;
-        assert_eq!(req.body["status"]["probedGeneration"], 1);
-        req.respond(200, serde_json::to_value(fixtures::target()).unwrap());
+        // Starting the probe changes nothing in the status: the Job is the record until
+        // its result is, so thousands of probes starting cost no status write each.
         reconciled.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
@@ -1053,12 +1048,13 @@ mod tests {
             new_runs: vec![],
             handled_backup_now: None,
             handled_probe_now: None,
-            probe_started: true,
             start_failure: None,
             now: fixtures::now() - SignedDuration::from_mins(10),
         };
-        target.status =
-            Some(derive_target_status(&BackupTargetStatus::default(), &observation).status);
+        let mut status = derive_target_status(&BackupTargetStatus::default(), &observation).status;
+        // Its probe was recorded.
+        status.probed_generation = Some(1);
+        target.status = Some(status);
         target
     }
 
@@ -1205,6 +1201,70 @@ mod tests {
         // read, nothing is written and no event repeats.
         let again = tokio::spawn(reconcile(Arc::new(with_status(target, &status)), ctx));
         again.await.unwrap().unwrap();
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_recorded_probe_marks_the_generation_it_probed_and_a_newer_one_is_probed_next() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        // Generation 1's probe finished; the spec changed meanwhile (generation 2).
+        let mut target = observed_target();
+        target.status.as_mut().unwrap().probed_generation = None;
+        let probe = build_job(
+            &target,
+            &RunRequest::probe("gen-1"),
+            &crate::jobs::JobDefaults::default(),
+        )
+        .unwrap();
+        let probe = finish_job(
+            serde_json::to_value(probe).unwrap(),
+            true,
+            "2030-03-01T02:31:00Z",
+        );
+        let probe_name = probe["metadata"]["name"].as_str().unwrap().to_owned();
+        let result = json!({
+            "operation": "probe", "outcome": "ok", "plugin": "postgres",
+            "startTime": "2030-03-01T02:30:05Z", "endTime": "2030-03-01T02:30:55Z",
+            "durationSeconds": 50.0, "message": "connected to PostgreSQL 17"
+        })
+        .to_string();
+        ctx.cache.seed_jobs(std::slice::from_ref(&probe));
+        ctx.cache
+            .seed_pods(&[pod_with_message(&probe_name, &result, 0)]);
+        target.metadata.generation = Some(2);
+        let reconciled = tokio::spawn(reconcile(Arc::new(target.clone()), ctx));
+        let req = api
+            .expect(
+                Method::GET,
+                &format!("/api/v1/namespaces/shop/pods/{probe_name}-x1"),
+            )
+            .await;
+        req.respond(200, pod_with_message(&probe_name, &result, 0));
+
+        // The result is recorded with the generation its Job probed (its annotation),
+        // not the target's current one.
+        let req = api.expect(Method::PATCH, STATUS).await;
+        let status = req.body["status"].clone();
+        assert_eq!(status["probedGeneration"], 1, "{status}");
+        assert_eq!(status["observedGeneration"], 2, "{status}");
+        assert_eq!(status["lastProbeTime"], "2030-03-01T02:31:00Z");
+        assert_eq!(condition(&status, "Reachable")["status"], "True");
+        req.respond(
+            200,
+            serde_json::to_value(with_status(target.clone(), &status)).unwrap(),
+        );
+        // So generation 2 is probed next, in the same reconcile.
+        let req = api.expect(Method::POST, JOBS).await;
+        assert_eq!(
+            req.body["metadata"]["annotations"]["stowage.dev/generation"],
+            "2"
+        );
+        assert_eq!(
+            req.body["metadata"]["annotations"]["stowage.dev/token"],
+            "gen-2"
+        );
+        req.echo();
+        reconciled.await.unwrap().unwrap();
         api.expect_no_more().await;
     }
 
@@ -1487,6 +1547,9 @@ mod tests {
     fn probes_run_on_annotation_generation_change_and_interval() {
         let now = fixtures::now();
         let mut target = observed_target();
+        let plan_probe = |target: &BackupTarget, active: bool, now: Timestamp| {
+            plan_probe(target, target.status.as_ref().unwrap(), active, now)
+        };
         assert_eq!(
             plan_probe(&target, false, now),
             (None, None),
@@ -1494,6 +1557,14 @@ mod tests {
         );
         target.metadata.generation = Some(2);
         assert_eq!(plan_probe(&target, false, now).0.unwrap().token, "gen-2");
+        // The status the reconcile just recorded says generation 2 was probed, though
+        // the cached target does not show it yet: no second probe.
+        let mut recorded = target.status.clone().unwrap();
+        recorded.probed_generation = Some(2);
+        assert_eq!(
+            super::plan_probe(&target, &recorded, false, now),
+            (None, None)
+        );
         target.metadata.generation = Some(1);
         target
             .metadata

@@ -63,6 +63,9 @@ pub mod annotations {
     pub const TOKEN: &str = "stowage.dev/token";
     /// The BackupRestore's name (restores only).
     pub const RESTORE: &str = "stowage.dev/restore";
+    /// The target's `metadata.generation` the Job was built from: a probe's result is
+    /// recorded as the probe of that generation (`status.probedGeneration`).
+    pub const GENERATION: &str = "stowage.dev/generation";
 }
 
 /// Names of the env variables the runner (`stowage run`, [`crate::runner::RunArgs`])
@@ -460,6 +463,9 @@ pub fn build_job(
         (labels::KIND.to_owned(), request.kind.as_str().to_owned()),
     ]);
     let mut annotations = BTreeMap::from([(annotations::TARGET.to_owned(), target_name.clone())]);
+    if let Some(generation) = target.metadata.generation {
+        annotations.insert(annotations::GENERATION.to_owned(), generation.to_string());
+    }
     match &request.trigger {
         Trigger::Schedule { name, tick, .. } => {
             labels.insert(labels::SCHEDULE.to_owned(), label_value(name));

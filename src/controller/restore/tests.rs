@@ -286,6 +286,7 @@ fn run(result: Option<RunResult>, reason: Option<&str>) -> FinishedRun {
         start_time: None,
         finish_time: at("2030-03-01T00:02:00Z"),
         reason: reason.map(str::to_owned),
+        generation: Some(1),
     }
 }
 
