@@ -263,8 +263,19 @@ enum PackedJson {
     Zstd { len: u32, frame: Box<[u8]> },
 }
 
+/// Whether [`PackedJson`] packs. `STOWAGE_TARGET_CACHE_PACKING=off` in the operator's
+/// environment keeps every spec and status as it came: a diagnostic, to measure what
+/// packing costs in one build (docs/performance.md). Read once.
+fn packing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("STOWAGE_TARGET_CACHE_PACKING").map_or(true, |v| v != "off"))
+}
+
 impl PackedJson {
     fn pack(json: &str) -> PackedJson {
+        if !packing() {
+            return PackedJson::Plain(json.into());
+        }
         let frame = pooled(
             &PACKERS,
             || zstd::bulk::Compressor::new(PACK_LEVEL),
