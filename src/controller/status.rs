@@ -32,6 +32,9 @@ pub mod condition_reasons {
     pub const PROBE_SUCCEEDED: &str = "ProbeSucceeded";
     /// Reachable=Unknown: no probe has finished yet.
     pub const NOT_PROBED: &str = "NotProbed";
+    /// Reachable=Unknown: a run's pod that could not start has started (or gone), and
+    /// the last probe's answer was replaced by that failure: the target is probed again.
+    pub const REPROBING: &str = "Reprobing";
     /// Reachable=Unknown: the plugin has no probe.
     pub const PROBE_UNSUPPORTED: &str = "ProbeUnsupported";
     /// LastBackupSucceeded=True.
@@ -850,6 +853,26 @@ pub fn derive_target_status(
         .filter(|c| !(c.status == "False" && is_start_failure_reason(&c.reason)))
     {
         conds.push(c.clone());
+    } else if let (true, Some(cleared)) = (
+        obs.probe_supported && status.last_probe_time.is_some(),
+        find(previous, conditions::REACHABLE),
+    ) {
+        // The start failure took the place of what the last probe found, which is not
+        // kept: the probe runs again ([`crate::controller::target::plan_probe`]) instead
+        // of claiming that no probe ever finished.
+        upsert_condition(
+            &mut conds,
+            previous,
+            conditions::REACHABLE,
+            "Unknown",
+            r::REPROBING,
+            format!(
+                "a run's pod could not start ({}) and no longer fails; probing again",
+                cleared.reason
+            ),
+            generation,
+            now,
+        );
     } else if obs.probe_supported {
         upsert_condition(
             &mut conds,
@@ -1352,7 +1375,40 @@ mod tests {
         // The Secret appeared and the pod started: the stale reason does not linger.
         let resolved = derive_target_status(&stuck, &observe(vec![])).status;
         let reachable = cond(&resolved, conditions::REACHABLE);
-        assert_eq!(reachable.status, "Unknown", "{reachable:?}");
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("Unknown", "NotProbed"),
+            "no probe had finished"
+        );
+        assert_eq!(cond(&resolved, conditions::READY).status, "True");
+
+        // A probe had finished before a backup's pod got stuck: its answer was replaced
+        // by the failure, so the target is probed again rather than called never probed.
+        let probed = derive_target_status(
+            &BackupTargetStatus::default(),
+            &observe(vec![run(
+                "p1",
+                RunKind::Probe,
+                true,
+                "2030-01-01T00:10:00Z",
+                None,
+            )]),
+        )
+        .status;
+        assert_eq!(cond(&probed, conditions::REACHABLE).status, "True");
+        let stuck = derive_target_status(&probed, &obs).status;
+        assert_eq!(cond(&stuck, conditions::REACHABLE).status, "False");
+        let resolved = derive_target_status(&stuck, &observe(vec![])).status;
+        let reachable = cond(&resolved, conditions::REACHABLE);
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("Unknown", "Reprobing"),
+            "{reachable:?}"
+        );
+        assert!(
+            reachable.message.contains("SecretNotFound"),
+            "{reachable:?}"
+        );
         assert_eq!(cond(&resolved, conditions::READY).status, "True");
     }
 

@@ -166,6 +166,23 @@ pub fn plan_probe(
             None,
         );
     }
+    // What the last probe found was lost to a start failure that has cleared: probe
+    // again (unless a probe runs, whose end answers), once per clearing.
+    if !probe_active
+        && let Some(reprobing) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::api::conditions::REACHABLE)
+            .filter(|c| c.reason == status::condition_reasons::REPROBING)
+    {
+        return (
+            Some(ProbePlan {
+                token: format!("again-{}", reprobing.last_transition_time.0.as_second()),
+                handles_probe_now: None,
+            }),
+            None,
+        );
+    }
     let interval = target
         .spec
         .probe
@@ -1595,6 +1612,24 @@ mod tests {
             (None, None),
             "not while a probe runs, and no timer: the probe's end wakes the target"
         );
+
+        // A cleared start failure replaced the last probe's answer: probe again, once
+        // per clearing (the token is the condition's transition time).
+        target.spec.probe = None;
+        let cleared_at = now - SignedDuration::from_mins(1);
+        let conditions = &mut target.status.as_mut().unwrap().conditions;
+        conditions.retain(|c| c.type_ != crate::api::conditions::REACHABLE);
+        conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: crate::api::conditions::REACHABLE.into(),
+            status: "Unknown".into(),
+            reason: status::condition_reasons::REPROBING.into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: status::time(cleared_at),
+        });
+        let plan = plan_probe(&target, false, now).0.unwrap();
+        assert_eq!(plan.token, format!("again-{}", cleared_at.as_second()));
+        assert_eq!(plan_probe(&target, true, now), (None, None), "a probe runs");
     }
 
     #[test]
