@@ -853,10 +853,10 @@ pub fn derive_target_status(
         .filter(|c| !(c.status == "False" && is_start_failure_reason(&c.reason)))
     {
         conds.push(c.clone());
-    } else if let (true, Some(cleared)) = (
-        obs.probe_supported && status.last_probe_time.is_some(),
-        find(previous, conditions::REACHABLE),
-    ) {
+    } else if obs.probe_supported
+        && status.last_probe_time.is_some()
+        && let Some(cleared) = find(previous, conditions::REACHABLE)
+    {
         // The start failure took the place of what the last probe found, which is not
         // kept: the probe runs again ([`crate::controller::target::plan_probe`]) instead
         // of claiming that no probe ever finished.
