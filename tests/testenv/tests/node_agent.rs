@@ -490,8 +490,22 @@ async fn active_deadline_stops_the_pod_and_fails_it() -> TestResult {
     }))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.create(&PostParams::default(), &pod).await?;
-    wait_pod_phase(&pods, "slow", "Failed").await?;
-    let pod = pods.get("slow").await?;
+    // Like the kubelet, the agent reports the pod Failed as soon as the deadline passes and
+    // the container terminated once its process is gone: two status updates, waited for
+    // together.
+    let pod = eventually(
+        "pod slow Failed with its container terminated",
+        GUARD,
+        || async {
+            let pod = pods.get("slow").await.map_err(|e| e.to_string())?;
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            match (phase, terminated(&pod)) {
+                (Some("Failed"), Some(_)) => Ok(pod),
+                _ => Err(format!("phase {phase:?}, status {:?}", pod.status)),
+            }
+        },
+    )
+    .await?;
     let status = pod.status.as_ref().ok_or("no status")?;
     assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
     let state = terminated(&pod).ok_or("container is not terminated")?;
