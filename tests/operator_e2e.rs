@@ -1175,6 +1175,89 @@ async fn a_missing_secret_shows_within_a_minute_and_clears_when_it_appears() {
     .await;
 }
 
+/// A probe whose own pod cannot start (its Secret is missing) is stopped after
+/// `START_FAILURE_LIMIT` and recorded as the probe's answer. That answer stays, and the probe
+/// is tried again only after a backoff, not at once in a loop; once the Secret exists, the
+/// retry succeeds and the target recovers by itself. (The fake clock lies a year ahead of
+/// the Jobs' real start times, so the operator finds the probe's pod stuck for longer than
+/// the limit as soon as it sees it waiting.)
+#[tokio::test]
+async fn a_probe_whose_pod_cannot_start_keeps_its_answer_and_is_retried_after_a_backoff() {
+    let mut env = Env::new("e2e-probe-retry", PG_PASSWORD).await;
+    let mut config = env.pg_config();
+    config["passwordSecretRef"] = json!({"name": "app-db-probe", "key": "password"});
+    env.apply(json!({
+        "apiVersion": "stowage.dev/v1alpha1", "kind": "BackupTarget",
+        "metadata": {"name": "app-db"},
+        "spec": {"postgres": config, "storage": {"claimName": support::CLAIM}}
+    }));
+    env.set_time(&at("03-01T00:00:00Z"));
+    env.start_operator();
+    let target = env
+        .wait_target(
+            "the stopped probe recorded as Reachable=False SecretNotFound",
+            "app-db",
+            |t| match condition(t, "Reachable") {
+                Some(c)
+                    if c["reason"] == "SecretNotFound"
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.ends_with("the Job was stopped"))
+                        && t["status"]["lastProbeTime"].is_string() =>
+                {
+                    Ok(())
+                }
+                _ => Err(condition_summary(t, "Reachable")),
+            },
+        )
+        .await;
+    let recorded = condition(&target, "Reachable").unwrap().clone();
+    assert_eq!(target["status"]["lastProbeTime"], at("03-01T00:00:00Z"));
+
+    // Reconciles go on (every 2 s under the fake clock); the answer stays and no probe
+    // starts before the backoff has passed.
+    let since = env.reconciles("backuptarget").await;
+    env.wait_reconciles("backuptarget", since, 4).await;
+    let target = env.target("app-db").await.unwrap();
+    assert_eq!(condition(&target, "Reachable").unwrap(), &recorded);
+    let probes_created = |env: &Env| env.operator_log().matches("created probe Job").count();
+    assert_eq!(probes_created(&env), 1, "no probe before the backoff");
+
+    // The Secret appears and the backoff (5 minutes after a probe that failed at once)
+    // passes: exactly one retry, and it succeeds. (Its answer is not read back from the
+    // status here: the fake clock lies ahead of the Job's real finish time, which then
+    // looks older than `lastProbeTime`; recording a finished probe is the unit tests'.)
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "app-db-probe"},
+        "stringData": {"password": PG_PASSWORD}
+    }));
+    env.set_time(&at("03-01T00:05:00Z"));
+    let stopped_message = recorded["message"].as_str().unwrap().to_owned();
+    let env_ref = &env;
+    let stopped_message = &stopped_message;
+    eventually(
+        "a retry probe Job that completes",
+        Duration::from_secs(120),
+        || async move {
+            let jobs = env_ref.jobs("stowage.dev/kind=probe").await;
+            let retry = jobs
+                .iter()
+                .find(|j| !stopped_message.contains(&job_name(j)))
+                .ok_or("no retry Job yet")?;
+            match retry.status.as_ref().and_then(|s| s.succeeded) {
+                Some(n) if n > 0 => Ok(()),
+                _ => Err(format!("{}: status {:?}", job_name(retry), retry.status)),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let since = env.reconciles("backuptarget").await;
+    env.wait_reconciles("backuptarget", since, 3).await;
+    assert_eq!(probes_created(&env), 2, "exactly one retry");
+}
+
 /// A process killed when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 

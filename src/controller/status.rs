@@ -372,6 +372,36 @@ pub fn start_failure(pods: &[Pod]) -> Option<StartFailure> {
     Some(failure(reason, message))
 }
 
+/// How a run stopped by [`stuck_run`] ends its message: what tells the recorded answer of
+/// such a probe from a live start failure, which goes away with its pod.
+const STOPPED: &str = "; the Job was stopped";
+
+/// The longest wait before a probe stopped because its pod could not start is tried again.
+pub const STOPPED_PROBE_RETRY_MAX: jiff::SignedDuration = jiff::SignedDuration::from_secs(3600);
+
+/// Whether a `Reachable` condition is the recorded answer of a probe whose pod could not
+/// start for [`START_FAILURE_LIMIT`] (so it stays until the next probe), rather than a live
+/// start failure that goes away with its pod.
+pub fn is_stopped_probe_answer(reachable: &Condition) -> bool {
+    reachable.status == "False"
+        && is_start_failure_reason(&reachable.reason)
+        && reachable.message.ends_with(STOPPED)
+}
+
+/// When to probe again after the last probe was stopped because its pod could not start
+/// (a missing Secret, say), so the target recovers once the cause is fixed: as long after
+/// that probe as the target had been failing then, at least [`START_FAILURE_LIMIT`] and at
+/// most [`STOPPED_PROBE_RETRY_MAX`]. Retries come after 5, 15, 35 minutes, then hourly,
+/// each holding a probe slot only while it runs. `None` when the last answer is not such.
+pub fn stopped_probe_retry_at(status: &BackupTargetStatus) -> Option<Timestamp> {
+    let reachable = find(&status.conditions, crate::api::conditions::REACHABLE)
+        .filter(|c| is_stopped_probe_answer(c))?;
+    let last = status.last_probe_time.as_ref()?.0;
+    let failing = reachable.last_transition_time.0.duration_until(last);
+    let wait = failing.clamp(START_FAILURE_LIMIT, STOPPED_PROBE_RETRY_MAX);
+    last.checked_add(wait).ok()
+}
+
 /// An active Job whose pod has not been able to start for [`START_FAILURE_LIMIT`], as a
 /// failed run with the pod's reason (`failure`, from its newest pod); `None` while it may
 /// still start.
@@ -395,7 +425,7 @@ pub fn stuck_run(job: &RunJob, failure: &StartFailure, now: Timestamp) -> Option
         finish_time: now,
         reason: Some(failure.reason.clone()),
         message: Some(format!(
-            "the pod of Job {name} could not start for {}s: {}; the Job was stopped",
+            "the pod of Job {name} could not start for {}s: {}{STOPPED}",
             START_FAILURE_LIMIT.as_secs(),
             failure.message
         )),
@@ -849,9 +879,9 @@ pub fn derive_target_status(
             generation,
             now,
         );
-    } else if let Some(c) = find(previous, conditions::REACHABLE)
-        .filter(|c| !(c.status == "False" && is_start_failure_reason(&c.reason)))
-    {
+    } else if let Some(c) = find(previous, conditions::REACHABLE).filter(|c| {
+        !(c.status == "False" && is_start_failure_reason(&c.reason)) || is_stopped_probe_answer(c)
+    }) {
         conds.push(c.clone());
     } else if obs.probe_supported
         && status.last_probe_time.is_some()
@@ -1410,6 +1440,65 @@ mod tests {
             "{reachable:?}"
         );
         assert_eq!(cond(&resolved, conditions::READY).status, "True");
+    }
+
+    /// A probe whose own pod could not start is recorded as the probe's answer: that answer
+    /// stays (it is what the last probe found) instead of counting as a cleared start
+    /// failure that calls for a probe at once, which retried such a target every 5 minutes.
+    #[test]
+    fn a_probe_stopped_because_its_pod_could_not_start_keeps_its_answer() {
+        let failure = StartFailure {
+            job: "app-db-p-1".into(),
+            reason: "SecretNotFound".into(),
+            message: r#"secret "app-db-backup" not found"#.into(),
+        };
+        let started = ts("2030-01-01T00:50:00Z");
+        let mut waiting = observe(vec![]);
+        waiting.now = started;
+        waiting.start_failure = Some(failure.clone());
+        let waiting = derive_target_status(&BackupTargetStatus::default(), &waiting).status;
+        let probe_job = RunJob {
+            name: "app-db-p-1".into(),
+            uid: None,
+            kind: Some(RunKind::Probe),
+            target: "app-db".into(),
+            schedule: None,
+            claim: None,
+            state: JobState::Active,
+            created: Some(started),
+            start_time: Some(started),
+            finish_time: None,
+            failed_reason: None,
+            failed_message: None,
+            deleting: false,
+            restore: None,
+            generation: Some(1),
+        };
+        let stopped_at = started + START_FAILURE_LIMIT;
+        let stopped = stuck_run(&probe_job, &failure, stopped_at).unwrap();
+        let mut recording = observe(vec![stopped]);
+        recording.now = stopped_at;
+        let recorded = derive_target_status(&waiting, &recording).status;
+        assert_eq!(recorded.last_probe_time, Some(time(stopped_at)));
+        let reachable = cond(&recorded, conditions::REACHABLE);
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        // The next reconcile, with the probe's Job gone: the answer stays.
+        let mut later = observe(vec![]);
+        later.now = stopped_at + jiff::SignedDuration::from_secs(10);
+        let after = derive_target_status(&recorded, &later).status;
+        let kept = cond(&after, conditions::REACHABLE);
+        assert_eq!(
+            kept, reachable,
+            "the recorded probe answer is kept as it was"
+        );
+        assert!(is_stopped_probe_answer(kept), "{kept:?}");
+        assert!(
+            !is_stopped_probe_answer(cond(&waiting, conditions::REACHABLE)),
+            "a live start failure is not a recorded answer"
+        );
     }
 
     #[test]

@@ -136,7 +136,10 @@ pub struct ProbePlan {
 }
 
 /// Decide whether a probe is due: on the probe-now annotation, when the generation changed,
-/// or when `spec.probe.interval` has passed since the last probe. `status` is the newest
+/// once after a run's start failure replaced the last probe's answer, after a backoff when
+/// the last probe was stopped because its pod could not start
+/// ([`status::stopped_probe_retry_at`]), or when `spec.probe.interval` has passed since the
+/// last probe. `status` is the newest
 /// the operator knows (what it just recorded, which the cached `target` may not show
 /// yet). Returns the plan and when to look again for the interval.
 pub fn plan_probe(
@@ -183,6 +186,13 @@ pub fn plan_probe(
             None,
         );
     }
+    if probe_active {
+        // The end of the running probe wakes the target: no timer until then.
+        return (None, None);
+    }
+    let Some(last) = status.last_probe_time.as_ref().map(|t| t.0) else {
+        return (None, None);
+    };
     let interval = target
         .spec
         .probe
@@ -190,16 +200,30 @@ pub fn plan_probe(
         .and_then(|p| p.interval.as_deref())
         .and_then(parse_interval)
         .filter(|i| *i >= SignedDuration::from_secs(60));
+    // The last probe was stopped because its pod could not start: try again with a
+    // backoff, so the target recovers once the cause is fixed (unless the interval's
+    // probe comes first).
+    if let Some(retry) = status::stopped_probe_retry_at(status)
+        && interval.is_none_or(|i| last.checked_add(i).is_ok_and(|due| retry < due))
+    {
+        if retry <= now {
+            return (
+                Some(ProbePlan {
+                    token: format!("retry-{}", last.as_second()),
+                    handles_probe_now: None,
+                }),
+                None,
+            );
+        }
+        let wait = now.duration_until(retry).max(SignedDuration::from_secs(1));
+        return (
+            None,
+            Some(Duration::from_secs(wait.as_secs().unsigned_abs())),
+        );
+    }
     let Some(interval) = interval else {
         return (None, None);
     };
-    let Some(last) = status.last_probe_time.as_ref().map(|t| t.0) else {
-        return (None, None);
-    };
-    if probe_active {
-        // The end of the running probe wakes the target: no timer until then.
-        return (None, None);
-    }
     let due = last.checked_add(interval).unwrap_or(last);
     if due <= now {
         let bucket = now.as_second() / interval.as_secs().max(1);
@@ -1630,6 +1654,106 @@ mod tests {
         let plan = plan_probe(&target, false, now).0.unwrap();
         assert_eq!(plan.token, format!("again-{}", cleared_at.as_second()));
         assert_eq!(plan_probe(&target, true, now), (None, None), "a probe runs");
+    }
+
+    /// A probe stopped because its own pod could not start keeps its answer and is tried
+    /// again with a backoff (as long as the target had been failing, 5 minutes to an hour),
+    /// not at once: at once retried such a target every 5 minutes for as long as it lasted.
+    #[test]
+    fn a_probe_stopped_before_its_pod_started_is_retried_with_a_backoff() {
+        let now = fixtures::now();
+        let mins = SignedDuration::from_mins;
+        let stopped_answer = |failing_since: Timestamp| {
+            let stopped = status::stuck_run(
+                &RunJob {
+                    name: "t1-p-1".into(),
+                    uid: None,
+                    kind: Some(crate::jobs::RunKind::Probe),
+                    target: "t1".into(),
+                    schedule: None,
+                    claim: None,
+                    state: crate::controller::status::JobState::Active,
+                    created: Some(failing_since),
+                    start_time: Some(failing_since),
+                    finish_time: None,
+                    failed_reason: None,
+                    failed_message: None,
+                    deleting: false,
+                    restore: None,
+                    generation: Some(1),
+                },
+                &status::StartFailure {
+                    job: String::new(),
+                    reason: "SecretNotFound".into(),
+                    message: r#"secret "app-db-backup" not found"#.into(),
+                },
+                now,
+            )
+            .unwrap();
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: crate::api::conditions::REACHABLE.into(),
+                status: "False".into(),
+                reason: stopped.reason.unwrap(),
+                message: stopped.message.unwrap(),
+                observed_generation: Some(1),
+                last_transition_time: status::time(failing_since),
+            }
+        };
+        // (failing before the last probe was recorded, since it was recorded, interval,
+        //  expected plan token or wait)
+        let retry = |last: Timestamp| Some(format!("retry-{}", last.as_second()));
+        #[allow(clippy::type_complexity)]
+        let cases: [(
+            SignedDuration,
+            SignedDuration,
+            Option<&str>,
+            (Option<String>, Option<u64>),
+        ); 7] = [
+            (mins(5), mins(1), None, (None, Some(240))),
+            (mins(5), mins(5), None, (retry(now - mins(5)), None)),
+            (mins(15), mins(10), None, (None, Some(300))),
+            (mins(15), mins(15), None, (retry(now - mins(15)), None)),
+            (mins(600), mins(59), None, (None, Some(60))),
+            (mins(600), mins(60), None, (retry(now - mins(60)), None)),
+            // An interval due first probes as the interval says.
+            (
+                mins(600),
+                mins(30),
+                Some("20m"),
+                (Some("every".into()), Some(1200)),
+            ),
+        ];
+        for (failing, since, interval, want) in cases {
+            let last = now - since;
+            let mut target = observed_target();
+            target.spec.probe = interval.map(|i| crate::api::ProbeSettings {
+                interval: Some(i.into()),
+            });
+            let status = target.status.as_mut().unwrap();
+            status.last_probe_time = Some(status::time(last));
+            status
+                .conditions
+                .retain(|c| c.type_ != crate::api::conditions::REACHABLE);
+            status.conditions.push(stopped_answer(last - failing));
+            let (plan, wait) = plan_probe(&target, target.status.as_ref().unwrap(), false, now);
+            let token = plan.map(|p| {
+                if p.token.starts_with("every-") {
+                    "every".to_owned()
+                } else {
+                    p.token
+                }
+            });
+            assert_eq!(
+                (token, wait.map(|w| w.as_secs())),
+                want,
+                "failing {failing:?}, recorded {since:?} ago, interval {interval:?}"
+            );
+            assert_eq!(
+                plan_probe(&target, target.status.as_ref().unwrap(), true, now),
+                (None, None),
+                "not while a probe runs"
+            );
+        }
     }
 
     #[test]
