@@ -111,6 +111,27 @@ impl ApiServer {
     }
 }
 
+/// An active probe Job of target `t1`, generation 1, started (and created) at `started`.
+pub fn active_probe(name: &str, started: Timestamp) -> super::cache::RunJob {
+    super::cache::RunJob {
+        name: name.into(),
+        uid: None,
+        kind: Some(crate::jobs::RunKind::Probe),
+        target: "t1".into(),
+        schedule: None,
+        claim: None,
+        state: super::status::JobState::Active,
+        created: Some(started),
+        start_time: Some(started),
+        finish_time: None,
+        failed_reason: None,
+        failed_message: None,
+        deleting: false,
+        restore: None,
+        generation: Some(1),
+    }
+}
+
 /// The test "now".
 pub fn now() -> Timestamp {
     "2030-03-01T02:30:10Z".parse().unwrap()

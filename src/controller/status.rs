@@ -1457,23 +1457,7 @@ mod tests {
         waiting.now = started;
         waiting.start_failure = Some(failure.clone());
         let waiting = derive_target_status(&BackupTargetStatus::default(), &waiting).status;
-        let probe_job = RunJob {
-            name: "app-db-p-1".into(),
-            uid: None,
-            kind: Some(RunKind::Probe),
-            target: "app-db".into(),
-            schedule: None,
-            claim: None,
-            state: JobState::Active,
-            created: Some(started),
-            start_time: Some(started),
-            finish_time: None,
-            failed_reason: None,
-            failed_message: None,
-            deleting: false,
-            restore: None,
-            generation: Some(1),
-        };
+        let probe_job = crate::controller::fixtures::active_probe("app-db-p-1", started);
         let stopped_at = started + START_FAILURE_LIMIT;
         let stopped = stuck_run(&probe_job, &failure, stopped_at).unwrap();
         let mut recording = observe(vec![stopped]);

@@ -1665,23 +1665,7 @@ mod tests {
         let mins = SignedDuration::from_mins;
         let stopped_answer = |failing_since: Timestamp| {
             let stopped = status::stuck_run(
-                &RunJob {
-                    name: "t1-p-1".into(),
-                    uid: None,
-                    kind: Some(crate::jobs::RunKind::Probe),
-                    target: "t1".into(),
-                    schedule: None,
-                    claim: None,
-                    state: crate::controller::status::JobState::Active,
-                    created: Some(failing_since),
-                    start_time: Some(failing_since),
-                    finish_time: None,
-                    failed_reason: None,
-                    failed_message: None,
-                    deleting: false,
-                    restore: None,
-                    generation: Some(1),
-                },
+                &fixtures::active_probe("t1-p-1", failing_since),
                 &status::StartFailure {
                     job: String::new(),
                     reason: "SecretNotFound".into(),
