@@ -279,6 +279,14 @@ impl Context {
         error_backoff(*n)
     }
 
+    /// Drop the error backoff of a deleted `K` named `namespace/name`.
+    fn forget_failures<K: Resource>(&self, namespace: &str, name: &str)
+    where
+        K::DynamicType: Default,
+    {
+        self.succeeded(&key_of::<K>(namespace, name));
+    }
+
     fn succeeded(&self, key: &str) {
         self.failures
             .lock()

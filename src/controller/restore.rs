@@ -712,10 +712,12 @@ pub async fn reconcile(restore: Arc<BackupRestore>, ctx: Arc<Context>) -> Result
     Ok(action)
 }
 
-/// Drop what the operator keeps of a deleted restore.
+/// Drop what the operator keeps of a deleted restore: any status written that the cache
+/// did not show yet, and its error backoff.
 pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.restore_statuses
         .forget::<BackupRestore>(namespace, name);
+    ctx.forget_failures::<BackupRestore>(namespace, name);
 }
 
 /// What one reconcile decided: the new status and when to look again.

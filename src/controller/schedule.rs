@@ -145,11 +145,12 @@ pub async fn reconcile(schedule: Arc<BackupSchedule>, ctx: Arc<Context>) -> Resu
 }
 
 /// Drop what the operator keeps of a deleted schedule: its metric series and any status
-/// written that the cache did not show yet.
+/// written that the cache did not show yet, and its error backoff.
 pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.schedule_deleted(namespace, name);
     ctx.schedule_statuses
         .forget::<BackupSchedule>(namespace, name);
+    ctx.forget_failures::<BackupSchedule>(namespace, name);
 }
 
 /// Write the status when it differs from `prev`, and remember it until the cache shows

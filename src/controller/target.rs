@@ -409,10 +409,11 @@ fn foreign_condition(type_: &str) -> bool {
 }
 
 /// Drop what the operator keeps of a deleted target: its metric series and any status
-/// written that the cache did not show yet.
+/// written that the cache did not show yet, and its error backoff.
 pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.metrics.target_deleted(namespace, name);
     ctx.target_statuses.forget::<BackupTarget>(namespace, name);
+    ctx.forget_failures::<BackupTarget>(namespace, name);
 }
 
 /// Write the status (only its own fields) when it differs from `prev`, and remember it
@@ -1738,6 +1739,22 @@ mod tests {
                 "not while a probe runs"
             );
         }
+    }
+
+    /// A deleted target leaves no error backoff behind: none kept for every target that
+    /// ever failed, and one made again under the same name starts afresh.
+    #[tokio::test]
+    async fn forgetting_a_deleted_target_drops_its_error_backoff() {
+        let (ctx, _api, _clock, _registry) = fixtures::context();
+        let key = super::super::key_of::<BackupTarget>("shop", "t1");
+        ctx.backoff(key.clone());
+        assert_eq!(ctx.backoff(key.clone()), super::super::error_backoff(2));
+        forget(&ctx, "shop", "t1");
+        assert_eq!(
+            ctx.backoff(key),
+            super::super::error_backoff(1),
+            "the count starts again"
+        );
     }
 
     #[test]
