@@ -139,9 +139,9 @@ pub struct ProbePlan {
 /// once after a run's start failure replaced the last probe's answer, after a backoff when
 /// the last probe was stopped because its pod could not start
 /// ([`status::stopped_probe_retry_at`]), or when `spec.probe.interval` has passed since the
-/// last probe. `status` is the newest
-/// the operator knows (what it just recorded, which the cached `target` may not show
-/// yet). Returns the plan and when to look again for the interval.
+/// last probe. `status` is the newest the operator knows (what it just recorded, which the
+/// cached `target` may not show yet). Returns the plan and when to look again for the
+/// interval or the retry.
 pub fn plan_probe(
     target: &BackupTarget,
     status: &BackupTargetStatus,
