@@ -383,9 +383,18 @@ pub const STOPPED_PROBE_RETRY_MAX: jiff::SignedDuration = jiff::SignedDuration::
 /// start for [`START_FAILURE_LIMIT`] (so it stays until the next probe), rather than a live
 /// start failure that goes away with its pod.
 pub fn is_stopped_probe_answer(reachable: &Condition) -> bool {
-    reachable.status == "False"
-        && is_start_failure_reason(&reachable.reason)
-        && reachable.message.ends_with(STOPPED)
+    is_start_failure(reachable) && reachable.message.ends_with(STOPPED)
+}
+
+/// Whether a `Reachable` condition says a run's pod cannot start right now: it goes away
+/// with that pod, rather than waiting for the next probe.
+fn is_live_start_failure(reachable: &Condition) -> bool {
+    is_start_failure(reachable) && !reachable.message.ends_with(STOPPED)
+}
+
+/// `False` with a start failure reason: live, or the answer of a stopped probe.
+fn is_start_failure(reachable: &Condition) -> bool {
+    reachable.status == "False" && is_start_failure_reason(&reachable.reason)
 }
 
 /// When to probe again after the last probe was stopped because its pod could not start
@@ -651,8 +660,8 @@ pub fn upsert_condition(
     });
 }
 
-/// Whether a `Reachable` reason came from a pod that could not start (and so goes away
-/// with it, rather than waiting for the next probe).
+/// Whether a `Reachable` reason is one a pod that could not start gives (the scheduler's,
+/// the kubelet's, or the operator's name for a missing Secret or key).
 fn is_start_failure_reason(reason: &str) -> bool {
     [
         r::SECRET_NOT_FOUND,
@@ -879,9 +888,9 @@ pub fn derive_target_status(
             generation,
             now,
         );
-    } else if let Some(c) = find(previous, conditions::REACHABLE).filter(|c| {
-        !(c.status == "False" && is_start_failure_reason(&c.reason)) || is_stopped_probe_answer(c)
-    }) {
+    } else if let Some(c) =
+        find(previous, conditions::REACHABLE).filter(|c| !is_live_start_failure(c))
+    {
         conds.push(c.clone());
     } else if obs.probe_supported
         && status.last_probe_time.is_some()

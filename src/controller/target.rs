@@ -215,11 +215,7 @@ pub fn plan_probe(
                 None,
             );
         }
-        let wait = now.duration_until(retry).max(SignedDuration::from_secs(1));
-        return (
-            None,
-            Some(Duration::from_secs(wait.as_secs().unsigned_abs())),
-        );
+        return (None, Some(wait_until(now, retry)));
     }
     let Some(interval) = interval else {
         return (None, None);
@@ -235,12 +231,14 @@ pub fn plan_probe(
             Some(Duration::from_secs(interval.as_secs().unsigned_abs())),
         )
     } else {
-        let wait = now.duration_until(due).max(SignedDuration::from_secs(1));
-        (
-            None,
-            Some(Duration::from_secs(wait.as_secs().unsigned_abs())),
-        )
+        (None, Some(wait_until(now, due)))
     }
+}
+
+/// How long from `now` until `at`, at least a second (a requeue of zero spins).
+fn wait_until(now: Timestamp, at: Timestamp) -> Duration {
+    let wait = now.duration_until(at).max(SignedDuration::from_secs(1));
+    Duration::from_secs(wait.as_secs().unsigned_abs())
 }
 
 /// The generation whose probe was started. Statuses written before `probedGeneration`
