@@ -112,6 +112,11 @@ impl MariaDbServer {
             dir,
             child: None,
         };
+        // Its own directory for temporary tables: under the shared /tmp, another test's
+        // clean-up once removed one while the server used it ("Error on delete of
+        // '/tmp/#sql-temptable-…'").
+        let tmp = server.dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("create the server's tmpdir");
         // The free port may be taken between the check and the bind: try a few.
         for _ in 0..5 {
             let port = free_port();
@@ -125,6 +130,7 @@ impl MariaDbServer {
                     server.dir.join("mariadbd.pid").display()
                 ))
                 .arg(format!("--log-error={}", log.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--port={port}"))
                 .arg(format!("--bind-address={listen}"))
                 .args([
