@@ -1260,12 +1260,19 @@ impl Pods {
 /// status written on top of a version is the starting point while the cache still shows
 /// that version; any other version (the write arrived, or someone else wrote) replaces
 /// it, and the entry is dropped.
+///
+/// A status can also be held back ([`WrittenStatuses::hold`]): decided, not written yet,
+/// because a tick's Job creations go first. It is the starting point whatever version
+/// the cache shows (the operator's own decision is newer than any of them) until it is
+/// written.
 pub struct WrittenStatuses<S>(Mutex<HashMap<String, WrittenStatus<S>>>);
 
-/// A status written on top of the cached version `based_on`.
+/// A status written on top of the cached version `based_on`, or held back.
 struct WrittenStatus<S> {
     based_on: Option<String>,
     status: S,
+    /// Decided but not written yet.
+    held: bool,
 }
 
 impl<S> Default for WrittenStatuses<S> {
@@ -1284,7 +1291,9 @@ impl<S: Clone + Default> WrittenStatuses<S> {
         let key = super::object_key(obj);
         let mut written = lock(&self.0);
         match written.get(&key) {
-            Some(w) if w.based_on == obj.meta().resource_version => return w.status.clone(),
+            Some(w) if w.held || w.based_on == obj.meta().resource_version => {
+                return w.status.clone();
+            }
             Some(_) => {
                 written.remove(&key);
             }
@@ -1299,11 +1308,42 @@ impl<S: Clone + Default> WrittenStatuses<S> {
         K: Resource,
         K::DynamicType: Default,
     {
+        self.keep(obj, status, false);
+    }
+
+    /// `status` is `obj`'s new status but is not written yet: reconciles start from it
+    /// until one writes it ([`WrittenStatuses::is_held`] tells that one to).
+    pub fn hold<K>(&self, obj: &K, status: &S)
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        self.keep(obj, status, true);
+    }
+
+    /// Whether `obj` has a status held back, which the next write must send even when
+    /// the reconcile derived no change from it.
+    pub fn is_held<K>(&self, obj: &K) -> bool
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        lock(&self.0)
+            .get(&super::object_key(obj))
+            .is_some_and(|w| w.held)
+    }
+
+    fn keep<K>(&self, obj: &K, status: &S, held: bool)
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
         lock(&self.0).insert(
             super::object_key(obj),
             WrittenStatus {
                 based_on: obj.meta().resource_version.clone(),
                 status: status.clone(),
+                held,
             },
         );
     }
@@ -1714,5 +1754,34 @@ mod tests {
         written.wrote(&at("t", "12"), &"again".to_owned());
         written.forget::<BackupTarget>("shop", "t");
         assert_eq!(written.current(&at("t", "12"), Some(&cached)), "old");
+    }
+
+    #[test]
+    fn a_held_status_stands_in_for_the_cached_one_until_it_is_written() {
+        let written: WrittenStatuses<String> = WrittenStatuses::default();
+        let at = |version: &str| {
+            let mut t = target(json!({}), &[]);
+            t.metadata.name = Some("t".to_owned());
+            t.metadata.resource_version = Some(version.to_owned());
+            t
+        };
+        let cached = "old".to_owned();
+        written.wrote(&at("10"), &"written".to_owned());
+        assert!(!written.is_held(&at("10")), "a write is not held");
+        written.hold(&at("10"), &"held".to_owned());
+        assert!(written.is_held(&at("10")));
+        assert_eq!(written.current(&at("10"), Some(&cached)), "held");
+        // The earlier write arriving (or a spec change) moves the version: still held,
+        // the operator's decision is newer than it.
+        assert_eq!(written.current(&at("11"), Some(&cached)), "held");
+        assert!(written.is_held(&at("11")));
+        // Written: an ordinary write again, dropped once the version moves.
+        written.wrote(&at("11"), &"held".to_owned());
+        assert!(!written.is_held(&at("11")));
+        assert_eq!(written.current(&at("12"), Some(&cached)), "old");
+        assert!(written.is_empty());
+        written.hold(&at("12"), &"held".to_owned());
+        written.forget::<BackupTarget>("shop", "t");
+        assert!(!written.is_held(&at("12")), "forgotten with its object");
     }
 }

@@ -455,6 +455,11 @@ impl JobCreates {
         }
     }
 
+    /// Whether some tick's Job creations are waiting for a slot or in flight right now.
+    pub fn tick_creations_pending(&self) -> bool {
+        *self.ticks.borrow() > 0
+    }
+
     /// Whether a tick is creating its Jobs: one of its creations is pending, or the last
     /// one ended less than [`TICK_QUIET`] ago.
     pub fn ticking(&self) -> bool {

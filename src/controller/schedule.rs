@@ -153,15 +153,15 @@ pub fn forget(ctx: &Context, namespace: &str, name: &str) {
     ctx.forget_failures::<BackupSchedule>(namespace, name);
 }
 
-/// Write the status when it differs from `prev`, and remember it until the cache shows
-/// it ([`super::cache::WrittenStatuses`]).
+/// Write the status when it differs from `prev` or was held back, and remember it until
+/// the cache shows it ([`super::cache::WrittenStatuses`]).
 async fn write_status(
     ctx: &Context,
     schedule: &BackupSchedule,
     prev: &BackupScheduleStatus,
     status: &BackupScheduleStatus,
 ) -> Result<(), Error> {
-    if status == prev {
+    if status == prev && !ctx.schedule_statuses.is_held(schedule) {
         return Ok(());
     }
     let (namespace, name) = (
@@ -376,15 +376,28 @@ async fn reconcile_inner(
         now,
     );
     status.conditions = conds;
+    let next_run = if spec.suspend { None } else { decision.next() };
+    // When every schedule fires on the same minute, a status write here would go to the
+    // API server between the Job creations of the others: the tick's status is held,
+    // and written once they are done (a restarted operator finds the Jobs it created and
+    // creates none again).
+    if !started.is_empty()
+        && ctx.job_creates.tick_creations_pending()
+        && ctx.defer_while_creating(Deferred::Schedule(namespace.to_owned(), name.to_owned()))
+    {
+        ctx.schedule_statuses.hold(schedule, &status);
+        ctx.metrics.schedule_observed(namespace, name, next_run);
+        tracing::debug!(
+            name,
+            "tick status held until the Job creations in flight end"
+        );
+        return Ok(ctx.requeue(requeue.min(DEFER_LIMIT)));
+    }
     write_status(ctx, schedule, &prev, &status).await?;
     if !schedule_events.is_empty() {
         events::publish(&ctx.recorder(), &schedule.object_ref(&()), &schedule_events).await;
     }
-    ctx.metrics.schedule_observed(
-        namespace,
-        name,
-        if spec.suspend { None } else { decision.next() },
-    );
+    ctx.metrics.schedule_observed(namespace, name, next_run);
     Ok(ctx.requeue(requeue))
 }
 
@@ -828,6 +841,47 @@ mod tests {
         assert_eq!(action, Action::requeue(until_next));
         let metrics = crate::controller::metrics::render(&registry).unwrap();
         assert!(metrics.contains(r#"stowage_schedule_next_run_timestamp_seconds{namespace="shop",schedule="nightly"} 1898649000.0"#), "{metrics}");
+        api.expect_no_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_tick_holds_its_status_while_other_ticks_create_their_jobs() {
+        let (ctx, mut api, _clock, _registry) = fixtures::context();
+        let schedule = schedule("UTC");
+        ctx.cache.seed_targets(&[fixtures::target()]);
+        ctx.cache.seed_claims(&[rwo_claim()]);
+        // Another schedule's tick is still creating its Jobs.
+        let other_tick = ctx.job_creates.pending(crate::controller::CreateFor::Tick);
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
+        api.expect(Method::POST, JOBS).await.echo();
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "BackupStarted");
+        req.echo();
+        // No status write yet: it would queue between the other tick's creations.
+        let action = tokio::time::timeout(Duration::from_secs(5), reconciled)
+            .await
+            .expect("the reconcile wrote the status during the other tick's creations")
+            .unwrap()
+            .unwrap();
+        assert_eq!(action, Action::requeue(DEFER_LIMIT));
+        assert!(ctx.schedule_statuses.is_held(&schedule));
+        let held = ctx.schedule_statuses.current(&schedule, None);
+        assert_eq!(
+            held.last_schedule_time.map(|t| t.0.to_string()),
+            Some("2030-03-01T02:30:00Z".to_owned())
+        );
+
+        // The creations end; once the tick is quiet the waiting reconcile runs again and
+        // writes the held status: the tick is not decided again, no second Job.
+        drop(other_tick);
+        tokio::time::sleep(crate::controller::TICK_QUIET).await;
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert_eq!(status["lastScheduleTime"], "2030-03-01T02:30:00Z");
+        assert_eq!(status["active"].as_array().unwrap().len(), 1, "{status}");
+        reconciled.await.unwrap().unwrap();
+        assert!(!ctx.schedule_statuses.is_held(&schedule));
+        drop(ctx);
         api.expect_no_more().await;
     }
 
