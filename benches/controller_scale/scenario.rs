@@ -832,6 +832,9 @@ impl Session<'_> {
             Err(stop) => return Err(stop),
         }
         progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
+        // The schedules have recorded the new time: from here until every Job is seen,
+        // what the operator sends is the tick's.
+        let at_tick = self.snapshot().await?;
         let cpu_at_tick = self.cpu_times();
         let ledger = self.observer.jobs.clone();
         let seen = wait_for(
@@ -862,6 +865,9 @@ impl Session<'_> {
         };
         let last = self.tick_figures(tick, &jobs);
         self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
+        // What competed with the creations for the API server.
+        let every_job_seen = self.snapshot().await?;
+        self.requests("until every tick Job seen", &at_tick, &every_job_seen);
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
             "every tick run recorded in its target's status",
