@@ -37,7 +37,10 @@ pub struct Knobs {
     /// (default 0.2: with the operator's 10 probes at a time, 5,000 new targets are
     /// probed within the phase's timeout).
     pub probe_time: Duration,
-    /// `STOWAGE_BENCH_BACKUP_SECONDS`: how long it lets a backup Job run (default 10).
+    /// `STOWAGE_BENCH_BACKUP_SECONDS`: how long it lets a backup Job run (default 60:
+    /// longer than a tick's 5,000 creations take here, so no Job finishes while the
+    /// operator's or the baseline's Jobs are being created; with 10 s the node's status
+    /// patches of finished Jobs fell in the operator's longer window only).
     pub backup_time: Duration,
     /// `STOWAGE_BENCH_IDLE_SECONDS`: the idle window (default 60).
     pub idle: Duration,
@@ -131,7 +134,7 @@ impl Knobs {
         )?;
         let backup_seconds: f64 = knob(
             "STOWAGE_BENCH_BACKUP_SECONDS",
-            10.0,
+            60.0,
             "seconds, between 0 and 3600",
             run_seconds,
         )?;
