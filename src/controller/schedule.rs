@@ -376,28 +376,31 @@ async fn reconcile_inner(
         now,
     );
     status.conditions = conds;
-    let next_run = if spec.suspend { None } else { decision.next() };
     // When every schedule fires on the same minute, a status write here would go to the
     // API server between the Job creations of the others: the tick's status is held,
     // and written once they are done (a restarted operator finds the Jobs it created and
     // creates none again).
-    if !started.is_empty()
+    let hold = !started.is_empty()
         && ctx.job_creates.tick_creations_pending()
-        && ctx.defer_while_creating(Deferred::Schedule(namespace.to_owned(), name.to_owned()))
-    {
+        && ctx.defer_while_creating(Deferred::Schedule(namespace.to_owned(), name.to_owned()));
+    if hold {
         ctx.schedule_statuses.hold(schedule, &status);
-        ctx.metrics.schedule_observed(namespace, name, next_run);
         tracing::debug!(
             name,
             "tick status held until the Job creations in flight end"
         );
-        return Ok(ctx.requeue(requeue.min(DEFER_LIMIT)));
+        requeue = requeue.min(DEFER_LIMIT);
+    } else {
+        write_status(ctx, schedule, &prev, &status).await?;
     }
-    write_status(ctx, schedule, &prev, &status).await?;
     if !schedule_events.is_empty() {
         events::publish(&ctx.recorder(), &schedule.object_ref(&()), &schedule_events).await;
     }
-    ctx.metrics.schedule_observed(namespace, name, next_run);
+    ctx.metrics.schedule_observed(
+        namespace,
+        name,
+        if spec.suspend { None } else { decision.next() },
+    );
     Ok(ctx.requeue(requeue))
 }
 
