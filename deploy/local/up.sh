@@ -22,7 +22,10 @@
 #   the kubelet and kube-scheduler, in a network namespace of its own: see node.sh),
 #   STOWAGE_UP_AUDIT_JOB_CREATES (1 = the API server writes one audit line per Job create
 #   to logs/audit-job-creates.log, with microsecond times; benchmarks read when a Job came
-#   to exist from it; 0 = no audit log, the default).
+#   to exist from it; 0 = no audit log, the default),
+#   STOWAGE_UP_PROFILING (1 = kube-apiserver and kube-controller-manager serve Go's
+#   /debug/pprof, e.g. `kubectl get --raw '/debug/pprof/profile?seconds=10' > cpu.pprof`,
+#   for diagnosing a benchmark; 0 = profiling off, the default).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,6 +54,10 @@ WITH_NODE="${STOWAGE_UP_NODE:-none}"
 AUDIT_JOB_CREATES="${STOWAGE_UP_AUDIT_JOB_CREATES:-0}"
 [[ "$AUDIT_JOB_CREATES" == 0 || "$AUDIT_JOB_CREATES" == 1 ]] ||
   die "STOWAGE_UP_AUDIT_JOB_CREATES must be 1 (audit Job creates) or 0 (no audit log), got '$AUDIT_JOB_CREATES'"
+PROFILING="${STOWAGE_UP_PROFILING:-0}"
+[[ "$PROFILING" == 0 || "$PROFILING" == 1 ]] ||
+  die "STOWAGE_UP_PROFILING must be 1 (serve /debug/pprof) or 0 (profiling off), got '$PROFILING'"
+PROFILING_FLAG="--profiling=$([[ "$PROFILING" == 1 ]] && echo true || echo false)"
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
@@ -356,7 +363,7 @@ start kube-apiserver "$APISERVER" \
   --enable-aggregator-routing=true \
   --endpoint-reconciler-type none \
   --allow-privileged \
-  --profiling=false \
+  "$PROFILING_FLAG" \
   "${AUDIT_ARGS[@]}" \
   --v 1
 wait_for kube-apiserver "/readyz on $API_URL" \
@@ -378,7 +385,7 @@ if [[ "$WITH_KCM" == 1 ]]; then
     --service-cluster-ip-range 10.0.0.0/24 \
     --cluster-name stowage-local \
     --leader-elect=false \
-    --profiling=false \
+    "$PROFILING_FLAG" \
     --v 1
 fi
 
