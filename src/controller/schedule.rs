@@ -70,6 +70,25 @@ pub fn active_since(schedule: &BackupSchedule, will_be_ready: bool, now: Timesta
     became_active.max(created)
 }
 
+/// How many of `targets` have a Job of `schedule`'s run at `tick` among `own_jobs` (the
+/// schedule's Jobs), found by the run's Job name, which is the same for the same run
+/// whoever builds it.
+pub fn targets_with_tick_job(
+    schedule: &str,
+    tick: Timestamp,
+    targets: &[Arc<BackupTarget>],
+    own_jobs: &[RunJob],
+) -> usize {
+    let request = RunRequest::scheduled(schedule, tick, None, None);
+    targets
+        .iter()
+        .filter(|target| {
+            let name = crate::jobs::job_name(target, &request);
+            own_jobs.iter().any(|job| job.name == name)
+        })
+        .count()
+}
+
 /// Finished Jobs beyond the history limits: per target, the oldest successful ones past
 /// `successful_limit` and failed ones past `failed_limit`. A Job whose run its target has
 /// not recorded yet is kept (its result would be lost).
@@ -286,16 +305,34 @@ async fn reconcile_inner(
             }
         }
         TickDecision::Missed { tick, .. } => {
-            if prev.last_missed_time.as_ref().map(|t| t.0) != Some(status::time(tick).0) {
+            // An operator that created the tick's Jobs and stopped before recording the
+            // tick (its status waits for the other ticks' creations) left them behind:
+            // those runs were started, not missed.
+            let started = targets_with_tick_job(name, tick, &targets, &own_jobs);
+            if started > 0 {
+                status.last_schedule_time = Some(status::time(tick));
+                tracing::info!(%tick, started, "the tick's Jobs exist: recorded as run");
+            }
+            let missed = started == 0 || started < targets.len();
+            if missed && prev.last_missed_time.as_ref().map(|t| t.0) != Some(status::time(tick).0) {
                 status.last_missed_time = Some(status::time(tick));
+                let what = if started == 0 {
+                    format!("the tick at {tick} was not run")
+                } else {
+                    format!(
+                        "{} of the {} selected targets were not run at the tick at {tick}",
+                        targets.len() - started,
+                        targets.len()
+                    )
+                };
                 schedule_events.push(PlannedEvent::warning(
                     reasons::SCHEDULE_MISSED,
                     format!(
-                        "the tick at {tick} was not run: it is more than {}s old (startingDeadlineSeconds)",
+                        "{what}: it is more than {}s old (startingDeadlineSeconds)",
                         deadline.as_secs()
                     ),
                 ));
-                tracing::warn!(%tick, "missed a tick beyond the starting deadline");
+                tracing::warn!(%tick, started, "missed a tick beyond the starting deadline");
             }
         }
         TickDecision::Wait { .. } | TickDecision::Suspended { .. } => {}
@@ -962,6 +999,111 @@ mod tests {
         again.status = Some(serde_json::from_value(status).unwrap());
         let reconciled = tokio::spawn(reconcile(Arc::new(again), ctx));
         reconciled.await.unwrap().unwrap();
+        api.expect_no_more().await;
+    }
+
+    /// The tick's Job of `target`, as the API server would show it while it runs.
+    fn tick_job(target: &BackupTarget, tick: &str) -> serde_json::Value {
+        let job = crate::jobs::build_job(
+            target,
+            &RunRequest::scheduled("nightly", tick.parse().unwrap(), None, None),
+            &crate::jobs::JobDefaults::default(),
+        )
+        .unwrap();
+        let mut job = serde_json::to_value(job).unwrap();
+        let uid = format!("uid-{}", job["metadata"]["name"].as_str().unwrap());
+        job["metadata"]["uid"] = json!(uid);
+        job["status"] = json!({"active": 1});
+        job
+    }
+
+    #[tokio::test]
+    async fn a_tick_whose_jobs_exist_is_recorded_as_run_even_past_its_deadline() {
+        // An operator created the tick's Job and stopped before writing the status (it is
+        // held while other ticks create their Jobs); its successor comes back after the
+        // starting deadline.
+        let (ctx, mut api, clock, _registry) = fixtures::context();
+        clock.set("2030-03-01T05:00:00Z".parse().unwrap());
+        let schedule = schedule("UTC");
+        ctx.cache.seed_targets(&[fixtures::target()]);
+        ctx.cache
+            .seed_jobs(&[tick_job(&fixtures::target(), "2030-03-01T02:30:00Z")]);
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert_eq!(
+            status["lastScheduleTime"], "2030-03-01T02:30:00Z",
+            "{status}"
+        );
+        assert!(status.get("lastMissedTime").is_none(), "{status}");
+        assert_eq!(status["active"].as_array().unwrap().len(), 1, "{status}");
+        reconciled.await.unwrap().unwrap();
+        // No ScheduleMissed event, no second Job.
+        drop(ctx);
+        api.expect_no_more().await;
+    }
+
+    #[test]
+    fn only_the_ticks_own_jobs_count_as_its_runs() {
+        let target =
+            |name: &str| -> BackupTarget { serde_json::from_value(named_target(name)).unwrap() };
+        let tick = "2030-03-01T02:30:00Z";
+        let job_of = |target: &BackupTarget, schedule: &str, at: &str| {
+            let job = build_job(
+                target,
+                &RunRequest::scheduled(schedule, at.parse().unwrap(), None, None),
+                &crate::jobs::JobDefaults::default(),
+            )
+            .unwrap();
+            RunJob::from_job(&job)
+        };
+        let (a, b) = (target("a-db"), target("b-db"));
+        let targets = [Arc::new(a.clone()), Arc::new(b.clone())];
+        let cases: [(&str, Vec<RunJob>, usize); 5] = [
+            ("no Jobs", vec![], 0),
+            ("one target's", vec![job_of(&a, "nightly", tick)], 1),
+            (
+                "both targets'",
+                vec![job_of(&a, "nightly", tick), job_of(&b, "nightly", tick)],
+                2,
+            ),
+            (
+                "an earlier tick's",
+                vec![job_of(&a, "nightly", "2030-02-28T02:30:00Z")],
+                0,
+            ),
+            ("another schedule's", vec![job_of(&a, "hourly", tick)], 0),
+        ];
+        for (case, jobs, want) in cases {
+            let got = targets_with_tick_job("nightly", tick.parse().unwrap(), &targets, &jobs);
+            assert_eq!(got, want, "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tick_whose_jobs_exist_for_some_targets_reports_the_others_missed() {
+        let (ctx, mut api, clock, _registry) = fixtures::context();
+        clock.set("2030-03-01T05:00:00Z".parse().unwrap());
+        let schedule = schedule("UTC");
+        let targets: Vec<BackupTarget> = ["a-db", "b-db"]
+            .map(|n| serde_json::from_value(named_target(n)).unwrap())
+            .into();
+        ctx.cache.seed_targets(&targets);
+        ctx.cache
+            .seed_jobs(&[tick_job(&targets[0], "2030-03-01T02:30:00Z")]);
+        let reconciled = tokio::spawn(reconcile(Arc::new(schedule.clone()), ctx.clone()));
+        let status = respond_schedule(api.expect(Method::PATCH, STATUS).await, &schedule);
+        assert_eq!(
+            status["lastScheduleTime"], "2030-03-01T02:30:00Z",
+            "{status}"
+        );
+        assert_eq!(status["lastMissedTime"], "2030-03-01T02:30:00Z", "{status}");
+        let req = api.expect(Method::POST, EVENTS).await;
+        assert_eq!(req.body["reason"], "ScheduleMissed");
+        let note = req.body["note"].as_str().unwrap_or_default().to_owned();
+        assert!(note.contains("1 of the 2 selected targets"), "{note}");
+        req.echo();
+        reconciled.await.unwrap().unwrap();
+        drop(ctx);
         api.expect_no_more().await;
     }
 
