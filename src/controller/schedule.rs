@@ -8,7 +8,7 @@
 //! rejected Job is recorded on its target and never stops the others); apply the Job
 //! history limits; write the status if it changed; requeue at the next tick.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,12 +80,10 @@ pub fn targets_with_tick_job(
     own_jobs: &[RunJob],
 ) -> usize {
     let request = RunRequest::scheduled(schedule, tick, None, None);
+    let names: HashSet<&str> = own_jobs.iter().map(|job| job.name.as_str()).collect();
     targets
         .iter()
-        .filter(|target| {
-            let name = crate::jobs::job_name(target, &request);
-            own_jobs.iter().any(|job| job.name == name)
-        })
+        .filter(|target| names.contains(crate::jobs::job_name(target, &request).as_str()))
         .count()
 }
 
@@ -1002,15 +1000,19 @@ mod tests {
         api.expect_no_more().await;
     }
 
-    /// The tick's Job of `target`, as the API server would show it while it runs.
-    fn tick_job(target: &BackupTarget, tick: &str) -> serde_json::Value {
-        let job = crate::jobs::build_job(
+    /// The Job of `schedule`'s run of `target` at `tick`, built with the default settings.
+    fn scheduled_job(target: &BackupTarget, schedule: &str, tick: &str) -> Job {
+        build_job(
             target,
-            &RunRequest::scheduled("nightly", tick.parse().unwrap(), None, None),
+            &RunRequest::scheduled(schedule, tick.parse().unwrap(), None, None),
             &crate::jobs::JobDefaults::default(),
         )
-        .unwrap();
-        let mut job = serde_json::to_value(job).unwrap();
+        .unwrap()
+    }
+
+    /// The tick's Job of `target`, as the API server would show it while it runs.
+    fn tick_job(target: &BackupTarget, tick: &str) -> serde_json::Value {
+        let mut job = serde_json::to_value(scheduled_job(target, "nightly", tick)).unwrap();
         let uid = format!("uid-{}", job["metadata"]["name"].as_str().unwrap());
         job["metadata"]["uid"] = json!(uid);
         job["status"] = json!({"active": 1});
@@ -1048,13 +1050,7 @@ mod tests {
             |name: &str| -> BackupTarget { serde_json::from_value(named_target(name)).unwrap() };
         let tick = "2030-03-01T02:30:00Z";
         let job_of = |target: &BackupTarget, schedule: &str, at: &str| {
-            let job = build_job(
-                target,
-                &RunRequest::scheduled(schedule, at.parse().unwrap(), None, None),
-                &crate::jobs::JobDefaults::default(),
-            )
-            .unwrap();
-            RunJob::from_job(&job)
+            RunJob::from_job(&scheduled_job(target, schedule, at))
         };
         let (a, b) = (target("a-db"), target("b-db"));
         let targets = [Arc::new(a.clone()), Arc::new(b.clone())];
