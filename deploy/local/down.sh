@@ -24,9 +24,9 @@ PIDS="$STATE/pids"
 TIMEOUT="${STOWAGE_DOWN_TIMEOUT:-30}"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "STOWAGE_DOWN_TIMEOUT must be a number of seconds, got '$TIMEOUT'"
 
-ours() { # ours PID -> 0 if PID is alive and was started for this state dir
-  [[ -r "/proc/$1/cmdline" ]] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "$STATE/"
-}
+# ours PID: deploy/local/procs.sh.
+# shellcheck source=deploy/local/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
 # The node first (its containers, mounts and network namespace), while the API server
 # still answers the kubelet.

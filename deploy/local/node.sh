@@ -116,14 +116,9 @@ net_up() {
 }
 
 # ---- start ----------------------------------------------------------------------------
-pid_alive() { # pid_alive NAME -> pid of NAME if alive and started for this state dir
-  local f="$PIDS/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f")"
-  [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE/" || return 1
-  printf '%s\n' "$pid"
-}
+# pid_alive, how_ended: deploy/local/procs.sh.
+# shellcheck source=deploy/local/procs.sh
+source "$HERE/procs.sh"
 
 start() { # start NAME COMMAND...: detached, in the node's network namespace
   local name="$1"
@@ -145,7 +140,7 @@ wait_for() { # wait_for NAME WHAT COMMAND...
   shift 2
   local deadline=$((SECONDS + TIMEOUT))
   until "$@" >/dev/null 2>&1; do
-    pid_alive "$name" >/dev/null || fail "$name" "$name exited while waiting for $what"
+    pid_alive "$name" >/dev/null || fail "$name" "$name exited while waiting for $what ($(how_ended "$name"))"
     ((SECONDS < deadline)) || fail "$name" "timed out after ${TIMEOUT}s waiting for $what"
     sleep 0.5
   done

@@ -72,17 +72,9 @@ if [[ "$WITH_NODE" == kubelet ]]; then COMPONENTS+=(containerd kubelet kube-sche
 exec 8>"$STATE/.up.lock"
 flock 8
 
-# pid_alive NAME -> prints the pid if NAME's pid file names a live process that
-# was started from this state dir (guards against pid reuse).
-pid_alive() {
-  local f="$PIDS/$1.pid" pid
-  [[ -f "$f" ]] || return 1
-  pid="$(cat "$f")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  [[ -r "/proc/$pid/cmdline" ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE/" || return 1
-  printf '%s\n' "$pid"
-}
+# pid_alive, how_ended: deploy/local/procs.sh.
+# shellcheck source=deploy/local/procs.sh
+source "$HERE/procs.sh"
 
 # ---- already running? --------------------------------------------------------------
 alive=0
@@ -290,7 +282,7 @@ wait_for() {
   shift 2
   local deadline=$((SECONDS + TIMEOUT))
   until "$@" >/dev/null 2>&1; do
-    pid_alive "$name" >/dev/null || fail "$name" "$name exited while waiting for $what"
+    pid_alive "$name" >/dev/null || fail "$name" "$name exited while waiting for $what ($(how_ended "$name"))"
     ((SECONDS < deadline)) || fail "$name" "timed out after ${TIMEOUT}s waiting for $what"
     sleep 0.5
   done
