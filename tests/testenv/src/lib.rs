@@ -441,7 +441,27 @@ impl TestCluster {
     }
 }
 
-/// The workspace root (where `deploy/` and `crds/` are).
+/// The workspace root (where `deploy/` and `crds/` are): the nearest directory holding
+/// `deploy/local/up.sh` above the package whose tests or benchmarks run (cargo sets
+/// `CARGO_MANIFEST_DIR` for them) or else above the working directory.
+///
+/// Not this crate's compile-time directory alone: with a cargo target dir shared between
+/// clones (`tests/run.sh` keeps it in `$HOME`), this crate stays compiled with the path of
+/// the clone that built it first, which may be gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    let starts = [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        std::env::current_dir().ok(),
+    ];
+    starts
+        .into_iter()
+        .flatten()
+        .find_map(|start| {
+            start
+                .ancestors()
+                .find(|dir| dir.join("deploy/local/up.sh").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or(compiled)
 }
