@@ -4,7 +4,8 @@
 //! agent), creates N BackupTargets and M BackupSchedules, runs the release operator
 //! against them and prints what it measured: time to converge, Jobs at start-up, memory,
 //! API requests by verb and resource, a restart, one tick of every schedule at once, and
-//! a plain parallel client creating the same Jobs as a baseline. The benchmark acts as the
+//! a plain parallel client creating the same Jobs as a baseline, once before the tick and
+//! once after it, compared with the tick by their mean. The benchmark acts as the
 //! node: it marks each Job finished after a short delay. See docs/performance.md.
 //!
 //! Settings come from `STOWAGE_BENCH_*` environment variables ([`Knobs`]). Figures go to

@@ -104,12 +104,12 @@ impl JobLedger {
             .collect()
     }
 
-    /// When the baseline's Jobs were first seen.
-    pub fn baseline_seen(&self) -> Vec<Timestamp> {
+    /// When the Jobs of the baseline run whose names start with `prefix` were first seen.
+    pub fn baseline_seen(&self, prefix: &str) -> Vec<Timestamp> {
         self.seen
-            .values()
-            .filter(|j| j.baseline)
-            .map(|j| j.at)
+            .iter()
+            .filter(|((_, name), j)| j.baseline && name.starts_with(prefix))
+            .map(|(_, j)| j.at)
             .collect()
     }
 }

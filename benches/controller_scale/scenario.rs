@@ -1,6 +1,7 @@
 //! One layout from start to end: control plane, objects, operator, then the phases
-//! (convergence, idle, restart, tick, baseline), each printing its figures as soon as it
-//! has them, so a run stopped by a limit still reports what it measured.
+//! (convergence, idle, restart, a baseline, the tick, a second baseline, the comparison),
+//! each printing its figures as soon as it has them, so a run stopped by a limit still
+//! reports what it measured.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use stowage::jobs::{RunRequest, build_job};
 use stowage_testenv::bench::api_metrics::{self, RequestKind, RequestTotals};
 use stowage_testenv::bench::audit;
 use stowage_testenv::bench::client_counts::{RequestCounter, counts_since};
-use stowage_testenv::bench::procfs::{MemoryUse, cpu_seconds_of, memory_of, mib};
+use stowage_testenv::bench::procfs::{MemoryUse, cpu_seconds_of, machine_times, memory_of, mib};
 use stowage_testenv::bench::stats::{cron_firing_at, minute_boundary_after, percentile};
 use stowage_testenv::{BarePlane, PlaneOptions, config_from, repo_root};
 
@@ -417,6 +418,70 @@ struct Quiet {
 struct Snapshot {
     server: RequestTotals,
     bench: BTreeMap<RequestKind, u64>,
+    /// Garbage collections the API server's Go runtime has completed
+    /// (`go_gc_duration_seconds_count`), if its metrics have it.
+    gc_cycles: Option<f64>,
+}
+
+/// The plain client's two runs, one on each side of the tick. Their mean cancels what
+/// drifts over a run: the objects in etcd and the API server's heap grow by 5,000 Jobs
+/// with each of the three runs, and the tick runs between the two baselines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Baseline {
+    Before,
+    After,
+}
+
+impl Baseline {
+    /// The report section of its figures.
+    fn section(self) -> &'static str {
+        match self {
+            Baseline::Before => "baseline:before",
+            Baseline::After => "baseline:after",
+        }
+    }
+
+    /// The start of its Jobs' names (the rest is the target's number).
+    fn job_prefix(self) -> &'static str {
+        match self {
+            Baseline::Before => "baseline-before-",
+            Baseline::After => "baseline-after-",
+        }
+    }
+}
+
+/// What the operator's tick measured.
+struct TickRun {
+    /// The last of its Jobs seen by the bench's watch, after the tick.
+    last_seen: Duration,
+    /// The last of its creates answered (audit log), after the tick; `None` when the log
+    /// lacks some.
+    last_created: Option<Duration>,
+}
+
+/// What one run of the plain client measured, from its start.
+struct BaselineRun {
+    /// Its last Job seen by the bench's watch.
+    last_seen: Duration,
+    /// Its last create answered (audit log); `None` when the log lacks some.
+    last_created: Option<Duration>,
+    /// Jobs it created.
+    created: usize,
+}
+
+/// `operator / baseline` with two decimals, `-` when either is missing or zero.
+fn ratio(operator: Option<Duration>, baseline: Option<Duration>) -> String {
+    match (operator, baseline) {
+        (Some(operator), Some(baseline)) if !baseline.is_zero() => {
+            format!("{:.2}", operator.as_secs_f64() / baseline.as_secs_f64())
+        }
+        _ => "-".to_owned(),
+    }
+}
+
+/// The mean of two durations, `None` when either is missing.
+fn mean(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    Some((a? + b?) / 2)
 }
 
 struct Session<'a> {
@@ -447,21 +512,44 @@ impl Session<'_> {
         self.convergence().await?;
         self.idle().await?;
         self.restart().await?;
-        let (tick, operator_last, operator_created) = self.tick().await?;
-        self.baseline(tick, operator_last, operator_created).await
+        let before = self.baseline(Baseline::Before).await?;
+        self.wait_baseline_finished(&before).await?;
+        let tick = self.tick().await?;
+        let after = self.baseline(Baseline::After).await?;
+        self.comparison(&tick, &before, &after);
+        Ok(())
     }
 
     async fn snapshot(&self) -> Result<Snapshot, Stop> {
-        let server = api_metrics::scrape(&self.admin)
+        let text = api_metrics::scrape_text(&self.admin)
             .await
             .map_err(|source| BenchError::Api {
                 what: "reading the API server's /metrics".into(),
                 source,
             })?;
+        let gc_cycles = api_metrics::samples(&text, "go_gc_duration_seconds_count")
+            .first()
+            .map(|sample| sample.value);
         Ok(Snapshot {
-            server,
+            server: RequestTotals::parse(&text),
             bench: self.counter.snapshot(),
+            gc_cycles,
         })
+    }
+
+    /// The API server's garbage collections between two snapshots: on a heap of 1-2 GiB
+    /// each costs seconds of CPU, so they are one reason its CPU in a window varies.
+    fn gc_figure(&self, section: &str, window: &str, before: &Snapshot, after: &Snapshot) {
+        let cycles = match (before.gc_cycles, after.gc_cycles) {
+            (Some(before), Some(after)) => format!("{}", (after - before).round()),
+            _ => "-".to_owned(),
+        };
+        self.figure(
+            section,
+            &format!("gc cycles kube-apiserver ({window})"),
+            cycles,
+            "",
+        );
     }
 
     /// The requests of a window, as a table; the operator's status writes in it.
@@ -777,7 +865,7 @@ impl Session<'_> {
     /// Every schedule fires on the same minute; returns the tick, the time from it to the
     /// last of its Jobs seen by the bench's watch, and to the last created by the API
     /// server's audit log (`None` when the log misses some of them).
-    async fn tick(&mut self) -> Result<(Timestamp, Duration, Option<Duration>), Stop> {
+    async fn tick(&mut self) -> Result<TickRun, Stop> {
         let n = self.layout.targets;
         let m = self.layout.schedules;
         let tick = minute_boundary_after(Timestamp::now(), self.knobs.tick_lead);
@@ -864,9 +952,10 @@ impl Session<'_> {
             }
         };
         let last = self.tick_figures(tick, &jobs);
-        self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
         // What competed with the creations for the API server.
         let every_job_seen = self.snapshot().await?;
+        self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
+        self.gc_figure("tick", "tick .. every Job seen", &at_tick, &every_job_seen);
         self.requests("until every tick Job seen", &at_tick, &every_job_seen);
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
@@ -944,7 +1033,10 @@ impl Session<'_> {
         self.print_reconciles("tick").await;
         let after = self.snapshot().await?;
         self.requests("tick", &before, &after);
-        Ok((tick, last, created))
+        Ok(TickRun {
+            last_seen: last,
+            last_created: created,
+        })
     }
 
     /// When the API server answered the create of each Job of `jobs`, by its audit log,
@@ -1012,7 +1104,8 @@ impl Session<'_> {
         );
     }
 
-    /// CPU seconds used so far by the operator, etcd, kube-apiserver and the bench.
+    /// CPU seconds used so far by the operator, etcd, kube-apiserver and the bench, and the
+    /// machine's idle and stolen seconds.
     fn cpu_times(&self) -> CpuTimes {
         let mut times: CpuTimes = self
             .control_plane
@@ -1022,6 +1115,10 @@ impl Session<'_> {
         let operator = self.operator.as_ref().map(|o| o.pid());
         times.push(("operator", operator.and_then(cpu_seconds_of)));
         times.push(("bench", cpu_seconds_of(std::process::id() as i32)));
+        // Whether the two CPUs were saturated, and how much of them the hypervisor took.
+        let machine = machine_times();
+        times.push(("idle, machine", machine.map(|m| m.idle)));
+        times.push(("stolen by the hypervisor", machine.map(|m| m.steal)));
         times
     }
 
@@ -1059,18 +1156,15 @@ impl Session<'_> {
         percentile(&latencies, 100.0).unwrap_or_default()
     }
 
-    /// The same Jobs created by a plain client, `baseline_concurrency` requests in flight.
-    async fn baseline(
-        &mut self,
-        tick: Timestamp,
-        operator_last: Duration,
-        operator_created: Option<Duration>,
-    ) -> Result<(), Stop> {
+    /// The tick's Jobs created by a plain client, `baseline_concurrency` requests in
+    /// flight, on an API server serving nobody else.
+    async fn baseline(&mut self, run: Baseline) -> Result<BaselineRun, Stop> {
+        let section = run.section();
         let n = self.layout.targets;
-        let jobs = self.baseline_jobs(tick)?;
+        let jobs = self.baseline_jobs(run)?;
         let concurrency = self.knobs.baseline_concurrency;
         progress(format!(
-            "{}: baseline: creating {} Jobs with {concurrency} in flight",
+            "{}: {section}: creating {} Jobs with {concurrency} in flight",
             self.tag,
             jobs.len()
         ));
@@ -1084,6 +1178,7 @@ impl Session<'_> {
                 what: "building the baseline client".into(),
                 source,
             })?;
+        let at_start = self.snapshot().await?;
         let cpu_at_start = self.cpu_times();
         let started_at = Timestamp::now();
         let start = Instant::now();
@@ -1107,7 +1202,7 @@ impl Session<'_> {
         let responses = start.elapsed();
         let failed = results.iter().filter(|(_, r)| r.is_err()).count();
         if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
-            progress(format!("{}: baseline: a create failed: {e}", self.tag));
+            progress(format!("{}: {section}: a create failed: {e}", self.tag));
         }
         let created = results.len() - failed;
         let keys: Vec<observe::JobKey> = results
@@ -1116,6 +1211,7 @@ impl Session<'_> {
             .map(|(key, _)| key)
             .collect();
         let ledger = self.observer.jobs.clone();
+        let prefix = run.job_prefix();
         let seen = wait_for(
             "every baseline Job seen",
             self.knobs.timeout,
@@ -1125,7 +1221,7 @@ impl Session<'_> {
                 let seen = ledger
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .baseline_seen();
+                    .baseline_seen(prefix);
                 if seen.len() >= created {
                     Ok(seen)
                 } else {
@@ -1134,71 +1230,134 @@ impl Session<'_> {
             },
         )
         .await?;
-        self.cpu_figures("baseline", "start .. every Job seen", &cpu_at_start);
+        let every_job_seen = self.snapshot().await?;
+        self.cpu_figures(section, "start .. every Job seen", &cpu_at_start);
+        self.gc_figure(
+            section,
+            "start .. every Job seen",
+            &at_start,
+            &every_job_seen,
+        );
         let latencies: Vec<Duration> = seen
             .iter()
             .map(|at| Duration::try_from(at.duration_since(started_at)).unwrap_or_default())
             .collect();
         let last = percentile(&latencies, 100.0).unwrap_or_default();
         self.figure(
-            "baseline",
+            section,
             "client",
             format!("{concurrency} in flight"),
             &format!("(as the operator: {})", self.knobs.operator_user),
         );
         self.figure(
-            "baseline",
+            section,
             "jobs created",
             created,
             &format!("(of {n}, {failed} failed)"),
         );
-        self.figure("baseline", "last response after", seconds(responses), "s");
+        self.figure(section, "last response after", seconds(responses), "s");
         self.figure(
-            "baseline",
+            section,
             "job after start p50",
             percentile(&latencies, 50.0).map_or("-".to_owned(), seconds),
             "s",
         );
         self.figure(
-            "baseline",
+            section,
             "job after start max (last job)",
             seconds(last),
             "s",
         );
-        let ratio = if last.is_zero() {
-            "-".to_owned()
-        } else {
-            format!("{:.2}", operator_last.as_secs_f64() / last.as_secs_f64())
-        };
-        self.figure("baseline", "operator / baseline (last job)", ratio, "x");
-        let created = self
-            .created_figures("baseline", "after start", started_at, &keys)
+        let last_created = self
+            .created_figures(section, "after start", started_at, &keys)
             .await;
-        let ratio = match (operator_created, created) {
-            (Some(operator), Some(baseline)) if !baseline.is_zero() => {
-                format!("{:.2}", operator.as_secs_f64() / baseline.as_secs_f64())
-            }
-            _ => "-".to_owned(),
-        };
-        self.figure(
-            "baseline",
-            "operator / baseline (last job created, audit)",
-            ratio,
-            "x",
-        );
-        Ok(())
+        Ok(BaselineRun {
+            last_seen: last,
+            last_created,
+            created,
+        })
     }
 
-    /// The Jobs the tick created, built again by the operator's own Job builder with its
-    /// defaults, under other names, with stowage's label and annotation keys prefixed so
-    /// the operator never sees them.
-    fn baseline_jobs(&self, tick: Timestamp) -> Result<Vec<Job>, Stop> {
+    /// Waits until the simulated node has finished the Jobs of `run` (a backup's time
+    /// after their creation) and the API server has had a quiet moment, so that none of
+    /// their status writes lands in the tick.
+    async fn wait_baseline_finished(&self, run: &BaselineRun) -> Result<(), Stop> {
+        progress(format!(
+            "{}: waiting for the node to finish the baseline's {} Jobs",
+            self.tag, run.created
+        ));
+        let node = self.observer.node.clone();
+        let target = node.finished() + run.created as u64;
+        let timeout = self.knobs.backup_time + self.knobs.timeout;
+        wait_for(
+            "the baseline's Jobs finished",
+            timeout,
+            &self.guard,
+            self.operator.as_ref(),
+            || {
+                let finished = node.finished();
+                if finished >= target {
+                    Ok(())
+                } else {
+                    Err(format!("{} to go", target - finished))
+                }
+            },
+        )
+        .await?;
+        self.pause(self.knobs.quiet).await
+    }
+
+    /// The operator's tick against the plain client's runs on either side of it.
+    fn comparison(&self, tick: &TickRun, before: &BaselineRun, after: &BaselineRun) {
+        const SECTION: &str = "comparison";
+        let created = mean(before.last_created, after.last_created);
+        self.figure(
+            SECTION,
+            "baseline mean, last job created (audit)",
+            created.map_or("-".to_owned(), seconds),
+            "s",
+        );
+        self.figure(
+            SECTION,
+            "operator / baseline before (last job created, audit)",
+            ratio(tick.last_created, before.last_created),
+            "x",
+        );
+        self.figure(
+            SECTION,
+            "operator / baseline after (last job created, audit)",
+            ratio(tick.last_created, after.last_created),
+            "x",
+        );
+        self.figure(
+            SECTION,
+            "operator / baseline mean (last job created, audit)",
+            ratio(tick.last_created, created),
+            "x",
+        );
+        self.figure(
+            SECTION,
+            "operator / baseline mean (last job seen)",
+            ratio(
+                Some(tick.last_seen),
+                mean(Some(before.last_seen), Some(after.last_seen)),
+            ),
+            "x",
+        );
+    }
+
+    /// The Jobs the tick creates (or created), built again by the operator's own Job
+    /// builder with its defaults, under the names of `run`, with stowage's label and
+    /// annotation keys prefixed so the operator never sees them.
+    fn baseline_jobs(&self, run: Baseline) -> Result<Vec<Job>, Stop> {
         let flags = OperatorFlags::try_parse_from(
             std::iter::once("stowage".to_owned())
                 .chain(operator::arguments(self.operator()?.addr())),
         )
         .map_err(|e| BenchError::Operator(format!("the operator's flags: {e}")))?;
         let defaults = stowage::controller::job_defaults(&flags.args);
+        // Any minute serves: a tick's time has the same length in every Job.
+        let tick = minute_boundary_after(Timestamp::now(), Duration::ZERO);
         let mut out = Vec::new();
         for t in 0..self.layout.targets {
             let namespace = self.layout.namespace_of_target(t);
@@ -1222,7 +1381,7 @@ impl Session<'_> {
             );
             let job = build_job(&target, &request, &defaults)
                 .map_err(|e| BenchError::Operator(format!("building a baseline Job: {e}")))?;
-            out.push(as_baseline(job, format!("baseline-{t:05}")));
+            out.push(as_baseline(job, format!("{}{t:05}", run.job_prefix())));
         }
         Ok(out)
     }

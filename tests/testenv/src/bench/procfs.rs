@@ -55,6 +55,39 @@ pub fn parse_stat(text: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// The whole machine's idle time and the time the hypervisor gave its virtual CPUs to
+/// others (steal), summed over the CPUs, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MachineTimes {
+    /// Time no CPU had anything to run (`idle` + `iowait`).
+    pub idle: f64,
+    /// Time a virtual CPU was ready but not running (`steal`).
+    pub steal: f64,
+}
+
+/// [`MachineTimes`] so far, from the `cpu` line of `/proc/stat`; `None` where it cannot be
+/// read.
+pub fn machine_times() -> Option<MachineTimes> {
+    parse_proc_stat(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The `cpu` line of a `/proc/stat`: `cpu user nice system idle iowait irq softirq steal
+/// ...`, in clock ticks of `USER_HZ` (100).
+pub fn parse_proc_stat(text: &str) -> Option<MachineTimes> {
+    const USER_HZ: f64 = 100.0;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let field = |i: usize| fields.get(i).copied();
+    Some(MachineTimes {
+        idle: (field(3)? + field(4)?) as f64 / USER_HZ,
+        steal: field(7)? as f64 / USER_HZ,
+    })
+}
+
 /// Bytes as MiB, for printing.
 pub fn mib(bytes: u64) -> u64 {
     bytes / (1024 * 1024)
@@ -80,6 +113,21 @@ mod tests {
         assert_eq!(parse_status(old_kernel).unwrap().anon_bytes, 0);
         assert_eq!(parse_status("Name:\tkthreadd\nThreads:\t1\n"), None);
         assert_eq!(mib(200 * 1024 * 1024 + 5), 200);
+    }
+
+    #[test]
+    fn reads_the_machines_idle_and_stolen_time() {
+        let text = "cpu  1856520 0 437689 2654608 180674 0 24078 36746 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1\n";
+        assert_eq!(
+            parse_proc_stat(text),
+            Some(MachineTimes {
+                idle: 28352.82,
+                steal: 367.46,
+            })
+        );
+        assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
+        assert_eq!(parse_proc_stat("intr 1\n"), None);
+        assert!(machine_times().is_some());
     }
 
     #[test]
