@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::PostParams;
@@ -919,10 +919,19 @@ impl Session<'_> {
             }
             Err(stop) => return Err(stop),
         }
-        progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
-        // The schedules have recorded the new time: from here until every Job is seen,
-        // what the operator sends is the tick's.
+        // The schedules have recorded the new time: from the tick until every Job is seen,
+        // what the operator sends is the tick's. The windows start at the tick itself, not
+        // when the schedules were ready (up to a minute and a half earlier, idle): until
+        // 2026-12-02 the CPU figures of the tick counted that wait too. The /metrics
+        // scrape is done a second before the tick, as the baseline's is before its start.
+        let until = |at: Timestamp| {
+            Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
+        };
+        self.pause(until(tick - SignedDuration::from_secs(1)))
+            .await?;
         let at_tick = self.snapshot().await?;
+        self.pause(until(tick)).await?;
+        progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
         let cpu_at_tick = self.cpu_times();
         let ledger = self.observer.jobs.clone();
         let seen = wait_for(
