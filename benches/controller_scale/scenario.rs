@@ -479,6 +479,11 @@ fn ratio(operator: Option<Duration>, baseline: Option<Duration>) -> String {
     }
 }
 
+/// The time from now until `at`; zero once it has passed.
+fn time_until(at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
+}
+
 /// The mean of two durations, `None` when either is missing.
 fn mean(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     Some((a? + b?) / 2)
@@ -883,8 +888,7 @@ impl Session<'_> {
             seconds(start.elapsed()),
             "s",
         );
-        let until_tick =
-            Duration::try_from(tick.duration_since(Timestamp::now())).unwrap_or_default();
+        let until_tick = time_until(tick);
         let schedules = &self.observer.schedules;
         let ready = wait_for(
             "every schedule naming the tick",
@@ -924,13 +928,10 @@ impl Session<'_> {
         // when the schedules were ready (up to a minute and a half earlier, idle): until
         // 2026-12-02 the CPU figures of the tick counted that wait too. The /metrics
         // scrape is done a second before the tick, as the baseline's is before its start.
-        let until = |at: Timestamp| {
-            Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
-        };
-        self.pause(until(tick - SignedDuration::from_secs(1)))
+        self.pause(time_until(tick - SignedDuration::from_secs(1)))
             .await?;
         let at_tick = self.snapshot().await?;
-        self.pause(until(tick)).await?;
+        self.pause(time_until(tick)).await?;
         progress(format!("{}: waiting for {n} Jobs of the tick", self.tag));
         let cpu_at_tick = self.cpu_times();
         let ledger = self.observer.jobs.clone();
