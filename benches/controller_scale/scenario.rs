@@ -1,5 +1,6 @@
 //! One layout from start to end: control plane, objects, operator, then the phases
-//! (convergence, idle, restart, a baseline, the tick, a second baseline, the comparison),
+//! (convergence, idle, restart, then rounds of a tick with the plain client's runs before
+//! and after each, and the comparison),
 //! each printing its figures as soon as it has them, so a run stopped by a limit still
 //! reports what it measured.
 
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use stowage::api::{BackupSchedule, BackupTarget};
 use stowage::jobs::{RunRequest, build_job};
@@ -21,7 +22,9 @@ use stowage_testenv::bench::api_metrics::{self, RequestKind, RequestTotals};
 use stowage_testenv::bench::audit;
 use stowage_testenv::bench::client_counts::{RequestCounter, counts_since};
 use stowage_testenv::bench::procfs::{MemoryUse, cpu_seconds_of, machine_times, memory_of, mib};
-use stowage_testenv::bench::stats::{cron_firing_at, minute_boundary_after, percentile};
+use stowage_testenv::bench::stats::{
+    compare_ticks, cron_firing_at, mean, minute_boundary_after, percentile, ratio,
+};
 use stowage_testenv::{BarePlane, PlaneOptions, config_from, repo_root};
 
 use crate::observe::{self, BASELINE_PREFIX, Observer};
@@ -423,30 +426,22 @@ struct Snapshot {
     gc_cycles: Option<f64>,
 }
 
-/// The plain client's two runs, one on each side of the tick. Their mean cancels what
-/// drifts over a run: the objects in etcd and the API server's heap grow by 5,000 Jobs
-/// with each of the three runs, and the tick runs between the two baselines.
+/// One run of the plain client, by number: run `k` goes before tick `k`, and the last one
+/// after the last tick. Comparing each tick with the runs on both sides cancels what
+/// drifts over a layout: the objects in etcd and the API server's heap grow by 5,000 Jobs
+/// with each tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Baseline {
-    Before,
-    After,
-}
+struct Baseline(usize);
 
 impl Baseline {
     /// The report section of its figures.
-    fn section(self) -> &'static str {
-        match self {
-            Baseline::Before => "baseline:before",
-            Baseline::After => "baseline:after",
-        }
+    fn section(self) -> String {
+        format!("baseline:{}", self.0)
     }
 
     /// The start of its Jobs' names (the rest is the target's number).
-    fn job_prefix(self) -> &'static str {
-        match self {
-            Baseline::Before => "baseline-before-",
-            Baseline::After => "baseline-after-",
-        }
+    fn job_prefix(self) -> String {
+        format!("baseline-{}-", self.0)
     }
 }
 
@@ -469,24 +464,14 @@ struct BaselineRun {
     created: usize,
 }
 
-/// `operator / baseline` with two decimals, `-` when either is missing or zero.
-fn ratio(operator: Option<Duration>, baseline: Option<Duration>) -> String {
-    match (operator, baseline) {
-        (Some(operator), Some(baseline)) if !baseline.is_zero() => {
-            format!("{:.2}", operator.as_secs_f64() / baseline.as_secs_f64())
-        }
-        _ => "-".to_owned(),
-    }
+/// A ratio with two decimals, `-` when it could not be computed.
+fn shown(ratio: Option<f64>) -> String {
+    ratio.map_or("-".to_owned(), |r| format!("{r:.2}"))
 }
 
 /// The time from now until `at`; zero once it has passed.
 fn time_until(at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
-}
-
-/// The mean of two durations, `None` when either is missing.
-fn mean(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    Some((a? + b?) / 2)
 }
 
 struct Session<'a> {
@@ -517,11 +502,15 @@ impl Session<'_> {
         self.convergence().await?;
         self.idle().await?;
         self.restart().await?;
-        let before = self.baseline(Baseline::Before).await?;
-        self.wait_baseline_finished(&before).await?;
-        let tick = self.tick().await?;
-        let after = self.baseline(Baseline::After).await?;
-        self.comparison(&tick, &before, &after);
+        let mut baselines = vec![self.baseline(Baseline(1)).await?];
+        let mut ticks = Vec::new();
+        for round in 1..=self.knobs.tick_rounds {
+            self.clear_baseline(round, &baselines[round - 1]).await?;
+            ticks.push(self.tick(round).await?);
+            baselines.push(self.baseline(Baseline(round + 1)).await?);
+            self.comparison(round, &ticks[round - 1], &baselines[round - 1..=round]);
+        }
+        self.summary(&ticks, &baselines);
         Ok(())
     }
 
@@ -867,12 +856,16 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Every schedule fires on the same minute; returns the tick, the time from it to the
-    /// last of its Jobs seen by the bench's watch, and to the last created by the API
-    /// server's audit log (`None` when the log misses some of them).
-    async fn tick(&mut self) -> Result<TickRun, Stop> {
+    /// Tick `round` (from 1): every schedule fires on the same minute. Returns the time
+    /// from the tick to the last of its Jobs seen by the bench's watch, and to the last
+    /// created by the API server's audit log (`None` when the log misses some of them);
+    /// then waits until every run is recorded. The operator's memory is read after the
+    /// first tick only.
+    async fn tick(&mut self, round: usize) -> Result<TickRun, Stop> {
         let n = self.layout.targets;
         let m = self.layout.schedules;
+        let section = format!("tick:{round}");
+        let section = section.as_str();
         let tick = minute_boundary_after(Timestamp::now(), self.knobs.tick_lead);
         let cron = cron_firing_at(tick);
         progress(format!(
@@ -883,7 +876,7 @@ impl Session<'_> {
         let start = Instant::now();
         world::reschedule(&self.admin, &self.layout, &cron).await?;
         self.figure(
-            "tick",
+            section,
             "schedules patched in",
             seconds(start.elapsed()),
             "s",
@@ -907,7 +900,7 @@ impl Session<'_> {
         .await;
         match ready {
             Ok((_, after)) => self.figure(
-                "tick",
+                section,
                 "every schedule naming the tick after",
                 seconds(after),
                 "s",
@@ -915,7 +908,7 @@ impl Session<'_> {
             Err(Stop::Limit(_)) => {
                 let ready = observe::ready_for_tick(&schedules.state(), tick);
                 self.figure(
-                    "tick",
+                    section,
                     "schedules naming the tick at the tick",
                     format!("{ready}/{m}"),
                     "",
@@ -957,16 +950,20 @@ impl Session<'_> {
             Ok(jobs) => jobs,
             Err(stop) => {
                 let jobs = self.observer.ledger().of_tick(tick);
-                self.tick_figures(tick, &jobs);
+                self.tick_figures(section, tick, &jobs);
                 return Err(stop);
             }
         };
-        let last = self.tick_figures(tick, &jobs);
+        let last = self.tick_figures(section, tick, &jobs);
         // What competed with the creations for the API server.
         let every_job_seen = self.snapshot().await?;
-        self.cpu_figures("tick", "tick .. every Job seen", &cpu_at_tick);
-        self.gc_figure("tick", "tick .. every Job seen", &at_tick, &every_job_seen);
-        self.requests("until every tick Job seen", &at_tick, &every_job_seen);
+        self.cpu_figures(section, "tick .. every Job seen", &cpu_at_tick);
+        self.gc_figure(section, "tick .. every Job seen", &at_tick, &every_job_seen);
+        self.requests(
+            &format!("until every Job of tick {round} seen"),
+            &at_tick,
+            &every_job_seen,
+        );
         let targets = &self.observer.targets;
         let recorded_after = wait_for(
             "every tick run recorded in its target's status",
@@ -984,7 +981,7 @@ impl Session<'_> {
         )
         .await?;
         self.figure(
-            "tick",
+            section,
             "every run recorded after the tick",
             format!("{:.2}", recorded_after.as_secs_f64()),
             "s",
@@ -992,9 +989,9 @@ impl Session<'_> {
         // Read after the timed windows above: parsing the log takes the bench's time.
         let keys: Vec<observe::JobKey> = jobs.iter().map(|(key, _)| key.clone()).collect();
         let created = self
-            .created_figures("tick", "after tick", tick, &keys)
+            .created_figures(section, "after tick", tick, &keys)
             .await;
-        self.print_exits("tick");
+        self.print_exits(section);
         // Settled (events published, history trimmed) before the memory is read and the
         // baseline runs on an API server that serves nobody else.
         let settling = Instant::now();
@@ -1004,12 +1001,27 @@ impl Session<'_> {
         ));
         self.wait_quiet(settling).await?;
         self.figure(
-            "tick",
+            section,
             "quiet again after the last run recorded",
             seconds(settling.elapsed()),
             "s",
         );
         self.pause(self.knobs.quiet).await?;
+        if round == 1 {
+            self.read_memory_after_tick().await?;
+        }
+        self.print_reconciles(section).await;
+        let after = self.snapshot().await?;
+        self.requests(section, &before, &after);
+        Ok(TickRun {
+            last_seen: last,
+            last_created: created,
+        })
+    }
+
+    /// The operator's memory once the first tick is recorded and it is quiet, and again
+    /// `settle` later.
+    async fn read_memory_after_tick(&self) -> Result<(), Stop> {
         if let Some(memory) = self.operator()?.memory() {
             self.figure(
                 "operator",
@@ -1040,13 +1052,7 @@ impl Session<'_> {
                 self.rss_parts("later", &memory);
             }
         }
-        self.print_reconciles("tick").await;
-        let after = self.snapshot().await?;
-        self.requests("tick", &before, &after);
-        Ok(TickRun {
-            last_seen: last,
-            last_created: created,
-        })
+        Ok(())
     }
 
     /// When the API server answered the create of each Job of `jobs`, by its audit log,
@@ -1146,6 +1152,7 @@ impl Session<'_> {
     /// Prints the tick's latencies; returns the time to the last Job.
     fn tick_figures(
         &self,
+        section: &str,
         tick: Timestamp,
         jobs: &[(observe::JobKey, observe::SeenJob)],
     ) -> Duration {
@@ -1153,9 +1160,9 @@ impl Session<'_> {
             .iter()
             .map(|(_, job)| Duration::try_from(job.at.duration_since(tick)).unwrap_or_default())
             .collect();
-        self.figure("tick", "jobs created", latencies.len(), "");
+        self.figure(section, "jobs created", latencies.len(), "");
         let show = |name: &str, d: Option<Duration>| {
-            self.figure("tick", name, d.map_or("-".to_owned(), seconds), "s");
+            self.figure(section, name, d.map_or("-".to_owned(), seconds), "s");
         };
         show("job after tick p50", percentile(&latencies, 50.0));
         show("job after tick p99", percentile(&latencies, 99.0));
@@ -1170,6 +1177,7 @@ impl Session<'_> {
     /// flight, on an API server serving nobody else.
     async fn baseline(&mut self, run: Baseline) -> Result<BaselineRun, Stop> {
         let section = run.section();
+        let section = section.as_str();
         let n = self.layout.targets;
         let jobs = self.baseline_jobs(run)?;
         let concurrency = self.knobs.baseline_concurrency;
@@ -1222,6 +1230,7 @@ impl Session<'_> {
             .collect();
         let ledger = self.observer.jobs.clone();
         let prefix = run.job_prefix();
+        let prefix = prefix.as_str();
         let seen = wait_for(
             "every baseline Job seen",
             self.knobs.timeout,
@@ -1288,12 +1297,13 @@ impl Session<'_> {
         })
     }
 
-    /// Waits until the simulated node has finished the Jobs of `run` (a backup's time
-    /// after their creation) and the API server has had a quiet moment, so that none of
-    /// their status writes lands in the tick.
-    async fn wait_baseline_finished(&self, run: &BaselineRun) -> Result<(), Stop> {
+    /// Before tick `round`: waits until the simulated node has finished the Jobs of `run`
+    /// (a backup's time after their creation), deletes them, and waits for a quiet moment,
+    /// so that none of their writes lands in the tick and each tick meets a cluster with
+    /// only the operator's own Jobs (5,000 more per tick).
+    async fn clear_baseline(&self, round: usize, run: &BaselineRun) -> Result<(), Stop> {
         progress(format!(
-            "{}: waiting for the node to finish the baseline's {} Jobs",
+            "{}: before tick {round}: waiting for the node to finish the baseline's {} Jobs",
             self.tag, run.created
         ));
         let node = self.observer.node.clone();
@@ -1314,46 +1324,140 @@ impl Session<'_> {
             },
         )
         .await?;
+        // Every baseline Job carries the prefixed kind label, and no other Job does.
+        let selector = format!("{BASELINE_PREFIX}{}", stowage::jobs::labels::KIND);
+        for namespace in self.layout.used_namespaces() {
+            Api::<Job>::namespaced(self.admin.clone(), &namespace)
+                .delete_collection(
+                    &DeleteParams::background(),
+                    &ListParams::default().labels(&selector),
+                )
+                .await
+                .map_err(|source| BenchError::Api {
+                    what: format!("deleting the baseline's Jobs in {namespace}"),
+                    source,
+                })?;
+        }
         self.pause(self.knobs.quiet).await
     }
 
-    /// The operator's tick against the plain client's runs on either side of it.
-    fn comparison(&self, tick: &TickRun, before: &BaselineRun, after: &BaselineRun) {
-        const SECTION: &str = "comparison";
+    /// Tick `round` against the plain client's runs on either side of it (`around` holds
+    /// the two).
+    fn comparison(&self, round: usize, tick: &TickRun, around: &[BaselineRun]) {
+        let section = format!("comparison:{round}");
+        let section = section.as_str();
+        let [before, after] = around else {
+            return;
+        };
         let created = mean(before.last_created, after.last_created);
         self.figure(
-            SECTION,
+            section,
             "baseline mean, last job created (audit)",
             created.map_or("-".to_owned(), seconds),
             "s",
         );
         self.figure(
-            SECTION,
-            "operator / baseline before (last job created, audit)",
-            ratio(tick.last_created, before.last_created),
+            section,
+            &format!("tick / baseline {round} (last job created, audit)"),
+            shown(ratio(tick.last_created, before.last_created)),
             "x",
         );
         self.figure(
-            SECTION,
-            "operator / baseline after (last job created, audit)",
-            ratio(tick.last_created, after.last_created),
+            section,
+            &format!("tick / baseline {} (last job created, audit)", round + 1),
+            shown(ratio(tick.last_created, after.last_created)),
             "x",
         );
         self.figure(
-            SECTION,
-            "operator / baseline mean (last job created, audit)",
-            ratio(tick.last_created, created),
+            section,
+            "tick / baseline mean (last job created, audit)",
+            shown(ratio(tick.last_created, created)),
             "x",
         );
         self.figure(
-            SECTION,
-            "operator / baseline mean (last job seen)",
-            ratio(
+            section,
+            "tick / baseline mean (last job seen)",
+            shown(ratio(
                 Some(tick.last_seen),
                 mean(Some(before.last_seen), Some(after.last_seen)),
-            ),
+            )),
             "x",
         );
+    }
+
+    /// Every tick against the plain client's runs: the figures to read when a single
+    /// window can be slow on a shared machine, whichever side it falls on.
+    fn summary(&self, ticks: &[TickRun], baselines: &[BaselineRun]) {
+        const SECTION: &str = "comparison";
+        let listed = |times: &[Option<Duration>]| {
+            times
+                .iter()
+                .map(|t| t.map_or("-".to_owned(), seconds))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        for (what, ticks, baselines) in [
+            (
+                "last job created, audit",
+                ticks.iter().map(|t| t.last_created).collect::<Vec<_>>(),
+                baselines.iter().map(|b| b.last_created).collect::<Vec<_>>(),
+            ),
+            (
+                "last job seen",
+                ticks.iter().map(|t| Some(t.last_seen)).collect(),
+                baselines.iter().map(|b| Some(b.last_seen)).collect(),
+            ),
+        ] {
+            let compared = compare_ticks(&ticks, &baselines);
+            self.figure(SECTION, &format!("ticks ({what})"), listed(&ticks), "s");
+            self.figure(
+                SECTION,
+                &format!("baselines ({what})"),
+                listed(&baselines),
+                "s",
+            );
+            self.figure(
+                SECTION,
+                &format!("median tick / median baseline ({what})"),
+                shown(compared.ratio_of_medians),
+                &format!(
+                    "x ({} / {})",
+                    compared.median_tick.map_or("-".to_owned(), seconds),
+                    compared.median_baseline.map_or("-".to_owned(), seconds),
+                ),
+            );
+            self.figure(
+                SECTION,
+                &format!("each tick / mean of its baselines ({what})"),
+                compared
+                    .per_tick
+                    .iter()
+                    .map(|r| shown(*r))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                "x",
+            );
+            self.figure(
+                SECTION,
+                &format!("median of those ratios ({what})"),
+                shown(compared.median_of_ratios),
+                "x",
+            );
+        }
+        if ticks.len() > 1
+            && let Ok(operator) = self.operator()
+            && let Some(memory) = operator.memory()
+        {
+            self.figure(
+                "operator",
+                &format!(
+                    "peak rss of the restarted operator, after {} ticks",
+                    ticks.len()
+                ),
+                mib(memory.peak_rss_bytes),
+                "MiB",
+            );
+        }
     }
 
     /// The Jobs the tick creates (or created), built again by the operator's own Job
